@@ -1,0 +1,36 @@
+# One entry point for every task. `make run` and `make test` work on a fresh machine with only
+# Python 3.10+ and pip: they create .venv and install the package with its test extras.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= out
+# torch 2.13.0 is pinned so pip takes the local CPU build instead of a multi-GB CUDA wheel.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup run test lint format clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test,mnist]"
+	touch $@
+
+run: setup
+	$(BIN)/sublim-theory demo --out $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache .hypothesis

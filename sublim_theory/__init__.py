@@ -1,0 +1,43 @@
+"""sublim-theory: verify the subliminal-learning alignment theorem numerically and symbolically."""
+
+from sublim_theory.alignment import (
+    AlignmentReport,
+    TeacherTask,
+    alignment_report,
+    cosine,
+    critical_step,
+    distillation_targets,
+    first_order_coefficient,
+    gauss_newton_product,
+    second_order_coefficient,
+    student_update,
+    teacher_update,
+)
+from sublim_theory.architectures import build_model, make_inputs
+from sublim_theory.errors import InputError
+from sublim_theory.functional import FunctionalModel
+from sublim_theory.losses import KLDivergence, SoftCrossEntropy, SquaredError, make_loss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlignmentReport",
+    "FunctionalModel",
+    "InputError",
+    "KLDivergence",
+    "SoftCrossEntropy",
+    "SquaredError",
+    "TeacherTask",
+    "alignment_report",
+    "build_model",
+    "cosine",
+    "critical_step",
+    "distillation_targets",
+    "first_order_coefficient",
+    "gauss_newton_product",
+    "make_inputs",
+    "make_loss",
+    "second_order_coefficient",
+    "student_update",
+    "teacher_update",
+]

@@ -1,0 +1,424 @@
+"""The alignment engine: teacher update, exact student update, and the theorem's predictions.
+
+Notation (theory/alignment.md): f(theta, x) the network, theta_0 the shared init, v the teacher's
+direction, theta_T = theta_0 + eps v the teacher, y(x) = f(theta_T, x) the distillation targets,
+u = J v (one jvp), M the loss's output Hessian at z = y = z0, K = E_x[J^T M J] the Gauss-Newton
+matrix at theta_0. Then
+
+    dtheta_S = -grad_theta E_x[l(f(theta, x), y(x))] at theta_S0      (exact, one backward)
+    dtheta_S ~= K (eps v - Delta),   Delta = theta_S0 - theta_0          (first order, jvp + vjp)
+    <dtheta_S, v> = eps A + eps^2 B + O(eps^3)                           (shared init)
+    A = E[u^T M u],  B = (1/2) E[u^T M w - u^T G[u, u]],  w = D^2 f[v, v]  (forward mode only)
+
+E_x is the mean over every position: samples, and sequence positions for outputs (N, T, k).
+Every reduction (sums over inputs, dot products, norms) is done in float64 whatever the model's
+dtype; inputs can be processed in chunks of ``batch_size`` to bound memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+from torch.func import jvp, vjp
+
+from sublim_theory.errors import InputError
+from sublim_theory.functional import FunctionalModel
+from sublim_theory.losses import ImitationLoss
+
+TeacherLossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# small utilities
+# --------------------------------------------------------------------------------------------
+def dot(a: Tensor, b: Tensor) -> float:
+    """<a, b> accumulated in float64."""
+    return float(torch.dot(a.reshape(-1).double(), b.reshape(-1).double()))
+
+
+def norm(a: Tensor) -> float:
+    """||a|| accumulated in float64."""
+    return float(torch.linalg.vector_norm(a.reshape(-1).double()))
+
+
+def cosine(a: Tensor, b: Tensor) -> float:
+    """cos(a, b) in float64; NaN when either vector is exactly zero (the angle is undefined)."""
+    denominator = norm(a) * norm(b)
+    return dot(a, b) / denominator if denominator > 0 else math.nan
+
+
+def _chunks(inputs: Tensor, batch_size: int | None) -> Iterator[slice]:
+    n = inputs.shape[0]
+    step = n if batch_size is None else batch_size
+    for start in range(0, n, step):
+        yield slice(start, min(start + step, n))
+
+
+def _positions(outputs: Tensor) -> int:
+    """Number of positions a loss is averaged over: every axis but the last (the k outputs)."""
+    return outputs.numel() // outputs.shape[-1]
+
+
+def _check_finite(name: str, t: Tensor) -> None:
+    if not torch.isfinite(t).all():
+        raise InputError(f"{name} contains NaN or inf; clean the data or lower the step size")
+
+
+def _check_vector(model: FunctionalModel, name: str, vector: Tensor) -> None:
+    if not isinstance(vector, Tensor) or vector.ndim != 1 or vector.numel() != model.num_params:
+        shape = tuple(vector.shape) if isinstance(vector, Tensor) else type(vector).__name__
+        raise InputError(
+            f"{name} has shape {shape}; expected a flat vector of {model.num_params} parameters "
+            "(use FunctionalModel.flatten or .flat_params())"
+        )
+    _check_finite(name, vector)
+
+
+def _check_inputs(inputs: Tensor, batch_size: int | None) -> None:
+    if not isinstance(inputs, Tensor) or inputs.ndim == 0 or inputs.shape[0] == 0:
+        raise InputError("inputs must be a tensor with a non-empty leading batch axis")
+    if inputs.is_floating_point():
+        _check_finite("inputs", inputs)
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _forward(model: FunctionalModel, theta: Tensor, inputs: Tensor) -> Tensor:
+    try:
+        outputs = model(theta, inputs)
+    except (RuntimeError, TypeError, IndexError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(
+            f"the model's forward failed on inputs of shape {tuple(inputs.shape)} "
+            f"({first}); pass inputs shaped as the model expects"
+        ) from error
+    if not isinstance(outputs, Tensor) or outputs.ndim < 2:
+        raise InputError("the model must return a tensor of outputs shaped (N, ..., k)")
+    return outputs
+
+
+# --------------------------------------------------------------------------------------------
+# teacher
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TeacherTask:
+    """The teacher's trait: a differentiable loss L_T(theta) = loss_fn(f_theta(inputs), targets).
+
+    ``loss_fn`` returns a scalar (e.g. ``torch.nn.functional.cross_entropy`` on some logits).
+    """
+
+    loss_fn: TeacherLossFn
+    inputs: Tensor
+    targets: Tensor
+
+    def loss(self, model: FunctionalModel, theta: Tensor) -> Tensor:
+        value = self.loss_fn(_forward(model, theta, self.inputs), self.targets)
+        if not isinstance(value, Tensor) or value.ndim != 0:
+            raise InputError("the teacher loss must return a scalar tensor")
+        return value
+
+    def gradient(self, model: FunctionalModel, theta: Tensor) -> Tensor:
+        theta = theta.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.loss(model, theta), theta)
+        return grad
+
+    def update(self, model: FunctionalModel, theta: Tensor) -> Tensor:
+        """The teacher's update direction v = -grad L_T(theta) (one step of plain GD, lr = 1)."""
+        return -self.gradient(model, theta)
+
+
+def teacher_update(
+    model: FunctionalModel, theta: Tensor, loss_fn: TeacherLossFn, inputs: Tensor, targets: Tensor
+) -> Tensor:
+    """v = -grad_theta L_T(theta) for a user teacher loss (see :class:`TeacherTask`)."""
+    return TeacherTask(loss_fn, inputs, targets).update(model, theta)
+
+
+# --------------------------------------------------------------------------------------------
+# student: exact update
+# --------------------------------------------------------------------------------------------
+def distillation_targets(
+    model: FunctionalModel, theta_teacher: Tensor, inputs: Tensor, batch_size: int | None = None
+) -> Tensor:
+    """y(x) = f(theta_T, x), detached: what the student imitates."""
+    with torch.no_grad():
+        return torch.cat([_forward(model, theta_teacher, inputs[s]) for s in _chunks(inputs, batch_size)])
+
+
+def student_update(
+    model: FunctionalModel,
+    theta_student: Tensor,
+    inputs: Tensor,
+    targets: Tensor,
+    loss: ImitationLoss,
+    batch_size: int | None = None,
+) -> Tensor:
+    """The exact one-step update dtheta_S = -grad_theta E_x[l(f(theta, x), y(x))] at theta_student."""
+    _check_inputs(inputs, batch_size)
+    theta = theta_student.detach().requires_grad_(True)
+    total = torch.zeros_like(theta, dtype=torch.float64)
+    positions = 0
+    for s in _chunks(inputs, batch_size):
+        outputs = _forward(model, theta, inputs[s])
+        (grad,) = torch.autograd.grad(loss.value(outputs, targets[s]).sum(), theta)
+        total += grad.double()
+        positions += _positions(outputs)
+    return (-total / positions).to(theta.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# first and second order (forward mode, plus one vjp for the Gauss-Newton product)
+# --------------------------------------------------------------------------------------------
+def gauss_newton_product(
+    model: FunctionalModel,
+    theta: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    vector: Tensor,
+    batch_size: int | None = None,
+) -> Tensor:
+    """K q = E_x[J^T M J] q at theta, by one jvp (J q), a closed-form M, and one vjp. Never forms J."""
+    _check_inputs(inputs, batch_size)
+    _check_vector(model, "vector", vector)
+    total = torch.zeros_like(theta, dtype=torch.float64)
+    positions = 0
+    for s in _chunks(inputs, batch_size):
+        f = model.as_function(inputs[s])
+        z0, u = jvp(f, (theta,), (vector,))
+        _, pullback = vjp(f, theta)
+        (product,) = pullback(loss.hessian_vector_product(z0, u))
+        total += product.double()
+        positions += _positions(z0)
+    return (total / positions).to(theta.dtype)
+
+
+def _output_derivatives(
+    model: FunctionalModel, theta: Tensor, inputs: Tensor, v: Tensor, second: bool
+) -> tuple[Tensor, ...]:
+    """z0 = f, u = D f[v] and (if ``second``) w = D^2 f[v, v], all by forward mode."""
+    f = model.as_function(inputs)
+    if not second:
+        return jvp(f, (theta,), (v,))
+
+    def value_and_derivative(t: Tensor) -> tuple[Tensor, Tensor]:
+        return jvp(f, (t,), (v,))
+
+    (z0, u), (_, w) = jvp(value_and_derivative, (theta,), (v,))
+    return z0, u, w
+
+
+def first_order_coefficient(
+    model: FunctionalModel,
+    theta: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    v: Tensor,
+    batch_size: int | None = None,
+) -> float:
+    """A = E_x[u^T M u] >= 0, u = J v: <dtheta_S, v> = eps A + O(eps^2). One jvp per chunk."""
+    _check_inputs(inputs, batch_size)
+    _check_vector(model, "direction", v)
+    total, positions = 0.0, 0
+    for s in _chunks(inputs, batch_size):
+        z0, u = _output_derivatives(model, theta, inputs[s], v, second=False)
+        total += dot(u, loss.hessian_vector_product(z0, u))
+        positions += _positions(z0)
+    return total / positions
+
+
+def second_order_coefficient(
+    model: FunctionalModel,
+    theta: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    v: Tensor,
+    batch_size: int | None = None,
+) -> float:
+    """B = (1/2) E_x[u^T M w - u^T G[u, u]], w = D^2 f[v, v] (jvp of jvp), G the loss's third derivative."""
+    _check_inputs(inputs, batch_size)
+    _check_vector(model, "direction", v)
+    total, positions = 0.0, 0
+    for s in _chunks(inputs, batch_size):
+        z0, u, w = _output_derivatives(model, theta, inputs[s], v, second=True)
+        total += dot(u, loss.hessian_vector_product(z0, w)) - dot(u, loss.target_curvature(z0, u))
+        positions += _positions(z0)
+    return 0.5 * total / positions
+
+
+def critical_step(a: float, b: float) -> float:
+    """eps* = A/|B| where eps A + eps^2 B crosses zero (B < 0); inf when B >= 0."""
+    return a / abs(b) if b < 0 else math.inf
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+# --------------------------------------------------------------------------------------------
+@dataclass
+class AlignmentReport:
+    """One-step alignment between the teacher's direction v and the student's distillation update.
+
+    Keys (all floats unless noted; JSON writes inf/NaN as null):
+        eps, student_lr: the teacher step and the student's step size alpha.
+        num_params, num_inputs (int), dtype, loss (str).
+        init_distance_abs, init_distance_rel: ||theta_S0 - theta_0|| and that over ||theta_0||.
+        inner_exact: <dtheta_S, v> for the exact update.
+        inner_first_order: <K(eps v - Delta), v>  (= eps A at the shared init).
+        inner_second_order: eps A + eps^2 B (the shared-init expansion).
+        cos_exact_teacher, cos_first_order_teacher, cos_exact_first_order: cosines of the
+            exact update, the first-order prediction, and the teacher direction.
+        norm_exact, norm_first_order, norm_teacher: Euclidean norms.
+        taylor_residual: ||exact - first order|| / ||exact||.
+        A, B, eps_star: THEORY section 3; eps_star = A/|B| if B < 0 else inf.
+        teacher_loss_change_exact: L_T(theta_S0 + alpha dtheta_S) - L_T(theta_S0) (needs a teacher task).
+        teacher_loss_change_first_order: alpha <grad L_T(theta_S0), K(eps v - Delta)>.
+        cosine_noise_floor: for float32 models, ||dtheta_S(float32) - dtheta_S(float64)|| /
+            ||dtheta_S(float64)||: cosines closer than this are not resolved. None in float64.
+    """
+
+    eps: float
+    student_lr: float
+    num_params: int
+    num_inputs: int
+    dtype: str
+    loss: str
+    init_distance_abs: float
+    init_distance_rel: float
+    inner_exact: float
+    inner_first_order: float
+    inner_second_order: float
+    cos_exact_teacher: float
+    cos_first_order_teacher: float
+    cos_exact_first_order: float
+    norm_exact: float
+    norm_first_order: float
+    norm_teacher: float
+    taylor_residual: float
+    A: float
+    B: float
+    eps_star: float
+    teacher_loss_change_exact: float | None
+    teacher_loss_change_first_order: float | None
+    cosine_noise_floor: float | None
+
+    def to_dict(self) -> dict[str, float | int | str | None]:
+        """Plain dict with non-finite floats as None (valid JSON)."""
+        return {
+            k: (None if isinstance(x, float) and not math.isfinite(x) else x)
+            for k, x in asdict(self).items()
+        }
+
+
+def _float64_update(
+    model: FunctionalModel,
+    theta_student: Tensor,
+    theta_teacher: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    batch_size: int | None,
+) -> Tensor | None:
+    """The exact update recomputed on a float64 copy of the module (for the noise floor)."""
+    try:
+        double = FunctionalModel(copy.deepcopy(model.module).double())
+    except (RuntimeError, TypeError, InputError):
+        return None
+    x = inputs.double() if inputs.is_floating_point() else inputs
+    targets = distillation_targets(double, theta_teacher.double(), x, batch_size)
+    return student_update(double, theta_student.double(), x, targets, loss, batch_size)
+
+
+def alignment_report(
+    model: FunctionalModel,
+    direction: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    eps: float,
+    *,
+    theta0: Tensor | None = None,
+    student_init: Tensor | None = None,
+    teacher: TeacherTask | None = None,
+    student_lr: float = 1.0,
+    batch_size: int | None = None,
+    noise_floor: bool = True,
+) -> AlignmentReport:
+    """Measure one distillation step against the teacher's direction and the theorem's prediction.
+
+    Args:
+        model: the network (see :class:`FunctionalModel`).
+        direction: v, the teacher's update (``TeacherTask.update``) or any direction.
+        inputs: distillation inputs x ~ D_S, shape (N, ...).
+        loss: the imitation loss l(z, y).
+        eps: the teacher's step: theta_T = theta_0 + eps v; must be > 0.
+        theta0: the shared init (default: the module's current parameters).
+        student_init: theta_S0 (default: theta0, the theorem's setting).
+        teacher: the trait task; enables the teacher-loss rows.
+        student_lr: alpha, the student's step size for the teacher-loss change.
+        batch_size: process inputs in chunks of this many samples.
+        noise_floor: for float32 models, also compute the update on a float64 copy.
+    """
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise InputError(f"eps must be a finite number > 0, got {eps}")
+    if not (math.isfinite(student_lr) and student_lr > 0):
+        raise InputError(f"student_lr must be a finite number > 0, got {student_lr}")
+    _check_inputs(inputs, batch_size)
+    theta0 = model.flat_params() if theta0 is None else theta0.detach()
+    _check_vector(model, "theta0", theta0)
+    _check_vector(model, "direction", direction)
+    theta_s0 = theta0 if student_init is None else student_init.detach()
+    _check_vector(model, "student_init", theta_s0)
+    v = direction.detach().to(theta0.dtype)
+
+    theta_teacher = theta0 + eps * v
+    targets = distillation_targets(model, theta_teacher, inputs, batch_size)
+    _check_finite("teacher outputs", targets)
+    exact = student_update(model, theta_s0, inputs, targets, loss, batch_size)
+    offset = theta_s0 - theta0
+    first = gauss_newton_product(model, theta0, inputs, loss, eps * v - offset, batch_size)
+    a = first_order_coefficient(model, theta0, inputs, loss, v, batch_size)
+    b = second_order_coefficient(model, theta0, inputs, loss, v, batch_size)
+
+    change_exact = change_first = None
+    if teacher is not None:
+        with torch.no_grad():
+            base = float(teacher.loss(model, theta_s0).double())
+            stepped = float(teacher.loss(model, theta_s0 + student_lr * exact).double())
+        change_exact = stepped - base
+        change_first = student_lr * dot(teacher.gradient(model, theta_s0), first)
+
+    floor = None
+    if model.dtype != torch.float64 and noise_floor:
+        reference = _float64_update(model, theta_s0, theta_teacher, inputs, loss, batch_size)
+        if reference is not None:
+            floor = norm(exact.double() - reference) / max(norm(reference), 1e-300)
+
+    distance = norm(offset)
+    return AlignmentReport(
+        eps=float(eps),
+        student_lr=float(student_lr),
+        num_params=model.num_params,
+        num_inputs=int(inputs.shape[0]),
+        dtype=str(model.dtype).replace("torch.", ""),
+        loss=loss.describe(),
+        init_distance_abs=distance,
+        init_distance_rel=distance / max(norm(theta0), 1e-300),
+        inner_exact=dot(exact, v),
+        inner_first_order=dot(first, v),
+        inner_second_order=eps * a + eps**2 * b,
+        cos_exact_teacher=cosine(exact, v),
+        cos_first_order_teacher=cosine(first, v),
+        cos_exact_first_order=cosine(exact, first),
+        norm_exact=norm(exact),
+        norm_first_order=norm(first),
+        norm_teacher=norm(v),
+        taylor_residual=norm(exact.double() - first.double()) / norm(exact) if norm(exact) > 0 else math.nan,
+        A=a,
+        B=b,
+        eps_star=critical_step(a, b),
+        teacher_loss_change_exact=change_exact,
+        teacher_loss_change_first_order=change_first,
+        cosine_noise_floor=floor,
+    )

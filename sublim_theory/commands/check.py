@@ -1,0 +1,121 @@
+"""``sublim-theory check``: the one-step alignment report for a named architecture and loss."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import torch
+import torch.nn.functional as F
+
+from sublim_theory.alignment import AlignmentReport, TeacherTask, alignment_report
+from sublim_theory.architectures import ARCHITECTURES, build_model, make_inputs
+from sublim_theory.errors import InputError
+from sublim_theory.functional import FunctionalModel
+from sublim_theory.losses import LOSSES, make_loss
+
+HELP = "one-step teacher/student alignment report (exact, first order, second order)"
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+N_CLASSES = 10  # the teacher's "regular" outputs; --aux K appends K auxiliary outputs
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="mlp")
+    parser.add_argument("--loss", choices=sorted(LOSSES), default="softmax_ce")
+    parser.add_argument("--eps", type=float, default=1e-4, help="teacher step size (> 0)")
+    parser.add_argument(
+        "--aux",
+        type=int,
+        default=0,
+        metavar="K",
+        help="append K auxiliary outputs; the teacher trains the 10 regular ones, the student "
+        "imitates only the K auxiliary ones (0: the student imitates all outputs)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--inputs", type=int, default=64, help="number of distillation inputs")
+    parser.add_argument("--all", action="store_true", help="every architecture x loss, as a table")
+    parser.add_argument("--json", action="store_true", help="print the report(s) as JSON")
+
+
+def check(
+    arch: str,
+    loss: str,
+    eps: float,
+    aux: int = 0,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    width: int = 16,
+    depth: int = 2,
+    n_inputs: int = 64,
+) -> AlignmentReport:
+    """Build a model, a teacher task (cross-entropy on the regular outputs) and noise inputs; report."""
+    if aux < 0:
+        raise InputError(f"--aux must be >= 0, got {aux}")
+    if n_inputs < 1:
+        raise InputError(f"--inputs must be >= 1, got {n_inputs}")
+    sizes = {"width": width, "depth": depth}
+    model = FunctionalModel(build_model(arch, N_CLASSES + aux, seed=seed, dtype=dtype, **sizes))
+    teacher_inputs = make_inputs(arch, n_inputs, seed=seed + 1, dtype=dtype)
+    labels = torch.randint(0, N_CLASSES, (n_inputs,), generator=torch.Generator().manual_seed(seed))
+    teacher = TeacherTask(lambda z, y: F.cross_entropy(z[..., :N_CLASSES], y), teacher_inputs, labels)
+    student_inputs = make_inputs(arch, n_inputs, seed=seed + 2, distribution="uniform", dtype=dtype)
+    subset = list(range(N_CLASSES, N_CLASSES + aux)) if aux else None
+    theta0 = model.flat_params()
+    direction = teacher.update(model, theta0)
+    return alignment_report(
+        model, direction, student_inputs, make_loss(loss, subset), eps, theta0=theta0, teacher=teacher
+    )
+
+
+COLUMNS = (
+    ("arch", "{:<12}"),
+    ("loss", "{:<24}"),
+    ("cos_exact_teacher", "{:>10.5f}"),
+    ("cos_first_order_teacher", "{:>10.5f}"),
+    ("cos_exact_first_order", "{:>12.9f}"),
+    ("taylor_residual", "{:>9.2e}"),
+    ("A", "{:>10.3e}"),
+    ("B", "{:>10.3e}"),
+    ("eps_star", "{:>9.2e}"),
+    ("teacher_loss_change_exact", "{:>10.3e}"),
+)
+HEADERS = ("arch", "loss", "cos(ex,v)", "cos(1st,v)", "cos(ex,1st)", "residual", "A", "B", "eps*", "dL_T")
+
+
+def format_table(rows: list[dict]) -> str:
+    widths = [len(fmt.format(0) if "f" in fmt or "e" in fmt else fmt.format("")) for _, fmt in COLUMNS]
+    lines = ["  ".join(h.rjust(w) if i > 1 else h.ljust(w) for i, (h, w) in enumerate(zip(HEADERS, widths)))]
+    for row in rows:
+        cells = []
+        for key, fmt in COLUMNS:
+            value = row[key]
+            if value is None or (isinstance(value, float) and not math.isfinite(value)):
+                value = "inf" if key == "eps_star" else "nan"
+                fmt = fmt.replace(".5f", "").replace(".9f", "").replace(".3e", "").replace(".2e", "")
+            cells.append(fmt.format(value))
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    archs = ARCHITECTURES if args.all else (args.arch,)
+    losses = sorted(LOSSES) if args.all else (args.loss,)
+    rows = []
+    for arch in archs:
+        for loss in losses:
+            report = check(
+                arch, loss, args.eps, args.aux, args.seed, DTYPES[args.dtype],
+                args.width, args.depth, args.inputs,
+            )
+            rows.append({"arch": arch, **report.to_dict()})
+    if args.json:
+        print(json.dumps(rows if args.all else rows[0], indent=2))
+    else:
+        print(f"eps = {args.eps:g}, dtype = {args.dtype}, aux = {args.aux}, seed = {args.seed}")
+        print(format_table(rows))
+    return 0
