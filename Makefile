@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 OUT ?= out
 # torch 2.13.0 is pinned so pip takes the local CPU build instead of a multi-GB CUDA wheel.
 TORCH ?= torch==2.13.0
+EXTRAS ?= test,mnist,gpt2,ray
 
 .PHONY: setup run test lint format clean
 
@@ -15,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test,mnist]"
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
 run: setup

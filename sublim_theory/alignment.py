@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.func import jvp, vjp
 
 from sublim_theory.errors import InputError
+from sublim_theory.forward_ad import explicit_normalization
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import ImitationLoss
 
@@ -135,7 +136,7 @@ class TeacherTask:
 def teacher_update(
     model: FunctionalModel, theta: Tensor, loss_fn: TeacherLossFn, inputs: Tensor, targets: Tensor
 ) -> Tensor:
-    """v = -grad_theta L_T(theta) for a user teacher loss (see :class:`TeacherTask`)."""
+    """V = -grad_theta L_T(theta) for a user teacher loss (see :class:`TeacherTask`)."""
     return TeacherTask(loss_fn, inputs, targets).update(model, theta)
 
 
@@ -147,7 +148,9 @@ def distillation_targets(
 ) -> Tensor:
     """y(x) = f(theta_T, x), detached: what the student imitates."""
     with torch.no_grad():
-        return torch.cat([_forward(model, theta_teacher, inputs[s]) for s in _chunks(inputs, batch_size)])
+        return torch.cat(
+            [_forward(model, theta_teacher, inputs[s]) for s in _chunks(inputs, batch_size)]
+        )
 
 
 def student_update(
@@ -208,7 +211,10 @@ def _output_derivatives(
     def value_and_derivative(t: Tensor) -> tuple[Tensor, Tensor]:
         return jvp(f, (t,), (v,))
 
-    (z0, u), (_, w) = jvp(value_and_derivative, (theta,), (v,))
+    # Nested forward mode: torch's fused layer/instance norm get this derivative wrong, so they
+    # are evaluated from elementary ops here (see sublim_theory/forward_ad.py).
+    with explicit_normalization():
+        (z0, u), (_, w) = jvp(value_and_derivative, (theta,), (v,))
     return z0, u, w
 
 
@@ -359,6 +365,7 @@ def alignment_report(
         student_lr: alpha, the student's step size for the teacher-loss change.
         batch_size: process inputs in chunks of this many samples.
         noise_floor: for float32 models, also compute the update on a float64 copy.
+
     """
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
         raise InputError(f"eps must be a finite number > 0, got {eps}")
@@ -414,7 +421,9 @@ def alignment_report(
         norm_exact=norm(exact),
         norm_first_order=norm(first),
         norm_teacher=norm(v),
-        taylor_residual=norm(exact.double() - first.double()) / norm(exact) if norm(exact) > 0 else math.nan,
+        taylor_residual=norm(exact.double() - first.double()) / norm(exact)
+        if norm(exact) > 0
+        else math.nan,
         A=a,
         B=b,
         eps_star=critical_step(a, b),

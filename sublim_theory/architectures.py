@@ -162,7 +162,9 @@ class TinyTransformer(nn.Module):
         if pool not in ("last", "none"):
             raise InputError(f"pool must be 'last' or 'none', got '{pool}'")
         self.pool, self.max_len = pool, _positive("max_len", max_len)
-        self.token = nn.Embedding(_positive("vocab_size", vocab_size), _positive("d_model", d_model))
+        self.token = nn.Embedding(
+            _positive("vocab_size", vocab_size), _positive("d_model", d_model)
+        )
         self.position = nn.Embedding(max_len, d_model)
         self.blocks = nn.ModuleList(
             TransformerBlock(d_model, _positive("n_heads", n_heads), causal)
@@ -173,7 +175,9 @@ class TinyTransformer(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         if tokens.ndim != 2 or tokens.is_floating_point():
-            raise InputError(f"transformer expects integer tokens (N, T), got {tuple(tokens.shape)} {tokens.dtype}")
+            raise InputError(
+                f"transformer expects integer tokens (N, T), got {tuple(tokens.shape)} {tokens.dtype}"
+            )
         t = tokens.shape[1]
         if t > self.max_len:
             raise InputError(f"sequence length {t} exceeds max_len={self.max_len}")
@@ -240,7 +244,11 @@ def make_inputs(
     generator = torch.Generator().manual_seed(seed)
     if arch == "transformer":
         return torch.randint(0, vocab_size, (n, seq_len), generator=generator)
-    shapes = {"mlp": (n, in_features), "resmlp": (n, in_features), "cnn": (n, 1, image_size, image_size)}
+    shapes = {
+        "mlp": (n, in_features),
+        "resmlp": (n, in_features),
+        "cnn": (n, 1, image_size, image_size),
+    }
     if arch not in shapes:
         raise InputError(f"unknown architecture '{arch}'; choose one of {list(ARCHITECTURES)}")
     if distribution == "gaussian":

@@ -49,6 +49,7 @@ class FunctionalModel:
 
     Raises:
         InputError: if the module has no trainable parameters, or has BatchNorm/Dropout in train mode.
+
     """
 
     def __init__(self, module: nn.Module) -> None:
@@ -98,7 +99,9 @@ class FunctionalModel:
         """Concatenate named tensors (same names/shapes as the parameters) into one flat vector."""
         missing = [n for n in self.names if n not in params]
         if missing:
-            raise InputError(f"parameter dict lacks {missing[:3]}{'...' if len(missing) > 3 else ''}")
+            raise InputError(
+                f"parameter dict lacks {missing[:3]}{'...' if len(missing) > 3 else ''}"
+            )
         return torch.cat([params[n].reshape(-1) for n in self.names])
 
     def load(self, theta: Tensor) -> None:

@@ -83,7 +83,9 @@ class ImitationLoss:
     def value(self, z: Tensor, y: Tensor) -> Tensor:
         """l(z, y) per position, shape ``z.shape[:-1]``."""
         if z.shape != y.shape:
-            raise InputError(f"outputs {tuple(z.shape)} and targets {tuple(y.shape)} differ in shape")
+            raise InputError(
+                f"outputs {tuple(z.shape)} and targets {tuple(y.shape)} differ in shape"
+            )
         return self._value(self._restrict(z), self._restrict(y))
 
     def output_gradient(self, z: Tensor, y: Tensor) -> Tensor:
@@ -212,5 +214,7 @@ def make_loss(name: str, outputs: Sequence[int] | None = None, **options: float)
     allowed = {"squared": {"scale"}, "kl": {"temperature"}}.get(name, set())
     unknown = set(options) - allowed
     if unknown:
-        raise InputError(f"loss '{name}' takes no option(s) {sorted(unknown)}; it takes {sorted(allowed)}")
+        raise InputError(
+            f"loss '{name}' takes no option(s) {sorted(unknown)}; it takes {sorted(allowed)}"
+        )
     return cls(outputs=outputs, **options)

@@ -87,6 +87,7 @@ def place_student(
         seed: seeds the noise and, when ``independent`` is not given, the independent init.
         independent: theta_indep for the kinds that need it (default: ``independent_init``).
         head_prefix: which parameters form the head for ``share_body``/``share_head``.
+
     """
     if kind not in PLACEMENTS:
         raise InputError(f"unknown student placement '{kind}'; choose one of {list(PLACEMENTS)}")

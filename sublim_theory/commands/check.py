@@ -62,13 +62,21 @@ def check(
     model = FunctionalModel(build_model(arch, N_CLASSES + aux, seed=seed, dtype=dtype, **sizes))
     teacher_inputs = make_inputs(arch, n_inputs, seed=seed + 1, dtype=dtype)
     labels = torch.randint(0, N_CLASSES, (n_inputs,), generator=torch.Generator().manual_seed(seed))
-    teacher = TeacherTask(lambda z, y: F.cross_entropy(z[..., :N_CLASSES], y), teacher_inputs, labels)
+    teacher = TeacherTask(
+        lambda z, y: F.cross_entropy(z[..., :N_CLASSES], y), teacher_inputs, labels
+    )
     student_inputs = make_inputs(arch, n_inputs, seed=seed + 2, distribution="uniform", dtype=dtype)
     subset = list(range(N_CLASSES, N_CLASSES + aux)) if aux else None
     theta0 = model.flat_params()
     direction = teacher.update(model, theta0)
     return alignment_report(
-        model, direction, student_inputs, make_loss(loss, subset), eps, theta0=theta0, teacher=teacher
+        model,
+        direction,
+        student_inputs,
+        make_loss(loss, subset),
+        eps,
+        theta0=theta0,
+        teacher=teacher,
     )
 
 
@@ -84,19 +92,38 @@ COLUMNS = (
     ("eps_star", "{:>9.2e}"),
     ("teacher_loss_change_exact", "{:>10.3e}"),
 )
-HEADERS = ("arch", "loss", "cos(ex,v)", "cos(1st,v)", "cos(ex,1st)", "residual", "A", "B", "eps*", "dL_T")
+HEADERS = (
+    "arch",
+    "loss",
+    "cos(ex,v)",
+    "cos(1st,v)",
+    "cos(ex,1st)",
+    "residual",
+    "A",
+    "B",
+    "eps*",
+    "dL_T",
+)
 
 
 def format_table(rows: list[dict]) -> str:
-    widths = [len(fmt.format(0) if "f" in fmt or "e" in fmt else fmt.format("")) for _, fmt in COLUMNS]
-    lines = ["  ".join(h.rjust(w) if i > 1 else h.ljust(w) for i, (h, w) in enumerate(zip(HEADERS, widths)))]
+    widths = [
+        len(fmt.format(0) if "f" in fmt or "e" in fmt else fmt.format("")) for _, fmt in COLUMNS
+    ]
+    lines = [
+        "  ".join(
+            h.rjust(w) if i > 1 else h.ljust(w) for i, (h, w) in enumerate(zip(HEADERS, widths))
+        )
+    ]
     for row in rows:
         cells = []
         for key, fmt in COLUMNS:
             value = row[key]
             if value is None or (isinstance(value, float) and not math.isfinite(value)):
                 value = "inf" if key == "eps_star" else "nan"
-                fmt = fmt.replace(".5f", "").replace(".9f", "").replace(".3e", "").replace(".2e", "")
+                fmt = (
+                    fmt.replace(".5f", "").replace(".9f", "").replace(".3e", "").replace(".2e", "")
+                )
             cells.append(fmt.format(value))
         lines.append("  ".join(cells))
     return "\n".join(lines)
@@ -109,8 +136,15 @@ def run(args: argparse.Namespace) -> int:
     for arch in archs:
         for loss in losses:
             report = check(
-                arch, loss, args.eps, args.aux, args.seed, DTYPES[args.dtype],
-                args.width, args.depth, args.inputs,
+                arch,
+                loss,
+                args.eps,
+                args.aux,
+                args.seed,
+                DTYPES[args.dtype],
+                args.width,
+                args.depth,
+                args.inputs,
             )
             rows.append({"arch": arch, **report.to_dict()})
     if args.json:
