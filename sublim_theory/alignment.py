@@ -11,6 +11,8 @@ matrix at theta_0. Then
     A = E[u^T M u],  B = (1/2) E[u^T M w - u^T G[u, u]],  w = D^2 f[v, v]  (forward mode only)
 
 E_x is the mean over every position: samples, and sequence positions for outputs (N, T, k).
+The ``*_kernel`` functions compute one batch as pure tensor functions, so they compose with
+``torch.func.vmap`` over stacked seeds; the public functions validate, chunk and accumulate.
 Every reduction (sums over inputs, dot products, norms) is done in float64 whatever the model's
 dtype; inputs can be processed in chunks of ``batch_size`` to bound memory.
 """
@@ -141,8 +143,77 @@ def teacher_update(
 
 
 # --------------------------------------------------------------------------------------------
-# student: exact update
+# kernels: one batch, pure tensor functions (composable with torch.func.vmap over seeds)
 # --------------------------------------------------------------------------------------------
+def imitation_objective(
+    model: FunctionalModel, theta: Tensor, inputs: Tensor, targets: Tensor, loss: ImitationLoss
+) -> Tensor:
+    """L_S(theta) = E_x[l(f(theta, x), y(x))] on one batch (mean over every position)."""
+    return loss.value(model(theta, inputs), targets).mean()
+
+
+def student_update_kernel(
+    model: FunctionalModel, theta: Tensor, inputs: Tensor, targets: Tensor, loss: ImitationLoss
+) -> Tensor:
+    """dtheta_S = -grad L_S(theta) on one batch."""
+    return -torch.func.grad(lambda t: imitation_objective(model, t, inputs, targets, loss))(theta)
+
+
+def gauss_newton_kernel(
+    model: FunctionalModel, theta: Tensor, inputs: Tensor, loss: ImitationLoss, vector: Tensor
+) -> Tensor:
+    """K q = E_x[J^T M J] q on one batch: one jvp (J q), M in closed form, one vjp."""
+    f = model.as_function(inputs)
+    z0, u = jvp(f, (theta,), (vector,))
+    _, pullback = vjp(f, theta)
+    (product,) = pullback(loss.hessian_vector_product(z0, u))
+    return product / _positions(z0)
+
+
+def first_order_kernel(
+    model: FunctionalModel, theta: Tensor, inputs: Tensor, loss: ImitationLoss, v: Tensor
+) -> Tensor:
+    """A = E_x[u^T M u], u = J v, on one batch (one jvp); reduced in float64."""
+    z0, u = jvp(model.as_function(inputs), (theta,), (v,))
+    curvature = loss.hessian_vector_product(z0, u)
+    return (u.double() * curvature.double()).sum() / _positions(z0)
+
+
+def second_order_kernel(
+    model: FunctionalModel, theta: Tensor, inputs: Tensor, loss: ImitationLoss, v: Tensor
+) -> Tensor:
+    """B = (1/2) E_x[u^T M w - u^T G[u, u]], w = D^2 f[v, v] (jvp of jvp), on one batch."""
+    f = model.as_function(inputs)
+
+    def value_and_derivative(t: Tensor) -> tuple[Tensor, Tensor]:
+        return jvp(f, (t,), (v,))
+
+    # Nested forward mode: torch's fused layer/instance norm get this derivative wrong, so they
+    # are evaluated from elementary ops here (see sublim_theory/forward_ad.py).
+    with explicit_normalization():
+        (z0, u), (_, w) = jvp(value_and_derivative, (theta,), (v,))
+    u64 = u.double()
+    total = (u64 * loss.hessian_vector_product(z0, w).double()).sum()
+    total = total - (u64 * loss.target_curvature(z0, u).double()).sum()
+    return 0.5 * total / _positions(z0)
+
+
+# --------------------------------------------------------------------------------------------
+# public functions: validated, chunked over the inputs, accumulated in float64
+# --------------------------------------------------------------------------------------------
+def _accumulate(
+    kernel: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int | None
+) -> Tensor:
+    """E over all inputs of a per-batch mean ``kernel(batch_inputs)``, weighted by batch size."""
+    total, count = None, 0
+    for s in _chunks(inputs, batch_size):
+        n = s.stop - s.start
+        part = kernel(s).double() * n
+        total = part if total is None else total + part
+        count += n
+    return total / count
+
+
 def distillation_targets(
     model: FunctionalModel, theta_teacher: Tensor, inputs: Tensor, batch_size: int | None = None
 ) -> Tensor:
@@ -163,20 +234,16 @@ def student_update(
 ) -> Tensor:
     """The exact one-step update dtheta_S = -grad_theta E_x[l(f(theta, x), y(x))] at theta_student."""
     _check_inputs(inputs, batch_size)
-    theta = theta_student.detach().requires_grad_(True)
-    total = torch.zeros_like(theta, dtype=torch.float64)
-    positions = 0
-    for s in _chunks(inputs, batch_size):
-        outputs = _forward(model, theta, inputs[s])
-        (grad,) = torch.autograd.grad(loss.value(outputs, targets[s]).sum(), theta)
-        total += grad.double()
-        positions += _positions(outputs)
-    return (-total / positions).to(theta.dtype)
+    _forward(model, theta_student.detach(), inputs[:1])  # a clear error for mis-shaped inputs
+    theta = theta_student.detach()
+    update = _accumulate(
+        lambda s: student_update_kernel(model, theta, inputs[s], targets[s], loss),
+        inputs,
+        batch_size,
+    )
+    return update.to(theta.dtype)
 
 
-# --------------------------------------------------------------------------------------------
-# first and second order (forward mode, plus one vjp for the Gauss-Newton product)
-# --------------------------------------------------------------------------------------------
 def gauss_newton_product(
     model: FunctionalModel,
     theta: Tensor,
@@ -188,34 +255,11 @@ def gauss_newton_product(
     """K q = E_x[J^T M J] q at theta, by one jvp (J q), a closed-form M, and one vjp. Never forms J."""
     _check_inputs(inputs, batch_size)
     _check_vector(model, "vector", vector)
-    total = torch.zeros_like(theta, dtype=torch.float64)
-    positions = 0
-    for s in _chunks(inputs, batch_size):
-        f = model.as_function(inputs[s])
-        z0, u = jvp(f, (theta,), (vector,))
-        _, pullback = vjp(f, theta)
-        (product,) = pullback(loss.hessian_vector_product(z0, u))
-        total += product.double()
-        positions += _positions(z0)
-    return (total / positions).to(theta.dtype)
-
-
-def _output_derivatives(
-    model: FunctionalModel, theta: Tensor, inputs: Tensor, v: Tensor, second: bool
-) -> tuple[Tensor, ...]:
-    """z0 = f, u = D f[v] and (if ``second``) w = D^2 f[v, v], all by forward mode."""
-    f = model.as_function(inputs)
-    if not second:
-        return jvp(f, (theta,), (v,))
-
-    def value_and_derivative(t: Tensor) -> tuple[Tensor, Tensor]:
-        return jvp(f, (t,), (v,))
-
-    # Nested forward mode: torch's fused layer/instance norm get this derivative wrong, so they
-    # are evaluated from elementary ops here (see sublim_theory/forward_ad.py).
-    with explicit_normalization():
-        (z0, u), (_, w) = jvp(value_and_derivative, (theta,), (v,))
-    return z0, u, w
+    _forward(model, theta, inputs[:1])
+    product = _accumulate(
+        lambda s: gauss_newton_kernel(model, theta, inputs[s], loss, vector), inputs, batch_size
+    )
+    return product.to(theta.dtype)
 
 
 def first_order_coefficient(
@@ -229,12 +273,9 @@ def first_order_coefficient(
     """A = E_x[u^T M u] >= 0, u = J v: <dtheta_S, v> = eps A + O(eps^2). One jvp per chunk."""
     _check_inputs(inputs, batch_size)
     _check_vector(model, "direction", v)
-    total, positions = 0.0, 0
-    for s in _chunks(inputs, batch_size):
-        z0, u = _output_derivatives(model, theta, inputs[s], v, second=False)
-        total += dot(u, loss.hessian_vector_product(z0, u))
-        positions += _positions(z0)
-    return total / positions
+    _forward(model, theta, inputs[:1])
+    kernel = lambda s: first_order_kernel(model, theta, inputs[s], loss, v)  # noqa: E731
+    return float(_accumulate(kernel, inputs, batch_size))
 
 
 def second_order_coefficient(
@@ -248,12 +289,9 @@ def second_order_coefficient(
     """B = (1/2) E_x[u^T M w - u^T G[u, u]], w = D^2 f[v, v] (jvp of jvp), G the loss's third derivative."""
     _check_inputs(inputs, batch_size)
     _check_vector(model, "direction", v)
-    total, positions = 0.0, 0
-    for s in _chunks(inputs, batch_size):
-        z0, u, w = _output_derivatives(model, theta, inputs[s], v, second=True)
-        total += dot(u, loss.hessian_vector_product(z0, w)) - dot(u, loss.target_curvature(z0, u))
-        positions += _positions(z0)
-    return 0.5 * total / positions
+    _forward(model, theta, inputs[:1])
+    kernel = lambda s: second_order_kernel(model, theta, inputs[s], loss, v)  # noqa: E731
+    return float(_accumulate(kernel, inputs, batch_size))
 
 
 def critical_step(a: float, b: float) -> float:

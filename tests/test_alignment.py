@@ -14,8 +14,11 @@ from sublim_theory.alignment import (
     distillation_targets,
     dot,
     first_order_coefficient,
+    first_order_kernel,
+    gauss_newton_kernel,
     gauss_newton_product,
     second_order_coefficient,
+    second_order_kernel,
     student_update,
 )
 from sublim_theory.architectures import build_model, make_inputs
@@ -293,3 +296,26 @@ def test_report_on_cuda_matches_cpu():
     gpu = alignment_report(gpu_model, v.cuda(), inputs.cuda(), LOSSES["kl"], 1e-4)
     assert relative_error(gpu.inner_exact, cpu.inner_exact) < 1e-8
     assert relative_error(gpu.A, cpu.A) < 1e-10
+
+
+@pytest.mark.parametrize("arch", ["mlp", "transformer"])
+def test_kernels_compose_with_vmap_over_seeds(arch):
+    """Seeds batched with torch.func.vmap give the same numbers as a loop over seeds."""
+    loss = LOSSES["kl"]
+    problems = [_problem(arch, activation=SMOOTH[arch], seed=s) for s in range(3)]
+    model, _, inputs, _ = problems[0]
+    thetas = torch.stack([p[1] for p in problems])
+    directions = torch.stack([p[3] for p in problems])
+
+    def measure(theta, v):
+        return (
+            gauss_newton_kernel(model, theta, inputs, loss, v),
+            first_order_kernel(model, theta, inputs, loss, v),
+            second_order_kernel(model, theta, inputs, loss, v),
+        )
+
+    batched = torch.func.vmap(measure)(thetas, directions)
+    for i in range(3):
+        looped = measure(thetas[i], directions[i])
+        for name, b, lo in zip(("K v", "A", "B"), batched, looped):
+            assert_allclose(b[i], lo, f"{name} seed {i}", rtol=1e-9)
