@@ -8,7 +8,7 @@ OUT ?= out
 TORCH ?= torch==2.13.0
 EXTRAS ?= test,mnist,gpt2,ray
 
-.PHONY: setup run test lint format clean
+.PHONY: setup run test lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	# curvlinops (benchmark peer and test oracle) without backpack/torchvision, which would
+	# replace the CPU torch with a multi-GB CUDA build.
+	$(BIN)/pip install --quiet --no-deps curvlinops-for-pytorch
+	$(BIN)/pip install --quiet einops einconv linear_operator opt-einsum tqdm
 	touch $@
 
 run: setup
@@ -28,6 +32,9 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/sublim-theory bench --out benchmarks/results/cpu
 
 format: setup
 	$(BIN)/ruff check --fix .

@@ -1,0 +1,432 @@
+"""Benchmarks: what measuring alignment costs, in units of the training step it studies.
+
+Every figure is a ratio measured in one run, on one machine, on the same batch:
+time(path) / time(one student gradient). Paths:
+
+* ``gradient``          -grad_theta E_x l(f(theta, x), y) (forward + backward): the unit;
+* ``first_order``       A = E[u^T M u] (one jvp)                      target <= 1.2;
+* ``gauss_newton``      K v = E[J^T M J] v (jvp + vjp)                target <= 1.8;
+* ``report``            the full one-step report (targets, exact update, K(eps v), A, B);
+* ``explicit_jacobian`` K v from the materialized Jacobian (jacrev), on a small batch, divided
+  by the gradient on that same small batch;
+* ``curvlinops_ggn``    curvlinops' GGNLinearOperator matvec (softmax cross-entropy, whose GGN
+  is our K for ``softmax_ce``), when curvlinops is installed; target ours <= 0.75 x theirs;
+* ``seeds_vmap`` / ``seeds_loop``: A and K v for S seeds of a small MLP through vmap, and through
+  a Python loop; target loop / vmap >= 3 at S = 32 on CPU.
+
+Peak memory: on CUDA ``max_memory_allocated`` per path; on CPU the process's peak RSS (a
+high-water mark for the whole run, so it is reported once, not per path).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sublim_theory import reference
+from sublim_theory.alignment import (
+    alignment_report,
+    first_order_kernel,
+    gauss_newton_kernel,
+    student_update_kernel,
+)
+from sublim_theory.architectures import MLP, TinyTransformer, build_model, make_inputs
+from sublim_theory.errors import InputError
+from sublim_theory.functional import FunctionalModel
+from sublim_theory.losses import SoftCrossEntropy
+
+TARGETS = {
+    "first_order": ("<=", 1.2),
+    "gauss_newton": ("<=", 1.8),
+    "gauss_newton_vs_curvlinops": ("<=", 0.75),
+    "seeds_loop_over_vmap": (">=", 3.0),
+}
+
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    # name -> architecture -> (constructor kwargs, batch); "tiny" is what the tests run.
+    "tiny": {
+        "mlp": {"batch": 16, "small_batch": 2, "in_features": 12, "width": 8, "depth": 2},
+        "cnn": {"batch": 8, "small_batch": 2, "image_size": 8, "width": 4, "depth": 2},
+        "transformer": {
+            "batch": 4,
+            "small_batch": 1,
+            "vocab": 11,
+            "width": 8,
+            "depth": 1,
+            "seq": 5,
+        },
+    },
+    "default": {
+        "mlp": {"batch": 256, "small_batch": 8, "in_features": 784, "width": 256, "depth": 2},
+        "cnn": {"batch": 64, "small_batch": 4, "image_size": 28, "width": 16, "depth": 2},
+        "transformer": {
+            "batch": 16,
+            "small_batch": 1,
+            "vocab": 64,
+            "width": 64,
+            "depth": 2,
+            "seq": 32,
+        },
+    },
+    # GPT-2 small: 12 layers, d_model 768, vocab 50257 (~124M parameters), for a GPU.
+    "gpt2": {
+        "transformer": {
+            "batch": 8,
+            "small_batch": 0,
+            "vocab": 50257,
+            "width": 768,
+            "depth": 12,
+            "seq": 128,
+            "heads": 12,
+        },
+    },
+}
+
+
+@dataclass
+class Case:
+    arch: str
+    model: FunctionalModel
+    inputs: Tensor
+    small_inputs: Tensor | None
+
+
+def build_case(arch: str, size: dict[str, Any], dtype: torch.dtype, device: str) -> Case:
+    """A model and a batch of distillation inputs for one benchmark architecture."""
+    torch.manual_seed(0)
+    if arch == "transformer":
+        module: nn.Module = TinyTransformer(
+            size["vocab"],
+            size["width"],
+            size.get("heads", 2),
+            size["depth"],
+            size["seq"],
+            pool="none",
+        )
+        inputs = torch.randint(0, size["vocab"], (size["batch"], size["seq"]))
+    elif arch == "mlp":
+        module = MLP(size["in_features"], [size["width"]] * size["depth"], 10, "relu")
+        inputs = make_inputs("mlp", size["batch"], in_features=size["in_features"], dtype=dtype)
+    elif arch == "cnn":
+        module = build_model("cnn", 10, width=size["width"], depth=size["depth"], dtype=dtype)
+        inputs = make_inputs("cnn", size["batch"], image_size=size["image_size"], dtype=dtype)
+    else:
+        raise InputError(f"unknown benchmark architecture '{arch}'; choose mlp, cnn or transformer")
+    module = module.to(device=device, dtype=dtype).eval()
+    inputs = inputs.to(device)
+    small = inputs[: size["small_batch"]] if size["small_batch"] else None
+    return Case(arch, FunctionalModel(module), inputs, small)
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_call(
+    fn: Callable[[], Any], device: str, min_seconds: float = 0.3, min_repeats: int = 5
+) -> float:
+    """Median wall time of ``fn`` after two warm-up calls, over >= min_repeats and >= min_seconds."""
+    for _ in range(2):
+        fn()
+    _synchronize(device)
+    times: list[float] = []
+    total = 0.0
+    while len(times) < min_repeats or (total < min_seconds and len(times) < 200):
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+        total += times[-1]
+    return statistics.median(times)
+
+
+def _peak_memory_mb(fn: Callable[[], Any], device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    _synchronize(device)
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+class _FlatOutputs(nn.Module):
+    """(N, T, k) outputs as (N*T, k) rows, the shape CrossEntropyLoss takes."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.inner(x)
+        return out.reshape(-1, out.shape[-1])
+
+
+def _curvlinops_matvec(case: Case, v: Tensor) -> Callable[[], Any] | None:
+    """Curvlinops' GGN matvec for softmax cross-entropy on the same batch, or None if absent."""
+    try:
+        from curvlinops import GGNLinearOperator
+    except ImportError:
+        return None
+    module = _FlatOutputs(case.model.module)
+    params = [p for p in module.parameters() if p.requires_grad]
+    with torch.no_grad():
+        labels = module(case.inputs).argmax(-1)  # the CE Hessian in z does not depend on labels
+
+    operator = GGNLinearOperator(
+        module,
+        nn.CrossEntropyLoss(),
+        params,
+        [(case.inputs, labels)],
+        check_deterministic=False,
+    )
+    pieces = [c.reshape(p.shape) for c, p in zip(torch.split(v, case.model.sizes), params)]
+    try:
+        operator @ pieces
+        return lambda: operator @ pieces
+    except (TypeError, ValueError, RuntimeError):
+        flat = v.detach().cpu().numpy()
+        return lambda: operator @ flat
+
+
+def bench_case(case: Case, device: str) -> list[dict[str, Any]]:
+    """Time every path on one case; ratios are to the student gradient on the same batch."""
+    model, inputs, loss = case.model, case.inputs, SoftCrossEntropy()
+    theta = model.flat_params()
+    v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(1), dtype=theta.dtype)
+    v = v.to(theta.device)
+    with torch.no_grad():
+        targets = model(theta + 1e-3 * v, inputs)
+
+    paths: dict[str, Callable[[], Any]] = {
+        "gradient": lambda: student_update_kernel(model, theta, inputs, targets, loss),
+        "first_order": lambda: first_order_kernel(model, theta, inputs, loss, v),
+        "gauss_newton": lambda: gauss_newton_kernel(model, theta, inputs, loss, v),
+        "report": lambda: alignment_report(
+            model, v, inputs, loss, 1e-3, theta0=theta, noise_floor=False
+        ),
+    }
+    curvlinops = _curvlinops_matvec(case, v)
+    if curvlinops is not None:
+        paths["curvlinops_ggn"] = curvlinops
+
+    rows = []
+    base = {
+        "arch": case.arch,
+        "dtype": str(theta.dtype).replace("torch.", ""),
+        "device": device,
+        "num_params": model.num_params,
+        "batch": int(inputs.shape[0]),
+    }
+    seconds = {name: time_call(fn, device) for name, fn in paths.items()}
+    for name, fn in paths.items():
+        rows.append(
+            {
+                **base,
+                "path": name,
+                "seconds": seconds[name],
+                "ratio": seconds[name] / seconds["gradient"],
+                "baseline": "gradient",
+                "peak_memory_mb": _peak_memory_mb(fn, device),
+            }
+        )
+    if curvlinops is not None:
+        rows.append(
+            {
+                **base,
+                "path": "gauss_newton_vs_curvlinops",
+                "seconds": seconds["gauss_newton"],
+                "ratio": seconds["gauss_newton"] / seconds["curvlinops_ggn"],
+                "baseline": "curvlinops_ggn",
+                "peak_memory_mb": None,
+            }
+        )
+
+    if case.small_inputs is not None:
+        small, small_targets = case.small_inputs, targets[: case.small_inputs.shape[0]]
+
+        def explicit() -> Tensor:
+            return reference.explicit_gauss_newton(model, theta, small, loss) @ v
+
+        gradient_small = time_call(
+            lambda: student_update_kernel(model, theta, small, small_targets, loss), device
+        )
+        explicit_seconds = time_call(explicit, device, min_repeats=2, min_seconds=0.0)
+        rows.append(
+            {
+                **base,
+                "batch": int(small.shape[0]),
+                "path": "explicit_jacobian",
+                "seconds": explicit_seconds,
+                "ratio": explicit_seconds / gradient_small,
+                "baseline": "gradient (same small batch)",
+                "peak_memory_mb": None,
+            }
+        )
+    return rows
+
+
+def bench_seeds(
+    n_seeds: int, device: str, dtype: torch.dtype, width: int = 32, batch: int = 64
+) -> list[dict[str, Any]]:
+    """A and K v for ``n_seeds`` stacked inits of a small MLP: vmap vs a Python loop."""
+    modules = [MLP(16, [width, width], 10, "tanh") for _ in range(n_seeds)]
+    model = FunctionalModel(modules[0].to(device=device, dtype=dtype).eval())
+    thetas = torch.stack(
+        [FunctionalModel(m.to(device=device, dtype=dtype)).flat_params() for m in modules]
+    )
+    directions = torch.randn(thetas.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    directions = directions.to(device)
+    inputs = make_inputs("mlp", batch, in_features=16, dtype=dtype).to(device)
+    loss = SoftCrossEntropy()
+
+    def measure(theta: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return first_order_kernel(model, theta, inputs, loss, v), gauss_newton_kernel(
+            model, theta, inputs, loss, v
+        )
+
+    batched = torch.func.vmap(measure)
+
+    def loop() -> list[tuple[Tensor, Tensor]]:
+        return [measure(t, v) for t, v in zip(thetas, directions)]
+
+    vmap_seconds = time_call(lambda: batched(thetas, directions), device)
+    loop_seconds = time_call(loop, device)
+    base = {
+        "arch": "mlp(16-32-32-10)",
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": device,
+        "num_params": model.num_params,
+        "batch": batch,
+        "peak_memory_mb": None,
+    }
+    return [
+        {
+            **base,
+            "path": f"seeds_vmap[{n_seeds}]",
+            "seconds": vmap_seconds,
+            "ratio": 1.0,
+            "baseline": "itself",
+        },
+        {
+            **base,
+            "path": f"seeds_loop[{n_seeds}]",
+            "seconds": loop_seconds,
+            "ratio": loop_seconds / vmap_seconds,
+            "baseline": "seeds_vmap",
+        },
+        {
+            **base,
+            "path": "seeds_loop_over_vmap",
+            "seconds": loop_seconds,
+            "ratio": loop_seconds / vmap_seconds,
+            "baseline": "seeds_vmap",
+        },
+    ]
+
+
+def environment(device: str) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        record["gpu"] = torch.cuda.get_device_name()
+    return record
+
+
+def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each targeted row with its target and whether it was met."""
+    out = []
+    for row in rows:
+        target = TARGETS.get(row["path"])
+        if target is None:
+            continue
+        op, bound = target
+        met = row["ratio"] <= bound if op == "<=" else row["ratio"] >= bound
+        out.append({**row, "target": f"{op} {bound}", "met": bool(met)})
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
+    lines = [
+        "# Benchmark: cost of alignment measurement relative to one student gradient",
+        "",
+        f"Environment: {json.dumps(env)}",
+        "",
+        "| arch | dtype | device | params | batch | path | seconds | ratio | baseline | target | met |",
+        "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | --- | --- | --- |",
+    ]
+    targeted = {(r["arch"], r["dtype"], r["path"]): r for r in verdicts(rows)}
+    for r in rows:
+        t = targeted.get((r["arch"], r["dtype"], r["path"]))
+        lines.append(
+            f"| {r['arch']} | {r['dtype']} | {r['device']} | {r['num_params']} | {r['batch']} | "
+            f"{r['path']} | {r['seconds']:.4g} | {r['ratio']:.3f} | {r['baseline']} | "
+            f"{t['target'] if t else ''} | {('yes' if t['met'] else 'NO') if t else ''} |"
+        )
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lines += ["", f"Peak process RSS over the whole run: {rss:.0f} MiB."]
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmarks(
+    out_dir: str | Path,
+    size: str = "default",
+    device: str = "cpu",
+    dtypes: tuple[str, ...] = ("float32", "float64"),
+    archs: tuple[str, ...] = ("mlp", "cnn", "transformer"),
+    n_seeds: int = 32,
+) -> list[Path]:
+    """Run every benchmark and write bench.json, environment.json and bench.md to ``out_dir``."""
+    if size not in SIZES:
+        raise InputError(f"unknown benchmark size '{size}'; choose one of {sorted(SIZES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            "--device cuda was asked for but torch sees no CUDA device; use --device cpu"
+        )
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create output folder {out}: {error.strerror}") from error
+    rows: list[dict[str, Any]] = []
+    for dtype_name in dtypes:
+        dtype = {"float32": torch.float32, "float64": torch.float64}[dtype_name]
+        for arch in archs:
+            if arch not in SIZES[size]:
+                continue
+            case = build_case(arch, SIZES[size][arch], dtype, device)
+            rows += bench_case(case, device)
+            print(f"  {arch} {dtype_name}: done", file=sys.stderr)
+        if n_seeds > 0:
+            rows += bench_seeds(n_seeds, device, dtype)
+    env = environment(device)
+    paths = [out / "bench.json", out / "environment.json", out / "bench.md"]
+    paths[0].write_text(json.dumps({"rows": rows, "verdicts": verdicts(rows)}, indent=2) + "\n")
+    paths[1].write_text(json.dumps(env, indent=2) + "\n")
+    paths[2].write_text(markdown(rows, env))
+    return paths
+
+
+def ratio(rows: list[dict[str, Any]], arch: str, dtype: str, path: str) -> float:
+    for row in rows:
+        if row["arch"] == arch and row["dtype"] == dtype and row["path"] == path:
+            return row["ratio"]
+    return math.nan

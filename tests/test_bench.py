@@ -1,0 +1,55 @@
+import json
+
+import pytest
+import torch
+
+from sublim_theory.alignment import gauss_newton_product
+from sublim_theory.bench import SIZES, _curvlinops_matvec, build_case, run_benchmarks, verdicts
+from sublim_theory.errors import InputError
+from sublim_theory.losses import SoftCrossEntropy
+from sublim_theory.testing import assert_allclose
+
+
+def test_tiny_benchmark_writes_tables_with_ratios(tmp_path):
+    paths = run_benchmarks(tmp_path, "tiny", "cpu", ("float64",), ("mlp", "transformer"), n_seeds=4)
+    record = json.loads(paths[0].read_text())
+    rows = {(r["arch"], r["path"]): r for r in record["rows"]}
+    assert rows[("mlp", "gradient")]["ratio"] == 1.0
+    for path in ("first_order", "gauss_newton", "report", "explicit_jacobian"):
+        assert rows[("mlp", path)]["ratio"] > 0
+    assert {v["path"] for v in record["verdicts"]} >= {
+        "first_order",
+        "gauss_newton",
+        "seeds_loop_over_vmap",
+    }
+    assert "| mlp | float64 | cpu |" in paths[2].read_text()
+    assert json.loads(paths[1].read_text())["torch"] == torch.__version__
+
+
+def test_verdicts_mark_targets_honestly():
+    rows = [{"path": "first_order", "ratio": 1.3}, {"path": "seeds_loop_over_vmap", "ratio": 3.5}]
+    assert [v["met"] for v in verdicts(rows)] == [False, True]
+
+
+def test_bad_benchmark_arguments(tmp_path):
+    with pytest.raises(InputError, match="unknown benchmark size"):
+        run_benchmarks(tmp_path, "huge")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            run_benchmarks(tmp_path, "tiny", "cuda")
+
+
+def test_curvlinops_ggn_equals_our_gauss_newton_product():
+    """curvlinops (an independent GGN implementation) as an oracle for K v under softmax CE."""
+    pytest.importorskip("curvlinops")
+    case = build_case("mlp", SIZES["tiny"]["mlp"], torch.float64, "cpu")
+    theta = case.model.flat_params()
+    v = torch.randn(theta.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    theirs = _curvlinops_matvec(case, v)()
+    theirs = (
+        torch.cat([torch.as_tensor(t).reshape(-1) for t in theirs])
+        if isinstance(theirs, list)
+        else torch.as_tensor(theirs)
+    )
+    ours = gauss_newton_product(case.model, theta, case.inputs, SoftCrossEntropy(), v)
+    assert_allclose(ours, theirs.to(ours.dtype), "K v vs curvlinops", rtol=1e-9, atol=1e-12)
