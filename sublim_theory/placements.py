@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,12 +40,23 @@ PLACEMENTS = (
 def independent_init(model: FunctionalModel, seed: int) -> Tensor:
     """A fresh initialization of the same architecture (every ``reset_parameters``), from ``seed``."""
     clone = copy.deepcopy(model.module)
-    torch.manual_seed(seed)
-    for module in clone.modules():
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset):
-            reset()
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
+        torch.manual_seed(seed)
+        for module in clone.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
     return FunctionalModel(clone).flat_params().to(model.dtype)
+
+
+def _noise_generator(seed: int) -> torch.Generator:
+    """A generator whose stream is unrelated to ``torch.manual_seed(seed)``.
+
+    Models are usually initialized with ``torch.manual_seed(seed)``; noise drawn from the same
+    seed would replay the init's own random numbers and correlate Delta with theta_0.
+    """
+    mixed = int(np.random.SeedSequence([seed, 0x5EED_B0D7]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(mixed % 2**63)
 
 
 def head_names(model: FunctionalModel, head_prefix: str | None = None) -> list[str]:
@@ -85,6 +97,9 @@ def place_student(
         kind: one of ``PLACEMENTS``.
         scale: sigma for ``noise``, s for ``scaled_noise``, t for ``interpolate``; must be >= 0.
         seed: seeds the noise and, when ``independent`` is not given, the independent init.
+            The noise stream is mixed from ``seed``, so it is unrelated to the stream of
+            ``torch.manual_seed(seed)`` that may have initialized theta_0 (the same stream
+            would correlate Delta with theta_0 and bias d^T K v away from zero).
         independent: theta_indep for the kinds that need it (default: ``independent_init``).
         head_prefix: which parameters form the head for ``share_body``/``share_head``.
 
@@ -97,7 +112,7 @@ def place_student(
         raise InputError(f"interpolation t must lie in [0, 1], got {scale}")
     if kind == "shared":
         return theta0.clone()
-    generator = torch.Generator().manual_seed(seed)
+    generator = _noise_generator(seed)
     if kind in ("noise", "scaled_noise"):
         noise = torch.randn(theta0.numel(), generator=generator, dtype=torch.float64)
         noise = noise.to(device=theta0.device, dtype=theta0.dtype)

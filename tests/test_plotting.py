@@ -1,0 +1,80 @@
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from sublim_theory.errors import InputError
+from sublim_theory.plotting import (
+    alignment_curves,
+    load_sweep,
+    mean_and_interval,
+    plot_sweep,
+    trajectory_curves,
+)
+from sublim_theory.sweep import TABLE_NAME, run_sweep
+
+TINY = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "init_distance_tiny.toml"
+
+
+@pytest.fixture(scope="module")
+def table_only(tmp_path_factory):
+    """A directory holding only the tiny sweep's table: the plots may read nothing else."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = tmp_path_factory.mktemp("run")
+        run_sweep(TINY, run, device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(previous)
+    only = tmp_path_factory.mktemp("table_only")
+    shutil.copy(run / TABLE_NAME, only / TABLE_NAME)
+    return only
+
+
+def test_mean_and_interval_matches_the_t_interval():
+    mean, half, n = mean_and_interval([1.0, 2.0, 3.0, float("nan"), None])
+    assert (mean, n) == (2.0, 3)
+    assert half == pytest.approx(4.302652729911275 * 1.0 / math.sqrt(3))
+    assert math.isnan(mean_and_interval([5.0])[1])
+    assert mean_and_interval([])[2] == 0
+
+
+def test_plot_sweep_draws_every_figure_from_the_table_alone(table_only):
+    paths = plot_sweep(table_only)
+    names = sorted(p.name for p in paths)
+    expected = [
+        f"{n}.{s}"
+        for n in ("alignment_vs_distance", "collapse", "trajectories")
+        for s in ("pdf", "png")
+    ]
+    assert names == sorted(expected)
+    for path in paths:
+        assert path.stat().st_size > 5_000
+        assert path.read_bytes()[:4] in (b"\x89PNG", b"%PDF")
+
+
+def test_the_curves_the_figure_draws(table_only):
+    """Same numbers as the figure: shared init clearly positive, falling toward zero."""
+    rows = load_sweep(table_only)
+    curves = alignment_curves(rows, "scaled_noise", 1e-3)
+    assert set(curves) == {"mlp", "transformer"}
+    for points in curves.values():
+        distances = [p["distance_rel"] for p in points]
+        assert distances == sorted(distances) and distances[0] == 0
+        assert points[0]["cos"] > 0.4 and points[0]["n"] == 3
+        assert abs(points[-1]["cos"]) < points[0]["cos"] / 2
+    shared = trajectory_curves(rows, "sgd", "shared", "cos_displacement_teacher")
+    assert set(shared) == {"mlp", "transformer"}
+    for curve in shared.values():
+        assert list(curve["step"]) == [1, 2, 3]
+        assert (curve["mean"] > 0.3).all()
+
+
+def test_plot_errors_are_clear(tmp_path):
+    with pytest.raises(InputError, match="no sweep table"):
+        plot_sweep(tmp_path)
+    (tmp_path / TABLE_NAME).write_text("something,else\n1,2\n")
+    with pytest.raises(InputError, match="not a sweep table"):
+        plot_sweep(tmp_path)
