@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The prepared GPU run (issue 7): under 5 minutes on one H100/H200.
+#   1. the benchmark at GPT-2-small size (~124M-parameter transformer, float32 and float64),
+#   2. the full init-distance sweep config on CUDA, and its figures,
+# written with the GPU's description under benchmarks/results/gpu/.
+# The same script runs at tiny size on CPU (tests/test_gpu_script.py):
+#   SIZE=tiny DEVICE=cpu SWEEP=experiments/configs/init_distance_tiny.toml OUT=/tmp/x bash benchmarks/gpu_check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+SIZE=${SIZE:-gpt2}
+DEVICE=${DEVICE:-cuda}
+SWEEP=${SWEEP:-experiments/configs/init_distance_full.toml}
+OUT=${OUT:-benchmarks/results/gpu}
+SWEEP_SECONDS=${SWEEP_SECONDS:-180}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+cli() { "$PYTHON" -m sublim_theory.cli "$@"; }
+
+mkdir -p "$OUT"
+"$PYTHON" - > "$OUT/device.txt" <<'PY'
+import platform, torch
+print("torch", torch.__version__, "python", platform.python_version())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("gpu", p.name, f"{p.total_memory / 2**30:.1f} GiB", f"sm_{p.major}{p.minor}")
+else:
+    print("cpu", platform.processor() or platform.machine())
+PY
+cat "$OUT/device.txt"
+
+start=$(date +%s)
+cli bench --size "$SIZE" --device "$DEVICE" --out "$OUT/bench"
+echo "bench: $(( $(date +%s) - start )) s"
+
+# The sweep resumes where it stopped, so a timeout here loses nothing: rerun to finish.
+start=$(date +%s)
+timeout "$SWEEP_SECONDS" "$PYTHON" -m sublim_theory.cli sweep --config "$SWEEP" --out "$OUT/sweep" \
+  --device "$DEVICE" --quiet || echo "sweep stopped after ${SWEEP_SECONDS} s (resumable: rerun)"
+echo "sweep: $(( $(date +%s) - start )) s"
+cli plot "$OUT/sweep"
