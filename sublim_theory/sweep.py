@@ -919,6 +919,9 @@ class ProgressBar:
             f"configurations, {_clock(elapsed)} elapsed, ~{eta} left"
         )
         terminal = getattr(self.stream, "isatty", lambda: False)()
+        tenth = max(1, self.total // 10)
+        if not terminal and self.done < self.total and (self.done - self.start_done) % tenth:
+            return  # a log file gets about ten lines, not one per configuration
         end = "" if terminal and self.done < self.total else "\n"
         self.stream.write(("\r" if terminal else "") + line + end)
         self.stream.flush()
