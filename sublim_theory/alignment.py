@@ -244,6 +244,23 @@ def student_update(
     return update.to(theta.dtype)
 
 
+def _over_inputs(
+    kernel: Callable[[FunctionalModel, Tensor, Tensor, ImitationLoss, Tensor], Tensor],
+    model: FunctionalModel,
+    theta: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    vector: Tensor,
+    batch_size: int | None,
+    vector_name: str,
+) -> Tensor:
+    """Validate, then average a (model, theta, batch, loss, vector) kernel over all inputs."""
+    _check_inputs(inputs, batch_size)
+    _check_vector(model, vector_name, vector)
+    _forward(model, theta, inputs[:1])  # a clear error for mis-shaped inputs
+    return _accumulate(lambda s: kernel(model, theta, inputs[s], loss, vector), inputs, batch_size)
+
+
 def gauss_newton_product(
     model: FunctionalModel,
     theta: Tensor,
@@ -253,11 +270,8 @@ def gauss_newton_product(
     batch_size: int | None = None,
 ) -> Tensor:
     """K q = E_x[J^T M J] q at theta, by one jvp (J q), a closed-form M, and one vjp. Never forms J."""
-    _check_inputs(inputs, batch_size)
-    _check_vector(model, "vector", vector)
-    _forward(model, theta, inputs[:1])
-    product = _accumulate(
-        lambda s: gauss_newton_kernel(model, theta, inputs[s], loss, vector), inputs, batch_size
+    product = _over_inputs(
+        gauss_newton_kernel, model, theta, inputs, loss, vector, batch_size, "vector"
     )
     return product.to(theta.dtype)
 
@@ -271,11 +285,9 @@ def first_order_coefficient(
     batch_size: int | None = None,
 ) -> float:
     """A = E_x[u^T M u] >= 0, u = J v: <dtheta_S, v> = eps A + O(eps^2). One jvp per chunk."""
-    _check_inputs(inputs, batch_size)
-    _check_vector(model, "direction", v)
-    _forward(model, theta, inputs[:1])
-    kernel = lambda s: first_order_kernel(model, theta, inputs[s], loss, v)  # noqa: E731
-    return float(_accumulate(kernel, inputs, batch_size))
+    return float(
+        _over_inputs(first_order_kernel, model, theta, inputs, loss, v, batch_size, "direction")
+    )
 
 
 def second_order_coefficient(
@@ -287,11 +299,9 @@ def second_order_coefficient(
     batch_size: int | None = None,
 ) -> float:
     """B = (1/2) E_x[u^T M w - u^T G[u, u]], w = D^2 f[v, v] (jvp of jvp), G the loss's third derivative."""
-    _check_inputs(inputs, batch_size)
-    _check_vector(model, "direction", v)
-    _forward(model, theta, inputs[:1])
-    kernel = lambda s: second_order_kernel(model, theta, inputs[s], loss, v)  # noqa: E731
-    return float(_accumulate(kernel, inputs, batch_size))
+    return float(
+        _over_inputs(second_order_kernel, model, theta, inputs, loss, v, batch_size, "direction")
+    )
 
 
 def critical_step(a: float, b: float) -> float:
