@@ -10,7 +10,8 @@ settings.register_profile("dev", deadline=None, max_examples=40)
 if not os.environ.get("CI"):
     settings.load_profile("dev")
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Test models are tiny: one intra-op thread is fastest, and two thrash on a loaded machine.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
