@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in _command_modules().items():
-        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        # argparse %-formats help strings (not descriptions): a literal "95%" must be escaped.
+        sub = subparsers.add_parser(
+            name, help=module.HELP.replace("%", "%%"), description=module.HELP
+        )
         module.register(sub)
         sub.set_defaults(_run=module.run)
     return parser

@@ -1,0 +1,1 @@
+"""The paper's MNIST auxiliary-logit experiment: data, batched training, report."""

@@ -1,0 +1,431 @@
+"""The paper's MNIST auxiliary-logit experiment (Cloud et al. 2025, Fig. 10), N models at once.
+
+Setup (THEORY.md section 6; every value is a field of ``MnistConfig``):
+
+* MLP 784-256-256-(10+m), ReLU; weights N(0, 1/d_in), biases 0 (the *reference* init theta_0^i of
+  model i). Pixels in [-1, 1].
+* Teacher i: theta_0^i trained with Adam on cross-entropy over the 10 regular logits.
+* Students: start from a reference init and are distilled with Adam on
+  KL(softmax(z_T / T) || softmax(z_S / T)) over the m auxiliary logits (``aux``) or all 10 + m
+  logits (``all``), on a FIXED set of uniform[-1, 1] noise images that belongs to model i and is
+  reused every epoch. ``own`` students start from theta_0^i (the theorem's shared init);
+  ``cross`` students start from theta_0^{pi(i)} for a derangement pi (no model keeps its own).
+* Optionally the student init is theta + s * std(tensor) * N(0, I) per tensor
+  (``sublim_theory.placements``, kind ``scaled_noise``).
+
+Batching: every parameter tensor carries a leading model axis ``(M, ...)``; layers are batched
+matmuls (``torch.baddbmm``). The loss is the SUM over models of each model's own batch-mean loss,
+so model j's gradient is exactly the gradient of its own loss (a mean over models, as
+``KLDivLoss(reduction="batchmean")`` on a ``(models, batch, k)`` tensor gives, would scale every
+gradient by 1/M). Adam is elementwise, so one ``torch.optim.Adam`` over the stacked tensors is M
+independent Adams (they share only the step counter, which is equal anyway).
+
+The fixed noise set is stored as seeds, not pixels: image block b of model i is regenerated from
+its own generator seeded by (seed, i, b) whenever it is visited, so memory stays O(batch) instead
+of 188 MB per model for 60,000 images. Each epoch visits the blocks in a fresh random order; the
+images of one block stay together (a block is one batch).
+
+Theorem link (theory/alignment.md): to first order the shared-init student's update is
+K(eps v) with K positive semi-definite, so cos(student update, teacher displacement) >= 0. The
+experiment records cos(theta_S(epoch) - theta_S(0), theta_T^i - theta_0^i) over the full flat
+parameter vector after every student epoch, for every student; for a cross-model student the
+direction is still its teacher's displacement, which its own init does not share (expected ~0).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sublim_theory.architectures import MLP
+from sublim_theory.errors import InputError
+from sublim_theory.functional import FunctionalModel
+from sublim_theory.mnist.data import N_CLASSES, N_PIXELS, MnistData
+from sublim_theory.placements import place_student
+
+# The paper's teacher sees 5 epochs of 60,000 digits at batch 1024: 5 * ceil(60000/1024) steps.
+PAPER_TEACHER_STEPS = 5 * math.ceil(60_000 / 1024)
+STUDENT_KINDS = ("aux", "all", "cross_aux", "cross_all")
+
+Params = list[Tensor]  # [W1, b1, W2, b2, ..., W_out, b_out], each with a leading model axis
+
+
+@dataclass
+class MnistConfig:
+    """Every knob of the experiment; defaults are the paper's code except ``teacher_epochs``.
+
+    Attributes:
+        models: N, the number of independent teacher/student families trained at once.
+        aux_logits: m, the number of auxiliary logits appended to the 10 regular ones.
+        hidden: hidden widths of the MLP.
+        lr: Adam learning rate of teachers and students.
+        weight_decay: Adam (L2) weight decay of teachers and students.
+        batch_size: batch size of teachers and students.
+        teacher_epochs: teacher epochs; ``None`` (auto) picks the epoch count whose number of
+            Adam steps is closest to the paper's 5 epochs of 60,000 digits (295 steps): 5 on full
+            MNIST, 74 on the embedded 4,000 training digits.
+        student_epochs: student epochs over the noise set.
+        noise_images: size of each model's fixed noise set.
+        temperature: softmax temperature of the distillation KL.
+        student_noise: init-noise scales s (s * per-tensor std); one student group per value.
+        students: which student kinds to train, from ``STUDENT_KINDS``: ``aux``/``all`` start
+            from the model's own reference init; ``cross_aux``/``cross_all`` (the controls)
+            from another model's, via a derangement (needs ``models >= 2``).
+        seed: master seed (inits, data order, noise, derangement).
+
+    """
+
+    models: int = 10
+    aux_logits: int = 3
+    hidden: tuple[int, ...] = (256, 256)
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    batch_size: int = 1024
+    teacher_epochs: int | None = None
+    student_epochs: int = 5
+    noise_images: int = 60_000
+    temperature: float = 1.0
+    student_noise: tuple[float, ...] = (0.0,)
+    students: tuple[str, ...] = STUDENT_KINDS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        self.student_noise = tuple(float(s) for s in self.student_noise)
+        self.students = tuple(str(kind) for kind in self.students)
+        unknown = [kind for kind in self.students if kind not in STUDENT_KINDS]
+        if unknown or not self.students or len(set(self.students)) != len(self.students):
+            raise InputError(
+                f"students must be distinct kinds from {list(STUDENT_KINDS)}, got "
+                f"{list(self.students)}"
+            )
+        for name in ("models", "aux_logits", "batch_size", "student_epochs", "noise_images"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if self.teacher_epochs is not None and self.teacher_epochs < 1:
+            raise InputError(f"teacher_epochs must be >= 1 (or auto), got {self.teacher_epochs}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise InputError(f"hidden widths must be positive integers, got {self.hidden}")
+        if not (self.lr > 0 and self.temperature > 0 and self.weight_decay >= 0):
+            raise InputError("lr and temperature must be > 0 and weight_decay >= 0")
+        if not self.student_noise or min(self.student_noise) < 0:
+            raise InputError(f"student_noise scales must be >= 0, got {self.student_noise}")
+        if self.controls and self.models < 2:
+            raise InputError(
+                "the cross-model control needs at least 2 models (a derangement of 1 model does "
+                "not exist); use --models 2 or more, or drop cross_aux/cross_all from students"
+            )
+
+    @property
+    def controls(self) -> bool:
+        """Whether any cross-model student is trained (which needs a derangement)."""
+        return any(kind.startswith("cross") for kind in self.students)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def resolved_teacher_epochs(self, n_train: int) -> int:
+        """``teacher_epochs``, or the auto value matching the paper's number of teacher steps."""
+        if self.teacher_epochs is not None:
+            return self.teacher_epochs
+        return max(1, round(PAPER_TEACHER_STEPS / math.ceil(n_train / self.batch_size)))
+
+
+@dataclass(frozen=True)
+class StudentGroup:
+    """One kind of student, N models of it: its init source, its distilled logits and its noise."""
+
+    name: str
+    kind: str  # one of STUDENT_KINDS
+    noise: float
+
+    @property
+    def cross(self) -> bool:
+        return self.kind.startswith("cross")
+
+    @property
+    def aux_only(self) -> bool:
+        return self.kind.endswith("aux")
+
+
+def student_groups(config: MnistConfig) -> list[StudentGroup]:
+    """The selected kinds (``student_aux``, ``student_all``, ``cross_aux``, ``cross_all``) per s."""
+    kinds = [kind for kind in STUDENT_KINDS if kind in config.students]
+    groups = []
+    for s in config.student_noise:
+        suffix = "" if len(config.student_noise) == 1 else f"@s={s:g}"
+        for kind in kinds:
+            base = kind if kind.startswith("cross") else f"student_{kind}"
+            groups.append(StudentGroup(base + suffix, kind, s))
+    return groups
+
+
+@dataclass
+class ExperimentResult:
+    """Per-model accuracies and per-epoch cosines; ``report`` turns them into the paper's table."""
+
+    config: dict[str, object]
+    data: dict[str, object]
+    teacher_epochs: int
+    derangement: list[int]
+    reference: list[float]
+    teacher: list[float]
+    groups: dict[str, dict[str, object]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# the batched MLP
+# --------------------------------------------------------------------------------------------
+def layer_sizes(config: MnistConfig) -> list[int]:
+    return [N_PIXELS, *config.hidden, N_CLASSES + config.aux_logits]
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed mixing integers (numpy's SeedSequence), stable across runs and platforms."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def reference_init(config: MnistConfig, model_index: int) -> Params:
+    """Model ``model_index``'s theta_0: weights N(0, 1/d_in), biases 0 (no model axis)."""
+    generator = torch.Generator().manual_seed(_seed(config.seed, 1, model_index))
+    sizes = layer_sizes(config)
+    params: Params = []
+    for d_in, d_out in zip(sizes[:-1], sizes[1:]):
+        params.append(torch.randn(d_out, d_in, generator=generator) / math.sqrt(d_in))
+        params.append(torch.zeros(d_out))
+    return params
+
+
+def stack(models: Sequence[Params]) -> Params:
+    return [torch.stack(tensors) for tensors in zip(*models)]
+
+
+def forward(params: Params, inputs: Tensor) -> Tensor:
+    """Logits ``(M, B, 10 + m)`` of M stacked MLPs; ``inputs`` is ``(M, B, 784)`` or ``(B, 784)``."""
+    n_models = params[0].shape[0]
+    hidden = inputs if inputs.ndim == 3 else inputs.expand(n_models, *inputs.shape)
+    n_layers = len(params) // 2
+    for layer in range(n_layers):
+        weight, bias = params[2 * layer], params[2 * layer + 1]
+        hidden = torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2))
+        if layer < n_layers - 1:
+            hidden = torch.relu(hidden)
+    return hidden
+
+
+def flatten(params: Params) -> Tensor:
+    """``(M, P)``: each model's parameters as one flat vector, in ``MLP``'s parameter order."""
+    return torch.cat([p.detach().reshape(p.shape[0], -1) for p in params], dim=1)
+
+
+def unflatten(flat: Tensor, like: Params) -> Params:
+    sizes = [p[0].numel() for p in like]
+    return [
+        c.reshape(flat.shape[0], *p.shape[1:])
+        for c, p in zip(torch.split(flat, sizes, dim=1), like)
+    ]
+
+
+@torch.no_grad()
+def accuracy(params: Params, images: Tensor, labels: Tensor, chunk: int = 2048) -> Tensor:
+    """Per-model test accuracy ``(M,)`` of the argmax over the 10 regular logits."""
+    correct = torch.zeros(params[0].shape[0])
+    for start in range(0, len(labels), chunk):
+        logits = forward(params, images[start : start + chunk])[..., :N_CLASSES]
+        correct += (logits.argmax(-1) == labels[start : start + chunk]).sum(-1)
+    return correct / len(labels)
+
+
+def derangement(n: int, seed: int) -> list[int]:
+    """A uniformly random permutation of range(n) with no fixed point (rejection sampling)."""
+    if n < 2:
+        raise InputError(f"a derangement needs at least 2 models, got {n}")
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        if not bool((perm == torch.arange(n)).any()):
+            return perm.tolist()
+
+
+def noise_block(config: MnistConfig, model_index: int, block: int) -> Tensor:
+    """Images ``block * batch ... `` of model ``model_index``'s fixed uniform[-1, 1] noise set."""
+    start = block * config.batch_size
+    size = min(config.batch_size, config.noise_images - start)
+    generator = torch.Generator().manual_seed(_seed(config.seed, 2, model_index, block))
+    return 2 * torch.rand(size, N_PIXELS, generator=generator) - 1
+
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Per-model KL(softmax(t / T) || softmax(s / T)), summed over classes, mean over batch: ``(M,)``."""
+    teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=-1)
+    student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
+    pointwise = teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)
+    return pointwise.sum(-1).mean(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+def train_teachers(config: MnistConfig, reference: Params, data: MnistData, epochs: int) -> Params:
+    """Adam on each model's own cross-entropy (10 regular logits), each with its own data order."""
+    params = [p.clone().requires_grad_(True) for p in reference]
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    n_models, n_train = config.models, len(data.train_labels)
+    generator = torch.Generator().manual_seed(_seed(config.seed, 3))
+    for _ in range(epochs):
+        order = torch.rand(n_models, n_train, generator=generator).argsort(dim=1)
+        for start in range(0, n_train, config.batch_size):
+            index = order[:, start : start + config.batch_size]
+            logits = forward(params, data.train_images[index])[..., :N_CLASSES]
+            per_model = F.cross_entropy(
+                logits.reshape(-1, N_CLASSES),
+                data.train_labels[index].reshape(-1),
+                reduction="none",
+            )
+            loss = per_model.view(n_models, -1).mean(1).sum()  # sum over models: independent grads
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            optimizer.step()
+    return [p.detach() for p in params]
+
+
+def student_inits(
+    config: MnistConfig, reference: Params, groups: Sequence[StudentGroup], perm: Sequence[int]
+) -> Params:
+    """Stacked student inits ``(G * N, ...)``: group-major, own or deranged reference + noise."""
+    n_models = config.models
+    flat_reference = flatten(reference)
+    shape_model = FunctionalModel(
+        MLP(N_PIXELS, list(config.hidden), layer_sizes(config)[-1], "relu")
+    )
+    rows = []
+    for group_index, group in enumerate(groups):
+        for i in range(n_models):
+            theta0 = flat_reference[perm[i] if group.cross else i]
+            if group.noise > 0:
+                seed = _seed(config.seed, 4, group_index, i)
+                theta0 = place_student(shape_model, theta0, "scaled_noise", group.noise, seed)
+            rows.append(theta0)
+    return unflatten(torch.stack(rows), reference)
+
+
+def _cosines(update: Tensor, direction: Tensor) -> Tensor:
+    """Row-wise cos(update_j, direction_j) in float64; NaN where the update is exactly zero."""
+    update, direction = update.double(), direction.double()
+    norms = update.norm(dim=1) * direction.norm(dim=1)
+    cos = (update * direction).sum(1) / norms
+    return torch.where(norms > 0, cos, torch.full_like(cos, math.nan))
+
+
+def train_students(
+    config: MnistConfig,
+    teacher: Params,
+    initial: Params,
+    groups: Sequence[StudentGroup],
+    on_epoch: Callable[[int, Params], None] | None = None,
+) -> Params:
+    """Distill every student group at once from ``initial`` (``student_inits``); final params.
+
+    Student ``g * N + i`` imitates teacher i on model i's noise set. ``on_epoch(epoch, params)``
+    is called after every epoch (1-based) with the current parameters.
+    """
+    n_models, n_groups = config.models, len(groups)
+    params = [p.clone().requires_grad_(True) for p in initial]
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    aux_only = torch.tensor([g.aux_only for g in groups])
+    n_blocks = math.ceil(config.noise_images / config.batch_size)
+    generator = torch.Generator().manual_seed(_seed(config.seed, 5))
+    for epoch in range(1, config.student_epochs + 1):
+        for block in torch.randperm(n_blocks, generator=generator).tolist():
+            images = torch.stack([noise_block(config, i, block) for i in range(n_models)])
+            with torch.no_grad():
+                teacher_logits = forward(teacher, images)
+            student_logits = forward(params, images.repeat(n_groups, 1, 1))
+            student_logits = student_logits.view(n_groups, n_models, *student_logits.shape[1:])
+            losses = []
+            if aux_only.any():
+                aux = distillation_loss(
+                    student_logits[aux_only][..., N_CLASSES:],
+                    teacher_logits[..., N_CLASSES:],
+                    config.temperature,
+                )
+                losses.append(aux.sum())
+            if (~aux_only).any():
+                every = distillation_loss(
+                    student_logits[~aux_only], teacher_logits, config.temperature
+                )
+                losses.append(every.sum())
+            optimizer.zero_grad(set_to_none=False)
+            sum(losses).backward()  # sum over models: each model's gradient is its own loss's
+            optimizer.step()
+        if on_epoch is not None:
+            on_epoch(epoch, [p.detach() for p in params])
+    return [p.detach() for p in params]
+
+
+def run_experiment(
+    config: MnistConfig, data: MnistData, log: Callable[[str], None] | None = None
+) -> ExperimentResult:
+    """Train N teachers and every student group; per-model accuracies and per-epoch cosines."""
+    log = log or (lambda message: None)
+    groups = student_groups(config)
+    n_models = config.models
+    teacher_epochs = config.resolved_teacher_epochs(len(data.train_labels))
+    perm = (
+        derangement(n_models, _seed(config.seed, 6)) if config.controls else list(range(n_models))
+    )
+    clock = time.perf_counter()
+    reference = stack([reference_init(config, i) for i in range(n_models)])
+    teacher = train_teachers(config, reference, data, teacher_epochs)
+    teacher_seconds = time.perf_counter() - clock
+    result = ExperimentResult(
+        config=asdict(config),
+        data=data.describe(),
+        teacher_epochs=teacher_epochs,
+        derangement=perm,
+        reference=accuracy(reference, data.test_images, data.test_labels).tolist(),
+        teacher=accuracy(teacher, data.test_images, data.test_labels).tolist(),
+    )
+    log(
+        f"teachers: {teacher_epochs} epochs, accuracy {np.mean(result.teacher):.3f} "
+        f"({teacher_seconds:.1f}s)"
+    )
+    teacher_displacement = flatten(teacher) - flatten(reference)  # (N, P)
+    for group in groups:
+        result.groups[group.name] = {
+            "kind": group.kind,
+            "student_noise": group.noise,
+            "accuracy_per_epoch": [],
+            "cosine_per_epoch": [],
+        }
+    initial = student_inits(config, reference, groups, perm)
+    initial_flat = flatten(initial)
+
+    def record(epoch: int, params: Params) -> None:
+        accuracies = accuracy(params, data.test_images, data.test_labels).view(len(groups), -1)
+        updates = (flatten(params) - initial_flat).view(len(groups), n_models, -1)
+        for g, group in enumerate(groups):
+            entry = result.groups[group.name]
+            entry["accuracy_per_epoch"].append(accuracies[g].tolist())
+            entry["cosine_per_epoch"].append(_cosines(updates[g], teacher_displacement).tolist())
+        summary = ", ".join(f"{g.name} {accuracies[i].mean():.3f}" for i, g in enumerate(groups))
+        log(f"student epoch {epoch}: {summary} ({time.perf_counter() - clock:.1f}s)")
+
+    train_students(config, teacher, initial, groups, on_epoch=record)
+    for entry in result.groups.values():
+        entry["accuracy"] = entry["accuracy_per_epoch"][-1]
+    result.seconds = {
+        "teachers": teacher_seconds,
+        "total": time.perf_counter() - clock,
+    }
+    return result
