@@ -47,6 +47,7 @@ from torch import Tensor
 from sublim_theory.architectures import MLP
 from sublim_theory.errors import InputError
 from sublim_theory.functional import FunctionalModel
+from sublim_theory.losses import KLDivergence
 from sublim_theory.mnist.data import N_CLASSES, N_PIXELS, MnistData
 from sublim_theory.placements import place_student
 
@@ -266,11 +267,12 @@ def noise_block(config: MnistConfig, model_index: int, block: int) -> Tensor:
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """Per-model KL(softmax(t / T) || softmax(s / T)), summed over classes, mean over batch: ``(M,)``."""
-    teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=-1)
-    student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
-    pointwise = teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)
-    return pointwise.sum(-1).mean(-1)
+    """Per-model KL(softmax(t / T) || softmax(s / T)), summed over classes, mean over batch: ``(M,)``.
+
+    The engine's ``KLDivergence`` (no T^2 factor), so the experiment and the theory share one loss.
+    """
+    targets = teacher_logits.expand_as(student_logits)  # one teacher for every student group
+    return KLDivergence(temperature).value(student_logits, targets).mean(-1)
 
 
 # --------------------------------------------------------------------------------------------
