@@ -23,11 +23,31 @@ from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import ImitationLoss
 
 
-def explicit_jacobian(model: FunctionalModel, theta: Tensor, inputs: Tensor) -> Tensor:
-    """J with shape (positions, k, P): every output's derivative in every parameter."""
-    jac = jacrev(model.as_function(inputs))(theta)
+def explicit_jacobian(
+    model: FunctionalModel, theta: Tensor, inputs: Tensor, chunk_size: int | None = None
+) -> Tensor:
+    """J with shape (positions, k, P): every output's derivative in every parameter.
+
+    ``chunk_size`` bounds how many output rows ``jacrev`` pulls back at once (memory).
+    """
+    jac = jacrev(model.as_function(inputs), chunk_size=chunk_size)(theta)
     k = jac.shape[-2]
     return jac.reshape(-1, k, theta.numel())
+
+
+def explicit_gauss_newton_product(
+    model: FunctionalModel,
+    theta: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    vector: Tensor,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """K q = J^T (M (J q)) / positions from the materialized Jacobian (the explicit baseline)."""
+    jac = explicit_jacobian(model, theta, inputs, chunk_size)
+    z0 = model(theta, inputs).detach().reshape(jac.shape[0], jac.shape[1])
+    curvature = loss.hessian_vector_product(z0, jac @ vector)
+    return torch.einsum("nkp,nk->p", jac, curvature) / jac.shape[0]
 
 
 def explicit_output_hessian(loss: ImitationLoss, z0: Tensor) -> Tensor:

@@ -319,3 +319,14 @@ def test_kernels_compose_with_vmap_over_seeds(arch):
         looped = measure(thetas[i], directions[i])
         for name, b, lo in zip(("K v", "A", "B"), batched, looped):
             assert_allclose(b[i], lo, f"{name} seed {i}", rtol=1e-9)
+
+
+def test_explicit_gauss_newton_product_matches_dense_matrix():
+    model, theta0, inputs, v = _problem("cnn", seed=2)
+    loss = LOSSES["aux"]
+    dense = reference.explicit_gauss_newton(model, theta0, inputs, loss) @ v
+    assert_allclose(
+        reference.explicit_gauss_newton_product(model, theta0, inputs, loss, v, 7),
+        dense,
+        "J^T M J v",
+    )

@@ -11,7 +11,9 @@ from sublim_theory.testing import assert_allclose
 
 
 def test_tiny_benchmark_writes_tables_with_ratios(tmp_path):
-    paths = run_benchmarks(tmp_path, "tiny", "cpu", ("float64",), ("mlp", "transformer"), n_seeds=4)
+    paths = run_benchmarks(
+        tmp_path, "tiny", "cpu", ("float64",), ("mlp", "transformer"), n_seeds=4, mnist_models=2
+    )
     record = json.loads(paths[0].read_text())
     rows = {(r["arch"], r["path"]): r for r in record["rows"]}
     assert rows[("mlp", "gradient")]["ratio"] == 1.0

@@ -24,11 +24,20 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=["mlp", "cnn", "transformer"],
     )
     parser.add_argument("--seeds", type=int, default=32, help="seeds for vmap vs loop (0 skips)")
+    parser.add_argument(
+        "--mnist-models", type=int, default=10, help="models for the MNIST step benchmark (0 skips)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     paths = run_benchmarks(
-        args.out, args.size, args.device, tuple(args.dtypes), tuple(args.archs), args.seeds
+        args.out,
+        args.size,
+        args.device,
+        tuple(args.dtypes),
+        tuple(args.archs),
+        args.seeds,
+        args.mnist_models,
     )
     print(paths[2].read_text())
     for path in paths:
