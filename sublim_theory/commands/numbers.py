@@ -47,8 +47,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _log(*parts: object, file=sys.stdout) -> None:
-    print(*parts, file=file, flush=True)
+def _log(*parts: object, file=None) -> None:
+    # sys.stdout is looked up at call time: a default bound at import would keep a stream that
+    # a caller (pytest's capture, a notebook) may have replaced and closed since.
+    print(*parts, file=file or sys.stdout, flush=True)
 
 
 def write_reports(out: Path, rows: list, entangled: list, steps: list) -> str:
