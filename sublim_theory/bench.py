@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import resource
 import statistics
 import sys
@@ -49,6 +48,7 @@ from sublim_theory.architectures import MLP, TinyTransformer, build_model, make_
 from sublim_theory.errors import InputError
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import SoftCrossEntropy
+from sublim_theory.records import environment_record
 
 TARGETS = {
     "first_order": ("<=", 1.2),
@@ -411,20 +411,6 @@ def bench_mnist_training(
     ]
 
 
-def environment(device: str) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-    }
-    if device.startswith("cuda"):
-        record["gpu"] = torch.cuda.get_device_name()
-    return record
-
-
 def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each targeted row with its target and whether it was met."""
     out = []
@@ -499,7 +485,7 @@ def run_benchmarks(
             64 if size == "tiny" else 1024,
             (16, 16) if size == "tiny" else (256, 256),
         )
-    env = environment(device)
+    env = environment_record(device)
     paths = [out / "bench.json", out / "environment.json", out / "bench.md"]
     paths[0].write_text(json.dumps({"rows": rows, "verdicts": verdicts(rows)}, indent=2) + "\n")
     paths[1].write_text(json.dumps(env, indent=2) + "\n")

@@ -18,16 +18,15 @@ Figures (PNG and PDF):
 
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sublim_theory.errors import InputError
+from sublim_theory.records import mean_interval
 from sublim_theory.sweep import TABLE_NAME, read_table
 
 Row = dict[str, Any]
@@ -36,20 +35,6 @@ CURVE_PLACEMENTS = ("scaled_noise", "noise", "interpolate")
 # Placements drawn as isolated points (no continuous scale).
 POINT_PLACEMENTS = ("independent", "share_body", "share_head")
 POINT_MARKERS = {"independent": "X", "share_body": "s", "share_head": "^"}
-
-
-def mean_and_interval(values: Iterable[float]) -> tuple[float, float, int]:
-    """(mean, half-width of the 95% t-interval, n) over finite values; half-width NaN if n < 2."""
-    finite = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    n = finite.size
-    if n == 0:
-        return math.nan, math.nan, 0
-    if n == 1:
-        return float(finite[0]), math.nan, 1
-    from scipy import stats  # imported here: scipy.stats costs a second at CLI start-up
-
-    half = stats.t.ppf(0.975, n - 1) * finite.std(ddof=1) / math.sqrt(n)
-    return float(finite.mean()), float(half), n
 
 
 def load_sweep(out_dir: str | os.PathLike[str]) -> list[Row]:
@@ -74,16 +59,16 @@ def architectures(rows: list[Row]) -> list[str]:
 
 
 def _summarize(group: list[Row]) -> dict[str, float]:
-    cos, cos_ci, n = mean_and_interval(r["cos_exact_teacher"] for r in group)
+    cos, cos_ci, n = mean_interval(r["cos_exact_teacher"] for r in group)
     return {
         "scale": group[0]["scale"],
-        "distance_rel": mean_and_interval(r["init_distance_rel"] for r in group)[0],
-        "distance_abs": mean_and_interval(r["init_distance_abs"] for r in group)[0],
-        "delta_over_eps": mean_and_interval(r["delta_over_eps"] for r in group)[0],
+        "distance_rel": mean_interval(r["init_distance_rel"] for r in group)[0],
+        "distance_abs": mean_interval(r["init_distance_abs"] for r in group)[0],
+        "delta_over_eps": mean_interval(r["delta_over_eps"] for r in group)[0],
         "cos": cos,
         "cos_ci": cos_ci,
-        "first_order": mean_and_interval(r["cos_first_order_teacher"] for r in group)[0],
-        "law": mean_and_interval(r["cos_law"] for r in group)[0],
+        "first_order": mean_interval(r["cos_first_order_teacher"] for r in group)[0],
+        "law": mean_interval(r["cos_law"] for r in group)[0],
         "n": n,
     }
 
@@ -126,7 +111,7 @@ def trajectory_curves(
             if r["arch"] == arch and r["eps"] == eps and r["scale"] == scale and r["step"] >= 1:
                 by_step[r["step"]].append(r[metric])
         steps = sorted(by_step)
-        summary = [mean_and_interval(by_step[t]) for t in steps]
+        summary = [mean_interval(by_step[t]) for t in steps]
         curves[arch] = {
             "step": np.array(steps),
             "mean": np.array([s[0] for s in summary]),

@@ -34,8 +34,6 @@ import io
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -49,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad
 
+from sublim_theory import records
 from sublim_theory.alignment import (
     gauss_newton_kernel,
     second_order_kernel,
@@ -843,49 +842,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _package_versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("sublim-theory", "torch", "numpy", "scipy", "matplotlib", "transformers", "ray"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def _git_revision() -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
-
-
 def environment_record(
     config: dict[str, Any], config_path: str, device: str, executor: str
 ) -> dict[str, Any]:
     """What produced the table: versions, device, git revision, the full config, its fingerprint."""
-    return {
-        "config_path": config_path,
-        "config": config,
-        "settings_fingerprint": settings_fingerprint(config),
-        "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
-        "torch_threads": torch.get_num_threads(),
-        "executor": executor,
-        "platform": platform.platform(),
-        "packages": _package_versions(),
-        "git_revision": _git_revision(),
-        "columns": list(COLUMNS),
-    }
+    return records.environment_record(
+        device,
+        config_path=config_path,
+        config=config,
+        settings_fingerprint=settings_fingerprint(config),
+        executor=executor,
+        columns=list(COLUMNS),
+    )
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:

@@ -1,4 +1,3 @@
-import math
 import shutil
 from pathlib import Path
 
@@ -9,7 +8,6 @@ from sublim_theory.errors import InputError
 from sublim_theory.plotting import (
     alignment_curves,
     load_sweep,
-    mean_and_interval,
     plot_sweep,
     trajectory_curves,
 )
@@ -31,14 +29,6 @@ def table_only(tmp_path_factory):
     only = tmp_path_factory.mktemp("table_only")
     shutil.copy(run / TABLE_NAME, only / TABLE_NAME)
     return only
-
-
-def test_mean_and_interval_matches_the_t_interval():
-    mean, half, n = mean_and_interval([1.0, 2.0, 3.0, float("nan"), None])
-    assert (mean, n) == (2.0, 3)
-    assert half == pytest.approx(4.302652729911275 * 1.0 / math.sqrt(3))
-    assert math.isnan(mean_and_interval([5.0])[1])
-    assert mean_and_interval([])[2] == 0
 
 
 def test_plot_sweep_draws_every_figure_from_the_table_alone(table_only):

@@ -12,13 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import resource
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 from sublim_theory.errors import InputError
 from sublim_theory.mnist.data import load_mnist
@@ -32,6 +29,7 @@ from sublim_theory.mnist.report import (
     tidy_table,
     write_table,
 )
+from sublim_theory.records import environment_record
 
 HELP = "reproduce the paper's MNIST auxiliary-logit experiment (N models, 95% intervals)"
 
@@ -152,16 +150,6 @@ def build_configs(settings: dict[str, object]) -> list[MnistConfig]:
     return configs
 
 
-def _environment() -> dict[str, object]:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-    }
-
-
 def _json_safe(value: object) -> object:
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -211,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     document: dict[str, object] = {
         "data": data.describe(),
-        "environment": _environment(),
+        "environment": environment_record("cpu"),
         "seconds": seconds,
         "peak_rss_mb": peak_mb,
     }

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import torch
 
 from sublim_theory.errors import InputError
+from sublim_theory.records import environment_record
 
 HELP = "tiny-LM subliminal learning through number sequences (pretrain, teacher, students, table)"
 
@@ -112,16 +111,9 @@ def run(args: argparse.Namespace) -> int:
         return _merge(args.merge, out)
     cache = Path(args.cache) if args.cache else out / "cache"
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    environment = {
-        "config": config.to_dict(),
-        "config_file": args.config,
-        "seeds": seeds,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-    }
+    environment = environment_record(
+        "cpu", config=config.to_dict(), config_file=args.config, seeds=seeds
+    )
     (out / "environment.json").write_text(json.dumps(environment, indent=2, default=list))
 
     rows, entangled, steps = [], [], []

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy.special import stdtrit
 
 from sublim_theory.mnist.experiment import ExperimentResult
+from sublim_theory.records import mean_interval
 
 ROWS = ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")
 TABLE_COLUMNS = (
@@ -32,14 +32,8 @@ TABLE_COLUMNS = (
 
 def summarize(values: Sequence[float]) -> dict[str, object]:
     """Mean, 95% t-interval and the values themselves (NaNs dropped from the statistics)."""
-    array = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
-    n = len(array)
-    mean = float(array.mean()) if n else math.nan
-    if n >= 2:
-        half = float(stdtrit(n - 1, 0.975) * array.std(ddof=1) / math.sqrt(n))
-        ci95: list[float] | None = [mean - half, mean + half]
-    else:
-        ci95 = None
+    mean, half, n = mean_interval(values)
+    ci95 = [mean - half, mean + half] if n >= 2 else None
     return {"mean": mean, "ci95": ci95, "n": n, "per_model": [float(v) for v in values]}
 
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from scipy import stats
+from sublim_theory.records import mean_interval
 
 # Order of the conditions in the table and the figure.
 CONDITIONS = (
@@ -58,16 +58,8 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and 95% Student-t interval; NaN bounds for a single value."""
-    values = [v for v in values if not math.isnan(v)]
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan, math.nan
-    mean = sum(values) / n
-    if n == 1:
-        return mean, math.nan, math.nan
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    """Mean and the bounds of its 95% Student-t interval (``records.mean_interval``)."""
+    mean, half, _ = mean_interval(values)
     return mean, mean - half, mean + half
 
 
