@@ -11,6 +11,7 @@ from sublim_theory.alignment import (
     gauss_newton_product,
     second_order_coefficient,
     student_update,
+    taylor_coefficients,
     teacher_update,
 )
 from sublim_theory.architectures import build_model, make_inputs
@@ -39,5 +40,6 @@ __all__ = [
     "make_loss",
     "second_order_coefficient",
     "student_update",
+    "taylor_coefficients",
     "teacher_update",
 ]

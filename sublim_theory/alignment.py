@@ -179,10 +179,13 @@ def first_order_kernel(
     return (u.double() * curvature.double()).sum() / _positions(z0)
 
 
-def second_order_kernel(
+def taylor_kernel(
     model: FunctionalModel, theta: Tensor, inputs: Tensor, loss: ImitationLoss, v: Tensor
 ) -> Tensor:
-    """B = (1/2) E_x[u^T M w - u^T G[u, u]], w = D^2 f[v, v] (jvp of jvp), on one batch."""
+    """[A, B] on one batch from one nested jvp (z0, u = D f[v], w = D^2 f[v, v]).
+
+    A = E_x[u^T M u], B = (1/2) E_x[u^T M w - u^T G[u, u]]; reduced in float64.
+    """
     f = model.as_function(inputs)
 
     def value_and_derivative(t: Tensor) -> tuple[Tensor, Tensor]:
@@ -193,9 +196,17 @@ def second_order_kernel(
     with explicit_normalization():
         (z0, u), (_, w) = jvp(value_and_derivative, (theta,), (v,))
     u64 = u.double()
-    total = (u64 * loss.hessian_vector_product(z0, w).double()).sum()
-    total = total - (u64 * loss.target_curvature(z0, u).double()).sum()
-    return 0.5 * total / _positions(z0)
+    a = (u64 * loss.hessian_vector_product(z0, u).double()).sum()
+    b = (u64 * loss.hessian_vector_product(z0, w).double()).sum()
+    b = b - (u64 * loss.target_curvature(z0, u).double()).sum()
+    return torch.stack([a, 0.5 * b]) / _positions(z0)
+
+
+def second_order_kernel(
+    model: FunctionalModel, theta: Tensor, inputs: Tensor, loss: ImitationLoss, v: Tensor
+) -> Tensor:
+    """B = (1/2) E_x[u^T M w - u^T G[u, u]], w = D^2 f[v, v] (jvp of jvp), on one batch."""
+    return taylor_kernel(model, theta, inputs, loss, v)[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,6 +301,19 @@ def first_order_coefficient(
     )
 
 
+def taylor_coefficients(
+    model: FunctionalModel,
+    theta: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    v: Tensor,
+    batch_size: int | None = None,
+) -> tuple[float, float]:
+    """(A, B) of <dtheta_S, v> = eps A + eps^2 B + O(eps^3), from one nested jvp per chunk."""
+    a, b = _over_inputs(taylor_kernel, model, theta, inputs, loss, v, batch_size, "direction")
+    return float(a), float(b)
+
+
 def second_order_coefficient(
     model: FunctionalModel,
     theta: Tensor,
@@ -299,9 +323,7 @@ def second_order_coefficient(
     batch_size: int | None = None,
 ) -> float:
     """B = (1/2) E_x[u^T M w - u^T G[u, u]], w = D^2 f[v, v] (jvp of jvp), G the loss's third derivative."""
-    return float(
-        _over_inputs(second_order_kernel, model, theta, inputs, loss, v, batch_size, "direction")
-    )
+    return taylor_coefficients(model, theta, inputs, loss, v, batch_size)[1]
 
 
 def critical_step(a: float, b: float) -> float:
@@ -433,8 +455,7 @@ def alignment_report(
     exact = student_update(model, theta_s0, inputs, targets, loss, batch_size)
     offset = theta_s0 - theta0
     first = gauss_newton_product(model, theta0, inputs, loss, eps * v - offset, batch_size)
-    a = first_order_coefficient(model, theta0, inputs, loss, v, batch_size)
-    b = second_order_coefficient(model, theta0, inputs, loss, v, batch_size)
+    a, b = taylor_coefficients(model, theta0, inputs, loss, v, batch_size)
 
     change_exact = change_first = None
     if teacher is not None:

@@ -139,22 +139,36 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_call(
-    fn: Callable[[], Any], device: str, min_seconds: float = 0.3, min_repeats: int = 5
-) -> float:
-    """Median wall time of ``fn`` after two warm-up calls, over >= min_repeats and >= min_seconds."""
-    for _ in range(2):
-        fn()
+def time_paths(
+    paths: dict[str, Callable[[], Any]],
+    device: str,
+    min_seconds: float = 1.0,
+    min_repeats: int = 7,
+) -> dict[str, float]:
+    """Median wall time of each path, measured round-robin.
+
+    Interleaving keeps the ratios between paths from being skewed by the machine getting
+    faster or slower during the run.
+
+    Two warm-up calls per path; then rounds (every path once per round) until each path has
+    >= ``min_repeats`` samples and the rounds took >= ``min_seconds`` (at most 200 rounds).
+    """
+    for fn in paths.values():
+        for _ in range(2):
+            fn()
     _synchronize(device)
-    times: list[float] = []
-    total = 0.0
-    while len(times) < min_repeats or (total < min_seconds and len(times) < 200):
-        start = time.perf_counter()
-        fn()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-        total += times[-1]
-    return statistics.median(times)
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    total, rounds = 0.0, 0
+    while rounds < min_repeats or (total < min_seconds and rounds < 200):
+        for name, fn in paths.items():
+            start = time.perf_counter()
+            fn()
+            _synchronize(device)
+            elapsed = time.perf_counter() - start
+            samples[name].append(elapsed)
+            total += elapsed
+        rounds += 1
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def _peak_memory_mb(fn: Callable[[], Any], device: str) -> float | None:
@@ -234,7 +248,7 @@ def bench_case(case: Case, device: str) -> list[dict[str, Any]]:
         "num_params": model.num_params,
         "batch": int(inputs.shape[0]),
     }
-    seconds = {name: time_call(fn, device) for name, fn in paths.items()}
+    seconds = time_paths(paths, device)
     for name, fn in paths.items():
         rows.append(
             {
@@ -264,10 +278,16 @@ def bench_case(case: Case, device: str) -> list[dict[str, Any]]:
         def explicit() -> Tensor:
             return reference.explicit_gauss_newton_product(model, theta, small, loss, v, 256)
 
-        gradient_small = time_call(
-            lambda: student_update_kernel(model, theta, small, small_targets, loss), device
+        small_seconds = time_paths(
+            {
+                "gradient": lambda: student_update_kernel(model, theta, small, small_targets, loss),
+                "explicit": explicit,
+            },
+            device,
+            min_seconds=0.0,
+            min_repeats=3,
         )
-        explicit_seconds = time_call(explicit, device, min_repeats=2, min_seconds=0.0)
+        gradient_small, explicit_seconds = small_seconds["gradient"], small_seconds["explicit"]
         rows.append(
             {
                 **base,
@@ -306,8 +326,8 @@ def bench_seeds(
     def loop() -> list[tuple[Tensor, Tensor]]:
         return [measure(t, v) for t, v in zip(thetas, directions)]
 
-    vmap_seconds = time_call(lambda: batched(thetas, directions), device)
-    loop_seconds = time_call(loop, device)
+    timed = time_paths({"vmap": lambda: batched(thetas, directions), "loop": loop}, device)
+    vmap_seconds, loop_seconds = timed["vmap"], timed["loop"]
     base = {
         "arch": "mlp(16-32-32-10)",
         "dtype": str(dtype).replace("torch.", ""),
@@ -390,7 +410,8 @@ def bench_mnist_training(
             loss.backward()
             module_optimizer.step()
 
-    ours, loop = time_call(batched_step, device), time_call(loop_step, device)
+    timed = time_paths({"batched": batched_step, "loop": loop_step}, device)
+    ours, loop = timed["batched"], timed["loop"]
     base = {
         "arch": f"mnist-mlp x{n_models}",
         "dtype": "float32",

@@ -20,6 +20,7 @@ from sublim_theory.alignment import (
     second_order_coefficient,
     second_order_kernel,
     student_update,
+    taylor_coefficients,
 )
 from sublim_theory.architectures import build_model, make_inputs
 from sublim_theory.errors import InputError
@@ -330,3 +331,11 @@ def test_explicit_gauss_newton_product_matches_dense_matrix():
         dense,
         "J^T M J v",
     )
+
+
+def test_taylor_coefficients_agree_with_the_separate_kernels():
+    model, theta0, inputs, v = _problem("resmlp", seed=4)
+    loss = LOSSES["kl"]
+    a, b = taylor_coefficients(model, theta0, inputs, loss, v, batch_size=4)
+    assert relative_error(a, first_order_coefficient(model, theta0, inputs, loss, v)) < 1e-12
+    assert relative_error(b, second_order_coefficient(model, theta0, inputs, loss, v)) < 1e-12
