@@ -21,15 +21,14 @@ from sublim_theory.errors import InputError
 _STATEFUL_IN_TRAIN = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.Dropout)
 
 
-def check_module_is_functional(module: nn.Module) -> None:
-    """Raise a clear error for modules whose train-mode forward breaks the theory's assumptions.
+def _stateful_submodules(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The BatchNorm/Dropout submodules of ``module``, whose mode decides if it is functional."""
+    return [(n, sub) for n, sub in module.named_modules() if isinstance(sub, _STATEFUL_IN_TRAIN)]
 
-    BatchNorm in train mode couples the samples of a batch through batch statistics and mutates
-    running buffers; dropout in train mode makes the network output random. Both violate the
-    setting of theory/alignment.md (a deterministic per-input network f_theta(x)).
-    """
-    for name, sub in module.named_modules():
-        if sub.training and isinstance(sub, _STATEFUL_IN_TRAIN):
+
+def _raise_if_training(module: nn.Module, stateful: list[tuple[str, nn.Module]]) -> None:
+    for name, sub in stateful:
+        if sub.training:
             kind = "BatchNorm" if isinstance(sub, nn.modules.batchnorm._BatchNorm) else "Dropout"
             raise InputError(
                 f"module '{name or type(module).__name__}' is {kind} in train mode: its output "
@@ -37,6 +36,20 @@ def check_module_is_functional(module: nn.Module) -> None:
                 f"({'batch statistics couple samples' if kind == 'BatchNorm' else 'random masks'}"
                 "); call model.eval() before measuring alignment"
             )
+
+
+def check_module_is_functional(module: nn.Module) -> None:
+    """Raise a clear error for modules whose train-mode forward breaks the theory's assumptions.
+
+    BatchNorm in train mode couples the samples of a batch through batch statistics and mutates
+    running buffers; dropout in train mode makes the network output random. Both violate the
+    setting of theory/alignment.md (a deterministic per-input network f_theta(x)).
+
+    Raises:
+        InputError: naming the first BatchNorm or Dropout submodule in train mode.
+
+    """
+    _raise_if_training(module, _stateful_submodules(module))
 
 
 class FunctionalModel:
@@ -48,14 +61,19 @@ class FunctionalModel:
             parameters are read from the module as they are.
 
     Raises:
-        InputError: if the module has no trainable parameters, or has BatchNorm/Dropout in train mode.
+        InputError: if the module has no trainable parameters, or has BatchNorm/Dropout in train
+            mode. The mode is checked again at every evaluation (``__call__``, ``as_function``),
+            before the module runs, so a module switched to ``train()`` after wrapping is
+            refused too; the engine never changes the module's mode or buffers itself.
 
     """
 
     def __init__(self, module: nn.Module) -> None:
         if not isinstance(module, nn.Module):
             raise InputError(f"expected a torch.nn.Module, got {type(module).__name__}")
-        check_module_is_functional(module)
+        # Found once (a cheap list); their ``training`` flags are read at every evaluation.
+        self._stateful = _stateful_submodules(module)
+        _raise_if_training(module, self._stateful)
         self.module = module
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         if not named:
@@ -111,9 +129,23 @@ class FunctionalModel:
                 p.copy_(c)
 
     def __call__(self, theta: Tensor, inputs: Tensor) -> Tensor:
-        """Evaluate ``f_theta(inputs)``; differentiable in ``theta`` by reverse and forward mode."""
+        """Evaluate ``f_theta(inputs)``; differentiable in ``theta`` by reverse and forward mode.
+
+        Raises:
+            InputError: if a BatchNorm/Dropout submodule is in train mode now (checked before
+                the module runs, so its running statistics are never touched).
+
+        """
+        _raise_if_training(self.module, self._stateful)
         return functional_call(self.module, self.unflatten(theta), (inputs,))
 
     def as_function(self, inputs: Tensor) -> Callable[[Tensor], Tensor]:
-        """``theta -> f_theta(inputs)`` for a fixed batch: the map torch.func.jvp/vjp differentiate."""
+        """``theta -> f_theta(inputs)`` for a fixed batch: the map torch.func.jvp/vjp differentiate.
+
+        Raises:
+            InputError: if a BatchNorm/Dropout submodule is in train mode (now, and again at
+                every evaluation of the returned function).
+
+        """
+        _raise_if_training(self.module, self._stateful)
         return lambda theta: self(theta, inputs)
