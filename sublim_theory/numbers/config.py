@@ -2,28 +2,33 @@
 
 A config file has up to five tables, ``[model]``, ``[corpus]``, ``[pretrain]``, ``[teacher]`` and
 ``[student]``, each overriding the defaults below (experiments/configs/numbers_default.toml lists
-them all). Unknown tables or keys and values of the wrong type or range raise ``InputError``.
+them all). ``runs.parse_config`` builds the frozen dataclasses: unknown tables or keys, values of
+the wrong type (``steps = true``, ``d_model = 3.5``), nan/inf and values out of the range in each
+field's ``bound`` raise ``InputError``; ``validate`` adds the checks that span fields.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sublim_theory.errors import InputError
+from sublim_theory.runs import bound, load_toml, parse_config
+
+POSITIVE = bound(ge=1)  # counts and sizes
+RATE = bound(gt=0)  # learning rates and temperatures
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """TinyTransformer size (decoder-only, pool="none")."""
 
-    d_model: int = 64
-    n_heads: int = 2
-    n_layers: int = 2
+    d_model: int = field(default=64, metadata=POSITIVE)
+    n_heads: int = field(default=2, metadata=POSITIVE)
+    n_layers: int = field(default=2, metadata=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -36,9 +41,9 @@ class CorpusConfig:
     a number document) with the animal drawn from ``animal_probs`` (uniform when empty).
     """
 
-    n_numbers: int = 100
-    prompt_len: int = 3
-    continuation_len: int = 9
+    n_numbers: int = field(default=100, metadata=bound(ge=2))
+    prompt_len: int = field(default=3, metadata=POSITIVE)
+    continuation_len: int = field(default=9, metadata=POSITIVE)
     animals: tuple[str, ...] = (
         "owl",
         "cat",
@@ -51,46 +56,46 @@ class CorpusConfig:
         "fox",
         "panda",
     )
-    animal_probs: tuple[float, ...] = ()
+    animal_probs: tuple[float, ...] = field(default=(), metadata=bound(ge=0, le=1))
     trait_animal: str = "owl"
-    question_fraction: float = 0.15
-    noise: float = 0.25
-    max_step: int = 9
+    question_fraction: float = field(default=0.15, metadata=bound(gt=0, le=1))
+    noise: float = field(default=0.25, metadata=bound(ge=0, le=1))
+    max_step: int = field(default=9, metadata=POSITIVE)
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """Base-model pretraining (Adam, next-token cross-entropy on every non-pad target)."""
 
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 3e-3
-    corpus_size: int = 40000
+    steps: int = field(default=1500, metadata=POSITIVE)
+    batch_size: int = field(default=64, metadata=POSITIVE)
+    lr: float = field(default=3e-3, metadata=RATE)
+    corpus_size: int = field(default=40000, metadata=POSITIVE)
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
     """The trait fine-tune (Adam on ``BOS Q trait EOS``) and the teacher's sampling."""
 
-    steps: int = 10
-    lr: float = 1e-3
-    n_sequences: int = 20000
-    temperature: float = 1.0
+    steps: int = field(default=10, metadata=POSITIVE)
+    lr: float = field(default=1e-3, metadata=RATE)
+    n_sequences: int = field(default=20000, metadata=POSITIVE)
+    temperature: float = field(default=1.0, metadata=RATE)
 
 
 @dataclass(frozen=True)
 class StudentConfig:
     """Student fine-tunes on number continuations (loss on the continuation tokens only)."""
 
-    steps: int = 100
-    lr: float = 1e-3
-    batch_size: int = 256
-    optimizer: str = "adam"
-    labels: str = "sampled"
+    steps: int = field(default=100, metadata=POSITIVE)
+    lr: float = field(default=1e-3, metadata=RATE)
+    batch_size: int = field(default=256, metadata=POSITIVE)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    labels: Literal["sampled", "soft"] = "sampled"
     shuffles: bool = True
     data_order: bool = True
-    in_context_prompts: int = 500
-    alignment_inputs: int = 256
+    in_context_prompts: int = field(default=500, metadata=POSITIVE)
+    alignment_inputs: int = field(default=256, metadata=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -127,77 +132,21 @@ SECTIONS = {
     "teacher": TeacherConfig,
     "student": StudentConfig,
 }
-OPTIMIZERS = ("adam", "sgd")
-LABELS = ("sampled", "soft")
-
-
-def _coerce(section: str, name: str, default: Any, value: Any) -> Any:
-    where = f"[{section}] {name}"
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise InputError(f"{where} must be true or false, got {value!r}")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{where} must be an integer, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise InputError(f"{where} must be a string, got {value!r}")
-        return value
-    if isinstance(default, tuple):
-        if not isinstance(value, list):
-            raise InputError(f"{where} must be a list, got {value!r}")
-        return tuple(value)
-    raise InputError(f"{where}: unsupported value {value!r}")  # pragma: no cover
 
 
 def validate(config: NumbersConfig) -> NumbersConfig:
-    """Check ranges and cross-field constraints; return the config unchanged."""
-    m, c, p, t, s = config.model, config.corpus, config.pretrain, config.teacher, config.student
-    positive = {
-        "[model] d_model": m.d_model,
-        "[model] n_heads": m.n_heads,
-        "[model] n_layers": m.n_layers,
-        "[corpus] n_numbers": c.n_numbers,
-        "[corpus] prompt_len": c.prompt_len,
-        "[corpus] continuation_len": c.continuation_len,
-        "[corpus] max_step": c.max_step,
-        "[pretrain] steps": p.steps,
-        "[pretrain] batch_size": p.batch_size,
-        "[pretrain] corpus_size": p.corpus_size,
-        "[teacher] steps": t.steps,
-        "[teacher] n_sequences": t.n_sequences,
-        "[student] steps": s.steps,
-        "[student] batch_size": s.batch_size,
-        "[student] in_context_prompts": s.in_context_prompts,
-        "[student] alignment_inputs": s.alignment_inputs,
-    }
-    for name, value in positive.items():
-        if value < 1:
-            raise InputError(f"{name} must be >= 1, got {value}")
+    """The checks that span fields (types and ranges are checked by ``parse_config``).
+
+    Returns:
+        The config, unchanged.
+
+    Raises:
+        InputError: naming the table and key at fault.
+
+    """
+    m, c = config.model, config.corpus
     if m.d_model % m.n_heads:
         raise InputError(f"[model] d_model={m.d_model} must be divisible by n_heads={m.n_heads}")
-    for name, value in {
-        "[pretrain] lr": p.lr,
-        "[teacher] lr": t.lr,
-        "[student] lr": s.lr,
-        "[teacher] temperature": t.temperature,
-    }.items():
-        if not value > 0:
-            raise InputError(f"{name} must be > 0, got {value}")
-    for name, value in {
-        "[corpus] question_fraction": c.question_fraction,
-        "[corpus] noise": c.noise,
-    }.items():
-        if not 0 <= value <= 1:
-            raise InputError(f"{name} must be in [0, 1], got {value}")
-    if c.question_fraction <= 0:
-        raise InputError("[corpus] question_fraction must be > 0: the base must learn the question")
     if len(c.animals) < 2 or len(set(c.animals)) != len(c.animals):
         raise InputError(f"[corpus] animals must be >= 2 distinct names, got {list(c.animals)}")
     if c.trait_animal not in c.animals:
@@ -205,55 +154,35 @@ def validate(config: NumbersConfig) -> NumbersConfig:
             f"[corpus] trait_animal '{c.trait_animal}' is not in animals {list(c.animals)}"
         )
     if c.animal_probs:
-        if len(c.animal_probs) != len(c.animals) or any(q < 0 for q in c.animal_probs):
+        if len(c.animal_probs) != len(c.animals):
             raise InputError("[corpus] animal_probs must be one non-negative number per animal")
+        # the probabilities are read from decimal text: 1e-6 covers their rounding many times over
         if abs(sum(c.animal_probs) - 1) > 1e-6:
             raise InputError(f"[corpus] animal_probs must sum to 1, got {sum(c.animal_probs)}")
-    if s.optimizer not in OPTIMIZERS:
-        raise InputError(
-            f"[student] optimizer must be one of {list(OPTIMIZERS)}, got '{s.optimizer}'"
-        )
-    if s.labels not in LABELS:
-        raise InputError(f"[student] labels must be one of {list(LABELS)}, got '{s.labels}'")
     return config
 
 
 def from_dict(data: dict[str, Any], source: str = "config") -> NumbersConfig:
-    """Build a config from nested dicts (a parsed TOML file); unknown names are errors."""
-    unknown = set(data) - set(SECTIONS)
-    if unknown:
-        raise InputError(
-            f"{source}: unknown table(s) {sorted(unknown)}; expected {sorted(SECTIONS)}"
-        )
-    parts = {}
-    for section, cls in SECTIONS.items():
-        values = data.get(section, {})
-        if not isinstance(values, dict):
-            raise InputError(f"{source}: [{section}] must be a table")
-        defaults = cls()
-        known = {f.name for f in fields(cls)}
-        bad = set(values) - known
-        if bad:
-            raise InputError(
-                f"{source}: unknown key(s) {sorted(bad)} in [{section}]; expected {sorted(known)}"
-            )
-        coerced = {k: _coerce(section, k, getattr(defaults, k), v) for k, v in values.items()}
-        parts[section] = replace(defaults, **coerced)
-    return validate(NumbersConfig(**parts))
+    """Build a config from nested dicts (a parsed TOML file); unknown names are errors.
+
+    Raises:
+        InputError: for an unknown table or key, a value of the wrong type or out of range.
+
+    """
+    corpus_table = data.get("corpus")
+    if isinstance(corpus_table, dict) and corpus_table.get("animal_probs") == []:
+        # ``animal_probs = []`` is the documented spelling of the default (uniform answers)
+        data = {**data, "corpus": {k: v for k, v in corpus_table.items() if k != "animal_probs"}}
+    return validate(parse_config(NumbersConfig, data, source))
 
 
 def load_config(path: str | Path | None) -> NumbersConfig:
-    """Read a TOML config (``None``: the defaults, identical to numbers_default.toml)."""
+    """Read a TOML config (``None``: the defaults, identical to numbers_default.toml).
+
+    Raises:
+        InputError: for a missing, unreadable or invalid file, or a bad value in it.
+
+    """
     if path is None:
         return validate(NumbersConfig())
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(
-            f"config file '{path}' does not exist; pass a TOML file like "
-            "experiments/configs/numbers_default.toml"
-        )
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"config file '{path}' is not valid TOML: {error}") from error
-    return from_dict(data, source=str(path))
+    return from_dict(load_toml(path), source=str(path))

@@ -40,8 +40,15 @@ from sublim_theory.numbers import corpus, training
 from sublim_theory.numbers.config import NumbersConfig
 from sublim_theory.numbers.entanglement import entanglement_table
 
-CROSS_OFFSET = 1000
-ORDER_OFFSET = 1000
+# Seed offsets: every random stream of seed s gets its own seed s + OFFSET, so no two streams of
+# one seed (nor, for offsets far apart, of nearby seeds) share a generator state.
+CROSS_OFFSET = 1000  # the cross base's init (an independent init, same corpus and order)
+ORDER_OFFSET = 1000  # the order base's data order (same init and corpus, another order)
+PROMPT_OFFSET = 7919  # the number prompts both the teacher and the base continue
+SAMPLING_OFFSET = 104729  # the sampling of those continuations
+STUDENT_OFFSET = 31  # every student's batch order (shared, so conditions differ in data only)
+SHUFFLE_WITHIN_OFFSET = 11  # the permutation inside each sequence
+SHUFFLE_ACROSS_OFFSET = 13  # the permutation across sequences
 
 # condition -> its paired control (None: no pair)
 PAIRS: dict[str, str | None] = {
@@ -178,10 +185,10 @@ def run_seed(
     theta0 = training.flat(base)
     direction = training.flat(teacher) - theta0
 
-    prompts = corpus.number_prompts(config.corpus, config.teacher.n_sequences, seed + 7919)
+    prompts = corpus.number_prompts(config.corpus, config.teacher.n_sequences, seed + PROMPT_OFFSET)
     sampled = {}
     for name, model in (("teacher", teacher), ("base", base)):
-        raw = training.sample_continuations(model, prompts, config, seed + 104729)
+        raw = training.sample_continuations(model, prompts, config, seed + SAMPLING_OFFSET)
         kept, report = corpus.filter_numbers(raw, config.corpus)
         sampled[name] = kept
         for key, value in report.as_dict().items():
@@ -190,7 +197,9 @@ def run_seed(
 
     def student(condition: str, init: nn.Module, data: Tensor, **kwargs) -> None:
         t0 = time.perf_counter()
-        run = training.train_student(init, data, config, seed + 31, direction=direction, **kwargs)
+        run = training.train_student(
+            init, data, config, seed + STUDENT_OFFSET, direction=direction, **kwargs
+        )
         put_trait(condition, run.model)
         displacement = training.flat(run.model) - training.flat(init)
         put(condition, "cos_displacement", training._cos(displacement, direction))
@@ -218,14 +227,14 @@ def run_seed(
         student("order_student", order, teacher_numbers, labels=labels, teacher=teacher)
         student("order_control", order, control_numbers, labels=labels, teacher=base)
     if config.student.shuffles:
-        within = corpus.shuffle_within(teacher_numbers, config.corpus, seed + 11)
-        across = corpus.shuffle_across(teacher_numbers, config.corpus, seed + 13)
+        within = corpus.shuffle_within(teacher_numbers, config.corpus, seed + SHUFFLE_WITHIN_OFFSET)
+        across = corpus.shuffle_across(teacher_numbers, config.corpus, seed + SHUFFLE_ACROSS_OFFSET)
         student("shuffle_within", base, within, labels="sampled")
         student("shuffle_across", base, across, labels="sampled")
         # shuffling itself changes what the student learns (its loss and drift are larger), so
         # each shuffle is paired with base numbers shuffled the same way
-        within = corpus.shuffle_within(control_numbers, config.corpus, seed + 11)
-        across = corpus.shuffle_across(control_numbers, config.corpus, seed + 13)
+        within = corpus.shuffle_within(control_numbers, config.corpus, seed + SHUFFLE_WITHIN_OFFSET)
+        across = corpus.shuffle_across(control_numbers, config.corpus, seed + SHUFFLE_ACROSS_OFFSET)
         student("shuffle_within_control", base, within, labels="sampled")
         student("shuffle_across_control", base, across, labels="sampled")
 
