@@ -11,8 +11,9 @@ time(path) / time(one student gradient). Paths:
   batch, divided by the gradient on that same small batch;
 * ``curvlinops_ggn``    curvlinops' GGNLinearOperator matvec (softmax cross-entropy, whose GGN
   is our K for ``softmax_ce``), when curvlinops is installed; target ours <= 0.75 x theirs;
-* ``seeds_vmap`` / ``seeds_loop``: A and K v for S seeds of a small MLP through vmap, and through
-  a Python loop; target loop / vmap >= 3 at S = 32 on CPU;
+* ``seeds_vmap[S]`` / ``seeds_loop_over_vmap``: A and K v for S seeds of a small MLP through
+  vmap, and through a Python loop (its time over vmap's); target loop / vmap >= 3 at S = 32 on
+  CPU;
 * ``mnist_step_batched``: one distillation step of the MNIST reproduction for N models, as the
   experiment runs it (batched), over the same N models as separate modules trained in a Python
   loop with plain autograd; target <= 1 (no slower).
@@ -24,7 +25,6 @@ high-water mark for the whole run, so it is reported once, not per path).
 from __future__ import annotations
 
 import json
-import math
 import resource
 import statistics
 import sys
@@ -49,6 +49,13 @@ from sublim_theory.errors import InputError
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import SoftCrossEntropy
 from sublim_theory.records import environment_record
+from sublim_theory.runs import (
+    DTYPES,
+    OutputFolder,
+    atomic_write_json,
+    atomic_write_text,
+    resolve_device,
+)
 
 TARGETS = {
     "first_order": ("<=", 1.2),
@@ -346,13 +353,6 @@ def bench_seeds(
         },
         {
             **base,
-            "path": f"seeds_loop[{n_seeds}]",
-            "seconds": loop_seconds,
-            "ratio": loop_seconds / vmap_seconds,
-            "baseline": "seeds_vmap",
-        },
-        {
-            **base,
             "path": "seeds_loop_over_vmap",
             "seconds": loop_seconds,
             "ratio": loop_seconds / vmap_seconds,
@@ -476,46 +476,51 @@ def run_benchmarks(
     n_seeds: int = 32,
     mnist_models: int = 10,
 ) -> list[Path]:
-    """Run every benchmark and write bench.json, environment.json and bench.md to ``out_dir``."""
+    """Run every benchmark and write bench.json, environment.json and bench.md to ``out_dir``.
+
+    Every argument and the output folder (created, probed, locked: ``runs.OutputFolder``) are
+    checked before the first benchmark runs; the files are written atomically.
+
+    Returns:
+        The paths of bench.json, environment.json and bench.md.
+
+    Raises:
+        InputError: for an unknown size, device, dtype or architecture, a negative count, or
+            an output folder that cannot be written.
+
+    """
     if size not in SIZES:
         raise InputError(f"unknown benchmark size '{size}'; choose one of {sorted(SIZES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError(
-            "--device cuda was asked for but torch sees no CUDA device; use --device cpu"
-        )
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"cannot create output folder {out}: {error.strerror}") from error
-    rows: list[dict[str, Any]] = []
-    for dtype_name in dtypes:
-        dtype = {"float32": torch.float32, "float64": torch.float64}[dtype_name]
-        for arch in archs:
-            if arch not in SIZES[size]:
-                continue
-            case = build_case(arch, SIZES[size][arch], dtype, device)
-            rows += bench_case(case, device)
-            print(f"  {arch} {dtype_name}: done", file=sys.stderr)
-        if n_seeds > 0:
-            rows += bench_seeds(n_seeds, device, dtype)
-    if mnist_models > 0:
-        rows += bench_mnist_training(
-            device,
-            mnist_models,
-            64 if size == "tiny" else 1024,
-            (16, 16) if size == "tiny" else (256, 256),
-        )
-    env = environment_record(device)
-    paths = [out / "bench.json", out / "environment.json", out / "bench.md"]
-    paths[0].write_text(json.dumps({"rows": rows, "verdicts": verdicts(rows)}, indent=2) + "\n")
-    paths[1].write_text(json.dumps(env, indent=2) + "\n")
-    paths[2].write_text(markdown(rows, env))
+    unknown = [name for name in dtypes if name not in DTYPES] + [
+        arch for arch in archs if arch not in ("mlp", "cnn", "transformer")
+    ]
+    if unknown:
+        raise InputError(f"unknown dtype or architecture {unknown}")
+    if n_seeds < 0 or mnist_models < 0:
+        raise InputError("--seeds and --mnist-models must be >= 0 (0 skips that benchmark)")
+    device = resolve_device(device).type  # "cpu" or "cuda"; refuses CUDA when there is none
+    with OutputFolder(out_dir, "bench") as folder:
+        rows: list[dict[str, Any]] = []
+        for name in dtypes:
+            dtype = DTYPES[name]
+            for arch in archs:
+                if arch not in SIZES[size]:
+                    continue
+                case = build_case(arch, SIZES[size][arch], dtype, device)
+                rows += bench_case(case, device)
+                print(f"  {arch} {name}: done", file=sys.stderr)
+            if n_seeds > 0:
+                rows += bench_seeds(n_seeds, device, dtype)
+        if mnist_models > 0:
+            rows += bench_mnist_training(
+                device,
+                mnist_models,
+                64 if size == "tiny" else 1024,
+                (16, 16) if size == "tiny" else (256, 256),
+            )
+        env = environment_record(device)
+        paths = [folder.path / name for name in ("bench.json", "environment.json", "bench.md")]
+        atomic_write_json(paths[0], {"rows": rows, "verdicts": verdicts(rows)})
+        atomic_write_json(paths[1], env)
+        atomic_write_text(paths[2], markdown(rows, env))
     return paths
-
-
-def ratio(rows: list[dict[str, Any]], arch: str, dtype: str, path: str) -> float:
-    for row in rows:
-        if row["arch"] == arch and row["dtype"] == dtype and row["path"] == path:
-            return row["ratio"]
-    return math.nan

@@ -48,6 +48,21 @@ def mean_interval(values: Iterable[float | None]) -> tuple[float, float, int]:
     return float(finite.mean()), half, n
 
 
+def restore_nan(value: Any) -> Any:
+    """Undo JSON's NaN -> null (``runs.atomic_write_json``) in a stored result: null -> NaN.
+
+    For records whose nulls all stand for NaN (measured numbers); settings that may be None
+    on purpose are kept apart and not passed through here.
+    """
+    if value is None:
+        return math.nan
+    if isinstance(value, dict):
+        return {key: restore_nan(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [restore_nan(item) for item in value]
+    return value
+
+
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the packages a result depends on (None when absent)."""
     versions: dict[str, str | None] = {"python": platform.python_version()}

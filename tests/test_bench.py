@@ -40,8 +40,20 @@ def test_bad_benchmark_arguments(tmp_path):
     with pytest.raises(InputError, match="unknown benchmark size"):
         run_benchmarks(tmp_path, "huge")
     if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="no CUDA device"):
+        with pytest.raises(InputError, match="cuda"):
             run_benchmarks(tmp_path, "tiny", "cuda")
+    with pytest.raises(InputError, match="tpu"):
+        run_benchmarks(tmp_path, "tiny", "tpu")
+    with pytest.raises(InputError, match="float16"):
+        run_benchmarks(tmp_path, "tiny", "cpu", ("float16",))
+
+
+def test_each_seed_measurement_is_one_row(tmp_path):
+    paths = run_benchmarks(tmp_path, "tiny", "cpu", ("float64",), (), n_seeds=2, mnist_models=0)
+    rows = json.loads(paths[0].read_text())["rows"]
+    assert [r["path"] for r in rows] == ["seeds_vmap[2]", "seeds_loop_over_vmap"]
+    # no second row repeating a measurement under another name
+    assert len({(r["seconds"], r["ratio"]) for r in rows}) == len(rows)
 
 
 def test_curvlinops_ggn_equals_our_gauss_newton_product():

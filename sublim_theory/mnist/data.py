@@ -18,7 +18,8 @@ from __future__ import annotations
 import functools
 import gzip
 import struct
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,16 @@ class MnistData:
             "n_train": int(self.train_labels.numel()),
             "n_test": int(self.test_labels.numel()),
         }
+
+    def to(self, device: torch.device | str) -> MnistData:
+        """The same digits with every tensor on ``device``."""
+        return replace(
+            self,
+            train_images=self.train_images.to(device),
+            train_labels=self.train_labels.to(device),
+            test_images=self.test_images.to(device),
+            test_labels=self.test_labels.to(device),
+        )
 
 
 def normalize_pixels(pixels: np.ndarray) -> Tensor:
@@ -139,7 +150,7 @@ def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
         raise InputError(f"IDX file '{path}' not found")
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
         raise InputError(f"IDX file '{path}' is not a readable gzip file ({error})") from error
     if len(raw) < 4:
         raise InputError(f"IDX file '{path}' is truncated: {len(raw)} bytes, no header")
@@ -196,6 +207,10 @@ def load_idx_dir(directory: str | Path) -> MnistData:
             raise InputError(
                 f"IDX file '{label_path}' has {len(labels)} labels but '{image_path}' has "
                 f"{len(images)} images; the files do not belong together"
+            )
+        if len(images) == 0:
+            raise InputError(
+                f"IDX file '{image_path}' holds 0 images; the {part} set needs at least one"
             )
         if labels.size and labels.max() >= N_CLASSES:
             raise InputError(f"IDX file '{label_path}' has label {labels.max()}, expected 0-9")

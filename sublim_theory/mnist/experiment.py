@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -50,6 +50,7 @@ from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import KLDivergence
 from sublim_theory.mnist.data import N_CLASSES, N_PIXELS, MnistData
 from sublim_theory.placements import place_student
+from sublim_theory.runs import bound, parse_config
 
 # The paper's teacher sees 5 epochs of 60,000 digits at batch 1024: 5 * ceil(60000/1024) steps.
 PAPER_TEACHER_STEPS = 5 * math.ceil(60_000 / 1024)
@@ -58,9 +59,13 @@ STUDENT_KINDS = ("aux", "all", "cross_aux", "cross_all")
 Params = list[Tensor]  # [W1, b1, W2, b2, ..., W_out, b_out], each with a leading model axis
 
 
-@dataclass
+@dataclass(frozen=True)
 class MnistConfig:
     """Every knob of the experiment; defaults are the paper's code except ``teacher_epochs``.
+
+    Built from a TOML table and flags by ``MnistConfig.parse`` (``runs.parse_config``): each
+    field's type is enforced (``student_epochs = true`` and ``hidden = [32.9]`` are refused, not
+    coerced), floats must be finite, and each ``bound`` below is checked.
 
     Attributes:
         models: N, the number of independent teacher/student families trained at once.
@@ -83,47 +88,47 @@ class MnistConfig:
 
     """
 
-    models: int = 10
-    aux_logits: int = 3
-    hidden: tuple[int, ...] = (256, 256)
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    batch_size: int = 1024
-    teacher_epochs: int | None = None
-    student_epochs: int = 5
-    noise_images: int = 60_000
-    temperature: float = 1.0
-    student_noise: tuple[float, ...] = (0.0,)
+    models: int = field(default=10, metadata=bound(ge=1))
+    aux_logits: int = field(default=3, metadata=bound(ge=1))
+    hidden: tuple[int, ...] = field(default=(256, 256), metadata=bound(ge=1))
+    lr: float = field(default=3e-4, metadata=bound(gt=0))
+    weight_decay: float = field(default=0.0, metadata=bound(ge=0))
+    batch_size: int = field(default=1024, metadata=bound(ge=1))
+    teacher_epochs: int | None = field(default=None, metadata=bound(ge=1))
+    student_epochs: int = field(default=5, metadata=bound(ge=1))
+    noise_images: int = field(default=60_000, metadata=bound(ge=1))
+    temperature: float = field(default=1.0, metadata=bound(gt=0))
+    student_noise: tuple[float, ...] = field(default=(0.0,), metadata=bound(ge=0))
     students: tuple[str, ...] = STUDENT_KINDS
-    seed: int = 0
+    seed: int = field(default=0, metadata=bound(ge=0))
 
     def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
-        self.student_noise = tuple(float(s) for s in self.student_noise)
-        self.students = tuple(str(kind) for kind in self.students)
+        # the checks that span fields or elements (scalar types and ranges: ``parse``)
         unknown = [kind for kind in self.students if kind not in STUDENT_KINDS]
         if unknown or not self.students or len(set(self.students)) != len(self.students):
             raise InputError(
                 f"students must be distinct kinds from {list(STUDENT_KINDS)}, got "
                 f"{list(self.students)}"
             )
-        for name in ("models", "aux_logits", "batch_size", "student_epochs", "noise_images"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a positive integer, got {value!r}")
-        if self.teacher_epochs is not None and self.teacher_epochs < 1:
-            raise InputError(f"teacher_epochs must be >= 1 (or auto), got {self.teacher_epochs}")
         if not self.hidden or min(self.hidden) < 1:
-            raise InputError(f"hidden widths must be positive integers, got {self.hidden}")
-        if not (self.lr > 0 and self.temperature > 0 and self.weight_decay >= 0):
-            raise InputError("lr and temperature must be > 0 and weight_decay >= 0")
+            raise InputError(f"hidden widths must be positive integers, got {list(self.hidden)}")
         if not self.student_noise or min(self.student_noise) < 0:
-            raise InputError(f"student_noise scales must be >= 0, got {self.student_noise}")
+            raise InputError(f"student_noise scales must be >= 0, got {list(self.student_noise)}")
         if self.controls and self.models < 2:
             raise InputError(
                 "the cross-model control needs at least 2 models (a derangement of 1 model does "
                 "not exist); use --models 2 or more, or drop cross_aux/cross_all from students"
             )
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, object], source: str) -> MnistConfig:
+        """A config from a TOML table or flags (``runs.parse_config``: typed and range-checked).
+
+        Raises:
+            InputError: one line naming ``source`` and the key at fault.
+
+        """
+        return parse_config(cls, dict(raw), source)
 
     @property
     def controls(self) -> bool:
@@ -132,6 +137,7 @@ class MnistConfig:
 
     @classmethod
     def field_names(cls) -> list[str]:
+        """The names of the fields, in order (the keys a config file may hold)."""
         return [f.name for f in fields(cls)]
 
     def resolved_teacher_epochs(self, n_train: int) -> int:
@@ -240,7 +246,7 @@ def unflatten(flat: Tensor, like: Params) -> Params:
 @torch.no_grad()
 def accuracy(params: Params, images: Tensor, labels: Tensor, chunk: int = 2048) -> Tensor:
     """Per-model test accuracy ``(M,)`` of the argmax over the 10 regular logits."""
-    correct = torch.zeros(params[0].shape[0])
+    correct = torch.zeros(params[0].shape[0], device=params[0].device)
     for start in range(0, len(labels), chunk):
         logits = forward(params, images[start : start + chunk])[..., :N_CLASSES]
         correct += (logits.argmax(-1) == labels[start : start + chunk]).sum(-1)
@@ -286,6 +292,7 @@ def train_teachers(config: MnistConfig, reference: Params, data: MnistData, epoc
     generator = torch.Generator().manual_seed(_seed(config.seed, 3))
     for _ in range(epochs):
         order = torch.rand(n_models, n_train, generator=generator).argsort(dim=1)
+        order = order.to(data.train_labels.device)
         for start in range(0, n_train, config.batch_size):
             index = order[:, start : start + config.batch_size]
             logits = forward(params, data.train_images[index])[..., :N_CLASSES]
@@ -344,12 +351,15 @@ def train_students(
     n_models, n_groups = config.models, len(groups)
     params = [p.clone().requires_grad_(True) for p in initial]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    aux_only = torch.tensor([g.aux_only for g in groups])
+    device = initial[0].device
+    aux_only = torch.tensor([g.aux_only for g in groups], device=device)
     n_blocks = math.ceil(config.noise_images / config.batch_size)
     generator = torch.Generator().manual_seed(_seed(config.seed, 5))
     for epoch in range(1, config.student_epochs + 1):
         for block in torch.randperm(n_blocks, generator=generator).tolist():
+            # drawn on the CPU (its generators), so every device sees the same noise images
             images = torch.stack([noise_block(config, i, block) for i in range(n_models)])
+            images = images.to(device)
             with torch.no_grad():
                 teacher_logits = forward(teacher, images)
             student_logits = forward(params, images.repeat(n_groups, 1, 1))
@@ -376,10 +386,18 @@ def train_students(
 
 
 def run_experiment(
-    config: MnistConfig, data: MnistData, log: Callable[[str], None] | None = None
+    config: MnistConfig,
+    data: MnistData,
+    log: Callable[[str], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> ExperimentResult:
-    """Train N teachers and every student group; per-model accuracies and per-epoch cosines."""
+    """Train N teachers and every student group; per-model accuracies and per-epoch cosines.
+
+    Inits, data order and noise images are drawn on the CPU and moved to ``device``, so a run
+    on CUDA trains from the same numbers as one on the CPU.
+    """
     log = log or (lambda message: None)
+    data = data.to(device)
     groups = student_groups(config)
     n_models = config.models
     teacher_epochs = config.resolved_teacher_epochs(len(data.train_labels))
@@ -387,7 +405,8 @@ def run_experiment(
         derangement(n_models, _seed(config.seed, 6)) if config.controls else list(range(n_models))
     )
     clock = time.perf_counter()
-    reference = stack([reference_init(config, i) for i in range(n_models)])
+    reference_cpu = stack([reference_init(config, i) for i in range(n_models)])
+    reference = [p.to(device) for p in reference_cpu]
     teacher = train_teachers(config, reference, data, teacher_epochs)
     teacher_seconds = time.perf_counter() - clock
     result = ExperimentResult(
@@ -410,7 +429,7 @@ def run_experiment(
             "accuracy_per_epoch": [],
             "cosine_per_epoch": [],
         }
-    initial = student_inits(config, reference, groups, perm)
+    initial = [p.to(device) for p in student_inits(config, reference_cpu, groups, perm)]
     initial_flat = flatten(initial)
 
     def record(epoch: int, params: Params) -> None:

@@ -9,6 +9,7 @@ plot reads only that table.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 from sublim_theory.mnist.experiment import ExperimentResult
 from sublim_theory.records import mean_interval
+from sublim_theory.runs import atomic_write_text
 
 ROWS = ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")
 TABLE_COLUMNS = (
@@ -78,10 +80,12 @@ def tidy_table(results: Sequence[ExperimentResult]) -> list[dict[str, object]]:
 
 
 def write_table(table: Sequence[dict[str, object]], path: str | Path) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=TABLE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(table)
+    """Write the tidy table as CSV, atomically (a reader sees the old file or the new one)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=TABLE_COLUMNS)
+    writer.writeheader()
+    writer.writerows(table)
+    atomic_write_text(path, text.getvalue())
 
 
 def read_table(path: str | Path) -> list[dict[str, object]]:

@@ -194,7 +194,36 @@ def test_tiny_pipeline_records_cosines_and_accuracies():
 def test_bad_settings_are_input_errors():
     with pytest.raises(InputError, match="cross-model control"):
         MnistConfig(models=1)
-    with pytest.raises(InputError, match="aux_logits"):
-        MnistConfig(aux_logits=0)
     with pytest.raises(InputError, match="student_noise"):
         MnistConfig(student_noise=(-0.1,))
+    with pytest.raises(InputError, match="students"):
+        MnistConfig(students=("aux", "aux"))
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"aux_logits": 0}, "aux_logits"),
+        ({"student_epochs": True}, "student_epochs"),  # a bool is not an epoch count
+        ({"hidden": [32.9, 1.5]}, "hidden"),  # not truncated to [32, 1]
+        ({"hidden": [16, 0]}, "hidden"),
+        ({"lr": math.nan}, "lr"),
+        ({"temperature": math.inf}, "temperature"),
+        ({"student_noise": [math.nan]}, "student_noise"),
+        ({"models": "10"}, "models"),
+        ({"teacher_epochs": 0}, "teacher_epochs"),
+        ({"seed": -1}, "seed"),
+        ({"learning_rate": 0.1}, "learning_rate"),
+    ],
+)
+def test_parse_refuses_mistyped_and_out_of_range_values(raw, key):
+    with pytest.raises(InputError, match=key):
+        MnistConfig.parse(raw, "test.toml")
+
+
+def test_parse_gives_the_typed_frozen_config():
+    config = MnistConfig.parse({"hidden": [8, 4], "student_noise": [0, 0.5]}, "test.toml")
+    assert config.hidden == (8, 4) and config.student_noise == (0.0, 0.5)
+    assert config == MnistConfig(hidden=(8, 4), student_noise=(0.0, 0.5))
+    with pytest.raises(AttributeError):
+        config.models = 3  # frozen: a run's settings cannot drift after they are checked
