@@ -18,6 +18,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from sublim_theory.errors import InputError
 
@@ -81,6 +82,17 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") 
     )
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (and still exit 2).
+
+    argparse prints the whole usage block before the error; the command's ``--help`` has it,
+    so the error itself names the command and what was wrong, nothing more.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def _command_modules() -> dict[str, object]:
     modules = {}
     for name in COMMANDS:
@@ -94,7 +106,7 @@ def _command_modules() -> dict[str, object]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per command module."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="sublim-theory",
         description="Verify the subliminal-learning alignment theorem (Cloud et al. 2025).",
     )

@@ -54,6 +54,13 @@ def check(
     n_inputs: int = 64,
 ) -> AlignmentReport:
     """Build a model, a teacher task (cross-entropy on the regular outputs) and noise inputs; report."""
+    # eps A + eps^2 B is evaluated in Python floats: past sqrt(max float) ~ 1.3e154 the square
+    # raises OverflowError, so such a step is refused with the other bad values of eps
+    if not (math.isfinite(eps) and eps > 0 and math.isfinite(eps * eps)):
+        raise InputError(
+            f"eps must be a finite number > 0 whose square is finite (eps < 1.3e154), got {eps}; "
+            "the report expands in eps: use a small step such as 1e-4"
+        )
     if aux < 0:
         raise InputError(f"--aux must be >= 0, got {aux}")
     if n_inputs < 1:

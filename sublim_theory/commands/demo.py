@@ -8,14 +8,16 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import time
 from pathlib import Path
 
 from sublim_theory.architectures import ARCHITECTURES
+from sublim_theory.cli import add_device_argument
 from sublim_theory.commands.check import check, format_table
 from sublim_theory.errors import InputError
 from sublim_theory.losses import LOSSES
+from sublim_theory.runs import OutputFolder, atomic_write_json, load_toml, resolve_device
 
 HELP = "run the main job: check every architecture and loss, export the derivation, sweep and plot"
 DEFAULT_SWEEP = (
@@ -24,6 +26,7 @@ DEFAULT_SWEEP = (
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``demo`` flags to ``parser``."""
     parser.add_argument(
         "--out", type=Path, default=Path("out"), help="output folder (default: out)"
     )
@@ -34,38 +37,51 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_SWEEP,
         help="sweep configuration (default: experiments/configs/init_distance.toml)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda for the sweep")
+    add_device_argument(parser)  # for the sweep
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check every argument and the output folder, then run the three steps.
+
+    Returns:
+        0 on success.
+
+    Raises:
+        InputError: for a bad step, device, sweep configuration or output folder, before the
+            first step runs.
+
+    """
     from sublim_theory.plotting import plot_sweep
     from sublim_theory.sweep import run_sweep
     from sublim_theory.symbolic import export
 
-    out: Path = args.out
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"cannot create output folder {out}: {error.strerror}") from error
-    start = time.perf_counter()
+    if not (math.isfinite(args.eps) and args.eps > 0 and math.isfinite(args.eps * args.eps)):
+        raise InputError(
+            f"--eps must be a finite number > 0 whose square is finite, got {args.eps}"
+        )
+    device = resolve_device(args.device).type
+    load_toml(args.sweep_config)  # a missing or broken sweep file fails now, not after step 2
+    with OutputFolder(args.out, "demo") as folder:
+        out = folder.path
+        start = time.perf_counter()
 
-    print(f"[1/3] one-step alignment check, eps = {args.eps:g}, float64")
-    rows = [
-        {"arch": arch, **check(arch, loss, args.eps).to_dict()}
-        for arch in ARCHITECTURES
-        for loss in sorted(LOSSES)
-    ]
-    print(format_table(rows))
-    (out / "check.json").write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"[1/3] one-step alignment check, eps = {args.eps:g}, float64")
+        rows = [
+            {"arch": arch, **check(arch, loss, args.eps).to_dict()}
+            for arch in ARCHITECTURES
+            for loss in sorted(LOSSES)
+        ]
+        print(format_table(rows))
+        atomic_write_json(out / "check.json", rows)
 
-    print("\n[2/3] derivation: every step checked by sympy")
-    for path in export(out / "derivation"):
-        print(f"  wrote {path}")
+        print("\n[2/3] derivation: every step checked by sympy")
+        for path in export(out / "derivation"):
+            print(f"  wrote {path}")
 
-    print(f"\n[3/3] init-distance sweep: {args.sweep_config}")
-    table = run_sweep(args.sweep_config, out / "sweep", device=args.device)
-    print(f"  table: {table}")
-    for path in plot_sweep(out / "sweep"):
-        print(f"  figure: {path}")
-    print(f"\ndone in {time.perf_counter() - start:.0f} s; results in {out}/")
+        print(f"\n[3/3] init-distance sweep: {args.sweep_config}")
+        table = run_sweep(args.sweep_config, out / "sweep", device=device)
+        print(f"  table: {table}")
+        for path in plot_sweep(out / "sweep"):
+            print(f"  figure: {path}")
+        print(f"\ndone in {time.perf_counter() - start:.0f} s; results in {out}/")
     return 0
