@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from sublim_theory.bench import SIZES, run_benchmarks
@@ -57,5 +58,5 @@ def run(args: argparse.Namespace) -> int:
     )
     print(paths[2].read_text())
     for path in paths:
-        print(f"wrote {path}")
+        print(f"wrote {path}", file=sys.stderr)
     return 0

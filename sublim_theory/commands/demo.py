@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -32,12 +33,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--eps", type=float, default=1e-4, help="teacher step for the check table")
     parser.add_argument(
+        "--config",
         "--sweep-config",
+        dest="config",
         type=Path,
         default=DEFAULT_SWEEP,
         help="sweep configuration (default: experiments/configs/init_distance.toml)",
     )
     add_device_argument(parser)  # for the sweep
+
+
+def progress(message: str) -> None:
+    """A progress line, on stderr (the results go to files and stdout)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,12 +68,12 @@ def run(args: argparse.Namespace) -> int:
             f"--eps must be a finite number > 0 whose square is finite, got {args.eps}"
         )
     device = resolve_device(args.device).type
-    load_toml(args.sweep_config)  # a missing or broken sweep file fails now, not after step 2
+    load_toml(args.config)  # a missing or broken sweep file fails now, not after step 2
     with OutputFolder(args.out, "demo") as folder:
         out = folder.path
         start = time.perf_counter()
 
-        print(f"[1/3] one-step alignment check, eps = {args.eps:g}, float64")
+        progress(f"[1/3] one-step alignment check, eps = {args.eps:g}, float64")
         rows = [
             {"arch": arch, **check(arch, loss, args.eps).to_dict()}
             for arch in ARCHITECTURES
@@ -74,14 +82,14 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(rows))
         atomic_write_json(out / "check.json", rows)
 
-        print("\n[2/3] derivation: every step checked by sympy")
+        progress("\n[2/3] derivation: every step checked by sympy")
         for path in export(out / "derivation"):
-            print(f"  wrote {path}")
+            progress(f"  wrote {path}")
 
-        print(f"\n[3/3] init-distance sweep: {args.sweep_config}")
-        table = run_sweep(args.sweep_config, out / "sweep", device=device)
-        print(f"  table: {table}")
+        progress(f"\n[3/3] init-distance sweep: {args.config}")
+        table = run_sweep(args.config, out / "sweep", device=device)
+        print(f"table: {table}")
         for path in plot_sweep(out / "sweep"):
-            print(f"  figure: {path}")
-        print(f"\ndone in {time.perf_counter() - start:.0f} s; results in {out}/")
+            print(f"figure: {path}")
+        progress(f"\ndone in {time.perf_counter() - start:.0f} s; results in {out}/")
     return 0

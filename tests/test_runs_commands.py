@@ -1,0 +1,86 @@
+"""Every experiment command speaks the same flags and goes through the one run layer (issue 11).
+
+``--out DIR``, ``--config FILE``, ``--device {auto,cpu,cuda}``, ``--seed S`` (the first or
+master seed) and ``--seeds N`` (how many) mean the same in every command that takes them, and
+every command that writes holds its output folder (``runs.OutputFolder``) for the whole run.
+"""
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+import sublim_theory.bench as bench
+import sublim_theory.commands.demo as demo_command
+import sublim_theory.commands.derive as derive_command
+import sublim_theory.commands.mnist as mnist_command
+from sublim_theory.cli import build_parser, main
+from sublim_theory.numbers import experiment as numbers_experiment
+from sublim_theory.runs import OutputFolder
+
+CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+
+
+def _options(command):
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        option: action
+        for action in subparsers.choices[command]._actions
+        for option in action.option_strings
+    }
+
+
+@pytest.mark.parametrize("command", ["mnist", "numbers", "bench", "demo"])
+def test_experiment_commands_share_out_and_device(command):
+    options = _options(command)
+    assert options["--out"].type is Path
+    assert tuple(options["--device"].choices) == ("auto", "cpu", "cuda")
+
+
+@pytest.mark.parametrize("command", ["mnist", "numbers", "demo"])
+def test_config_is_a_toml_path(command):
+    assert _options(command)["--config"].type is Path
+
+
+def test_seed_is_the_first_seed_and_seeds_a_count():
+    numbers, mnist, bench_options = _options("numbers"), _options("mnist"), _options("bench")
+    assert numbers["--seed"].dest == numbers["--first-seed"].dest == "seed"  # old name kept
+    assert numbers["--seed"].default == 0 and mnist["--seed"].dest == "seed"
+    for options in (numbers, bench_options):  # a count, so a negative one never parses
+        with pytest.raises(argparse.ArgumentTypeError):
+            options["--seeds"].type("-1")
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("computed although the output folder is in use")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["mnist", "--config", str(CONFIGS / "mnist_tiny.toml")],
+        ["numbers", "--config", str(CONFIGS / "numbers_tiny.toml"), "--seeds", "1"],
+        ["bench", "--size", "tiny", "--archs", "mlp"],
+        ["demo"],
+        ["derive"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_every_writing_command_locks_its_folder(argv, tmp_path, monkeypatch, capsys):
+    for module, name in (
+        (mnist_command, "load_mnist"),
+        (mnist_command, "run_experiment"),
+        (numbers_experiment, "run_seed"),
+        (bench, "build_case"),
+        (bench, "bench_seeds"),
+        (bench, "bench_mnist_training"),
+        (demo_command, "check"),
+        (derive_command, "export"),
+    ):
+        monkeypatch.setattr(module, name, _never)
+    out = tmp_path / "out"
+    with OutputFolder(out, "another run"):
+        assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "in use" in err
