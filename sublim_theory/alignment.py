@@ -10,6 +10,11 @@ matrix at theta_0. Then
     <dtheta_S, v> = eps A + eps^2 B + O(eps^3)                           (shared init)
     A = E[u^T M u],  B = (1/2) E[u^T M w - u^T G[u, u]],  w = D^2 f[v, v]  (forward mode only)
 
+Hypotheses (theory/alignment.md): the O(eps^2) remainder needs l in C^3 and f in C^2 near
+theta_0; the O(eps^3) remainder needs l in C^4 and f in C^3. G[u, u] = d^2/ds^2 grad_z l(z0,
+z0 + s u) at s = 0 is a mixed derivative (one z, two y), not D^3_z l. eps* = A/|B| is the root
+of the truncated quadratic; ``critical_step_check`` evaluates the exact alignment there to say
+whether the dropped cubic term is small.
 E_x is the mean over every position: samples, and sequence positions for outputs (N, T, k).
 The ``*_kernel`` functions compute one batch as pure tensor functions, so they compose with
 ``torch.func.vmap`` over stacked seeds; the public functions validate, chunk and accumulate.
@@ -383,6 +388,7 @@ def critical_step_check(
     so one Newton step from eps* moves it by R(eps*) / A; the returned ``residual`` is that move
     relative to eps* (the estimated relative error of eps* as the sign change of phi). Costs one
     forward pass of the teacher and one student gradient at eps*, at the shared init theta0.
+    It looks at one point: a phi that changes sign twice before eps* would pass unseen.
 
     Args:
         model: the network.
