@@ -416,14 +416,18 @@ def critical_step_check(
             math.nan, False, "A = 0: no first-order alignment, eps* = 0 has no meaning"
         )
     eps_star = a / abs(b)
+    overflow = CriticalStepCheck(
+        math.nan,
+        False,
+        "the teacher's outputs or the student's update overflow at eps*: eps* is far outside "
+        "the quadratic's range",
+    )
     targets = distillation_targets(model, theta0 + eps_star * v, inputs, batch_size)
     if not torch.isfinite(targets).all():
-        return CriticalStepCheck(
-            math.nan,
-            False,
-            "the teacher's outputs overflow at eps*: eps* is far outside the quadratic's range",
-        )
+        return overflow
     exact = dot(student_update(model, theta0, inputs, targets, loss, batch_size), v)
+    if not math.isfinite(exact):
+        return overflow
     residual = exact / (eps_star * a)
     if abs(residual) <= EPS_STAR_TOLERANCE:
         note = (
