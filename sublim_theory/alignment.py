@@ -10,6 +10,11 @@ matrix at theta_0. Then
     <dtheta_S, v> = eps A + eps^2 B + O(eps^3)                           (shared init)
     A = E[u^T M u],  B = (1/2) E[u^T M w - u^T G[u, u]],  w = D^2 f[v, v]  (forward mode only)
 
+Hypotheses (theory/alignment.md): the O(eps^2) remainder needs l in C^3 and f in C^2 near
+theta_0; the O(eps^3) remainder needs l in C^4 and f in C^3. G[u, u] = d^2/ds^2 grad_z l(z0,
+z0 + s u) at s = 0 is a mixed derivative (one z, two y), not D^3_z l. eps* = A/|B| is the root
+of the truncated quadratic; ``critical_step_check`` evaluates the exact alignment there to say
+whether the dropped cubic term is small.
 E_x is the mean over every position: samples, and sequence positions for outputs (N, T, k).
 The ``*_kernel`` functions compute one batch as pure tensor functions, so they compose with
 ``torch.func.vmap`` over stacked seeds; the public functions validate, chunk and accumulate.
@@ -322,13 +327,119 @@ def second_order_coefficient(
     v: Tensor,
     batch_size: int | None = None,
 ) -> float:
-    """B = (1/2) E_x[u^T M w - u^T G[u, u]], w = D^2 f[v, v] (jvp of jvp), G the loss's third derivative."""
+    """B = (1/2) E_x[u^T M w - u^T G[u, u]], w = D^2 f[v, v] (jvp of jvp).
+
+    G[u, u] = d^2/ds^2 grad_z l(z0, z0 + s u) at s = 0 is a mixed derivative of the loss (one in
+    z, two in y), not its third derivative in z: in general G[u, u] = -D^3_z l[u, u] -
+    2 (D_y Hess_zz l)[u] u, and the two agree only when Hess_zz l does not depend on the target
+    (true for the squared error, cross-entropy and KL of ``losses.py``). theory/alignment.md
+    section 4; B is the eps^2 coefficient when l is C^4 and f is C^3 near theta_0.
+    """
     return taylor_coefficients(model, theta, inputs, loss, v, batch_size)[1]
 
 
 def critical_step(a: float, b: float) -> float:
-    """eps* = A/|B| where eps A + eps^2 B crosses zero (B < 0); inf when B >= 0."""
+    """eps* = A/|B|, the positive root of the TRUNCATED quadratic eps A + eps^2 B (B < 0).
+
+    Returns inf when B >= 0: the quadratic then has no positive root, which is a statement about
+    the truncation only, not a guarantee that the exact alignment stays positive for large eps.
+    Whether the cubic remainder is small at eps* is judged by :func:`critical_step_check`.
+    """
     return a / abs(b) if b < 0 else math.inf
+
+
+# |phi(eps*)| / (eps* A) above this: eps* lies outside the range where eps A + eps^2 B
+# describes phi. It estimates the relative distance from eps* to the exact sign change (see
+# critical_step_check), so 0.1 means "eps* is right to about 10%".
+EPS_STAR_TOLERANCE = 0.1
+
+
+@dataclass(frozen=True)
+class CriticalStepCheck:
+    """How far the truncated quadratic's root eps* can be trusted (``critical_step_check``).
+
+    Attributes:
+        residual: phi(eps*) / (eps* A), signed, with phi(eps) = <dtheta_S(eps), v> exact; NaN
+            when there is no eps* (B >= 0 or A <= 0) or the teacher's outputs at eps* overflow.
+        trusted: |residual| <= EPS_STAR_TOLERANCE.
+        note: one line saying which case applies.
+
+    """
+
+    residual: float
+    trusted: bool
+    note: str
+
+
+def critical_step_check(
+    model: FunctionalModel,
+    theta0: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    v: Tensor,
+    a: float,
+    b: float,
+    batch_size: int | None = None,
+) -> CriticalStepCheck:
+    """Evaluate the exact alignment phi at eps* = A/|B| to see whether eps* means anything.
+
+    The quadratic vanishes at eps*, so phi(eps*) is exactly the remainder R(eps*) = O(eps*^3)
+    that the truncation drops. Near eps*, phi'(eps*) = A + 2 eps* B + R'(eps*) = -A + R'(eps*),
+    so one Newton step from eps* moves it by R(eps*) / A; the returned ``residual`` is that move
+    relative to eps* (the estimated relative error of eps* as the sign change of phi). Costs one
+    forward pass of the teacher and one student gradient at eps*, at the shared init theta0.
+    It looks at one point: a phi that changes sign twice before eps* would pass unseen.
+
+    Args:
+        model: the network.
+        theta0: the shared init.
+        inputs: the distillation inputs.
+        loss: the imitation loss.
+        v: the teacher's direction.
+        a: A from :func:`taylor_coefficients`.
+        b: B from :func:`taylor_coefficients`.
+        batch_size: process inputs in chunks of this many samples.
+
+    Returns:
+        The residual, whether it is within ``EPS_STAR_TOLERANCE``, and a one-line note.
+
+    """
+    if not b < 0:
+        return CriticalStepCheck(
+            math.nan,
+            False,
+            "no root of the quadratic (B >= 0); not a guarantee for large eps: the cubic "
+            "remainder is unbounded",
+        )
+    if not a > 0:
+        return CriticalStepCheck(
+            math.nan, False, "A = 0: no first-order alignment, eps* = 0 has no meaning"
+        )
+    eps_star = a / abs(b)
+    overflow = CriticalStepCheck(
+        math.nan,
+        False,
+        "the teacher's outputs or the student's update overflow at eps*: eps* is far outside "
+        "the quadratic's range",
+    )
+    targets = distillation_targets(model, theta0 + eps_star * v, inputs, batch_size)
+    if not torch.isfinite(targets).all():
+        return overflow
+    exact = dot(student_update(model, theta0, inputs, targets, loss, batch_size), v)
+    if not math.isfinite(exact):
+        return overflow
+    residual = exact / (eps_star * a)
+    if abs(residual) <= EPS_STAR_TOLERANCE:
+        note = (
+            f"root of the truncated quadratic; exact alignment there is {residual:+.2g} x eps* A, "
+            f"so eps* is the sign change to about {abs(residual):.0%}"
+        )
+        return CriticalStepCheck(residual, True, note)
+    note = (
+        f"root of the truncated quadratic, OUTSIDE its range: exact alignment there is "
+        f"{residual:+.2g} x eps* A (|.| > {EPS_STAR_TOLERANCE:g}); not the sign change"
+    )
+    return CriticalStepCheck(residual, False, note)
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,7 +460,13 @@ class AlignmentReport:
             exact update, the first-order prediction, and the teacher direction.
         norm_exact, norm_first_order, norm_teacher: Euclidean norms.
         taylor_residual: ||exact - first order|| / ||exact||.
-        A, B, eps_star: THEORY section 3; eps_star = A/|B| if B < 0 else inf.
+        A, B: THEORY section 3 (shared init): <dtheta_S, v> = eps A + eps^2 B + O(eps^3).
+        eps_star: A/|B|, the root of the truncated quadratic eps A + eps^2 B when B < 0; inf
+            (JSON null) when B >= 0, which is no guarantee for large eps.
+        eps_star_residual: phi(eps*) / (eps* A) with phi the exact alignment at the shared
+            init: the estimated relative error of eps* as phi's sign change (NaN: no eps*).
+        eps_star_trusted (bool): |eps_star_residual| <= EPS_STAR_TOLERANCE (0.1).
+        eps_star_note (str): one line saying which case applies.
         teacher_loss_change_exact: L_T(theta_S0 + alpha dtheta_S) - L_T(theta_S0) (needs a teacher task).
         teacher_loss_change_first_order: alpha <grad L_T(theta_S0), K(eps v - Delta)>.
         cosine_noise_floor: for float32 models, ||dtheta_S(float32) - dtheta_S(float64)|| /
@@ -377,6 +494,9 @@ class AlignmentReport:
     A: float
     B: float
     eps_star: float
+    eps_star_residual: float
+    eps_star_trusted: bool
+    eps_star_note: str
     teacher_loss_change_exact: float | None
     teacher_loss_change_first_order: float | None
     cosine_noise_floor: float | None
@@ -456,6 +576,7 @@ def alignment_report(
     offset = theta_s0 - theta0
     first = gauss_newton_product(model, theta0, inputs, loss, eps * v - offset, batch_size)
     a, b = taylor_coefficients(model, theta0, inputs, loss, v, batch_size)
+    star = critical_step_check(model, theta0, inputs, loss, v, a, b, batch_size)
 
     change_exact = change_first = None
     if teacher is not None:
@@ -496,6 +617,9 @@ def alignment_report(
         A=a,
         B=b,
         eps_star=critical_step(a, b),
+        eps_star_residual=star.residual,
+        eps_star_trusted=star.trusted,
+        eps_star_note=star.note,
         teacher_loss_change_exact=change_exact,
         teacher_loss_change_first_order=change_first,
         cosine_noise_floor=floor,
