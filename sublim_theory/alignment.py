@@ -143,7 +143,22 @@ class TeacherTask:
 def teacher_update(
     model: FunctionalModel, theta: Tensor, loss_fn: TeacherLossFn, inputs: Tensor, targets: Tensor
 ) -> Tensor:
-    """V = -grad_theta L_T(theta) for a user teacher loss (see :class:`TeacherTask`)."""
+    """V = -grad_theta L_T(theta) for a user teacher loss (see :class:`TeacherTask`).
+
+    Args:
+        model: the network as f(theta, x).
+        theta: where to take the gradient (theta_0), a flat vector.
+        loss_fn: (outputs, targets) -> scalar trait loss.
+        inputs: the teacher's inputs.
+        targets: the teacher's targets.
+
+    Returns:
+        v = -grad L_T(theta), a flat vector.
+
+    Raises:
+        InputError: the forward fails on ``inputs`` or the loss is not a scalar.
+
+    """
     return TeacherTask(loss_fn, inputs, targets).update(model, theta)
 
 
@@ -189,7 +204,10 @@ def taylor_kernel(
 ) -> Tensor:
     """[A, B] on one batch from one nested jvp (z0, u = D f[v], w = D^2 f[v, v]).
 
-    A = E_x[u^T M u], B = (1/2) E_x[u^T M w - u^T G[u, u]]; reduced in float64.
+    Returns:
+        The float64 tensor [A, B] with A = E_x[u^T M u] and
+        B = (1/2) E_x[u^T M w - u^T G[u, u]] over this batch.
+
     """
     f = model.as_function(inputs)
 
@@ -233,7 +251,21 @@ def _accumulate(
 def distillation_targets(
     model: FunctionalModel, theta_teacher: Tensor, inputs: Tensor, batch_size: int | None = None
 ) -> Tensor:
-    """y(x) = f(theta_T, x), detached: what the student imitates."""
+    """y(x) = f(theta_T, x), detached: what the student imitates.
+
+    Args:
+        model: the network as f(theta, x).
+        theta_teacher: the teacher's parameters theta_0 + eps v, a flat vector.
+        inputs: the distillation inputs, shape (N, ...).
+        batch_size: evaluate in chunks of this many samples.
+
+    Returns:
+        The teacher's outputs, shape (N, ..., k), without a graph.
+
+    Raises:
+        InputError: the model's forward fails on these inputs.
+
+    """
     with torch.no_grad():
         return torch.cat(
             [_forward(model, theta_teacher, inputs[s]) for s in _chunks(inputs, batch_size)]
@@ -248,7 +280,25 @@ def student_update(
     loss: ImitationLoss,
     batch_size: int | None = None,
 ) -> Tensor:
-    """The exact one-step update dtheta_S = -grad_theta E_x[l(f(theta, x), y(x))] at theta_student."""
+    """The exact one-step update dtheta_S = -grad_theta E_x[l(f(theta, x), y(x))] at theta_student.
+
+    E_x is the mean over every output position (samples, and sequence positions for (N, T, k)).
+
+    Args:
+        model: the network as f(theta, x).
+        theta_student: the student's parameters theta_S0, a flat vector.
+        inputs: the distillation inputs, shape (N, ...).
+        targets: the teacher's outputs y(x) on ``inputs`` (:func:`distillation_targets`).
+        loss: the imitation loss l(z, y).
+        batch_size: process inputs in chunks of this many samples (same result, less memory).
+
+    Returns:
+        dtheta_S, a flat vector in the parameters' dtype (accumulated in float64).
+
+    Raises:
+        InputError: empty, non-finite or mis-shaped inputs, or ``batch_size`` < 1.
+
+    """
     _check_inputs(inputs, batch_size)
     _forward(model, theta_student.detach(), inputs[:1])  # a clear error for mis-shaped inputs
     theta = theta_student.detach()
@@ -285,7 +335,27 @@ def gauss_newton_product(
     vector: Tensor,
     batch_size: int | None = None,
 ) -> Tensor:
-    """K q = E_x[J^T M J] q at theta, by one jvp (J q), a closed-form M, and one vjp. Never forms J."""
+    """K q = E_x[J^T M J] q at theta, by one jvp (J q), a closed-form M, and one vjp. Never forms J.
+
+    K is the Gauss-Newton matrix of the imitation loss at z = y (theory/alignment.md, Lemma 1):
+    the first-order student update is K (eps v - Delta).
+
+    Args:
+        model: the network as f(theta, x) (see :class:`FunctionalModel`).
+        theta: the parameters to expand around, a flat vector (theta_0 in the theorem).
+        inputs: the distillation inputs x ~ D_S, shape (N, ...).
+        loss: the imitation loss l(z, y) (``make_loss``).
+        vector: q, a flat vector of ``model.num_params`` entries.
+        batch_size: process inputs in chunks of this many samples.
+
+    Returns:
+        K q, a flat vector in theta's dtype (accumulated in float64).
+
+    Raises:
+        InputError: empty, non-finite or mis-shaped inputs, a vector that is not a finite flat
+            vector of ``model.num_params`` entries, or ``batch_size`` < 1.
+
+    """
     product = _over_inputs(
         gauss_newton_kernel, model, theta, inputs, loss, vector, batch_size, "vector"
     )
@@ -300,7 +370,24 @@ def first_order_coefficient(
     v: Tensor,
     batch_size: int | None = None,
 ) -> float:
-    """A = E_x[u^T M u] >= 0, u = J v: <dtheta_S, v> = eps A + O(eps^2). One jvp per chunk."""
+    """A = E_x[u^T M u] >= 0, u = J v: <dtheta_S, v> = eps A + O(eps^2). One jvp per chunk.
+
+    Args:
+        model: the network as f(theta, x) (see :class:`FunctionalModel`).
+        theta: the parameters to expand around, a flat vector (theta_0 in the theorem).
+        inputs: the distillation inputs x ~ D_S, shape (N, ...).
+        loss: the imitation loss l(z, y) (``make_loss``).
+        v: the teacher's direction, a flat vector.
+        batch_size: process inputs in chunks of this many samples.
+
+    Returns:
+        A, reduced in float64 (>= 0 up to rounding, since M is PSD).
+
+    Raises:
+        InputError: empty, non-finite or mis-shaped inputs, a vector that is not a finite flat
+            vector of ``model.num_params`` entries, or ``batch_size`` < 1.
+
+    """
     return float(
         _over_inputs(first_order_kernel, model, theta, inputs, loss, v, batch_size, "direction")
     )
@@ -314,7 +401,26 @@ def taylor_coefficients(
     v: Tensor,
     batch_size: int | None = None,
 ) -> tuple[float, float]:
-    """(A, B) of <dtheta_S, v> = eps A + eps^2 B + O(eps^3), from one nested jvp per chunk."""
+    """(A, B) of <dtheta_S, v> = eps A + eps^2 B + O(eps^3), from one nested jvp per chunk.
+
+    Needs l in C^4 and f in C^3 near theta_0 for the eps^3 remainder (theory/alignment.md).
+
+    Args:
+        model: the network as f(theta, x) (see :class:`FunctionalModel`).
+        theta: the parameters to expand around, a flat vector (theta_0 in the theorem).
+        inputs: the distillation inputs x ~ D_S, shape (N, ...).
+        loss: the imitation loss l(z, y) (``make_loss``).
+        v: the teacher's direction, a flat vector.
+        batch_size: process inputs in chunks of this many samples.
+
+    Returns:
+        (A, B) as floats, reduced in float64.
+
+    Raises:
+        InputError: empty, non-finite or mis-shaped inputs, a vector that is not a finite flat
+            vector of ``model.num_params`` entries, or ``batch_size`` < 1.
+
+    """
     a, b = _over_inputs(taylor_kernel, model, theta, inputs, loss, v, batch_size, "direction")
     return float(a), float(b)
 
@@ -334,6 +440,22 @@ def second_order_coefficient(
     2 (D_y Hess_zz l)[u] u, and the two agree only when Hess_zz l does not depend on the target
     (true for the squared error, cross-entropy and KL of ``losses.py``). theory/alignment.md
     section 4; B is the eps^2 coefficient when l is C^4 and f is C^3 near theta_0.
+
+    Args:
+        model: the network as f(theta, x) (see :class:`FunctionalModel`).
+        theta: the parameters to expand around, a flat vector (theta_0 in the theorem).
+        inputs: the distillation inputs x ~ D_S, shape (N, ...).
+        loss: the imitation loss l(z, y) (``make_loss``).
+        v: the teacher's direction, a flat vector.
+        batch_size: process inputs in chunks of this many samples.
+
+    Returns:
+        B as a float, reduced in float64.
+
+    Raises:
+        InputError: empty, non-finite or mis-shaped inputs, a vector that is not a finite flat
+            vector of ``model.num_params`` entries, or ``batch_size`` < 1.
+
     """
     return taylor_coefficients(model, theta, inputs, loss, v, batch_size)[1]
 
@@ -344,6 +466,14 @@ def critical_step(a: float, b: float) -> float:
     Returns inf when B >= 0: the quadratic then has no positive root, which is a statement about
     the truncation only, not a guarantee that the exact alignment stays positive for large eps.
     Whether the cubic remainder is small at eps* is judged by :func:`critical_step_check`.
+
+    Args:
+        a: A, the first-order coefficient.
+        b: B, the second-order coefficient.
+
+    Returns:
+        A/|B| when B < 0, else inf.
+
     """
     return a / abs(b) if b < 0 else math.inf
 
@@ -555,6 +685,13 @@ def alignment_report(
         student_lr: alpha, the student's step size for the teacher-loss change.
         batch_size: process inputs in chunks of this many samples.
         noise_floor: for float32 models, also compute the update on a float64 copy.
+
+    Returns:
+        An :class:`AlignmentReport` (its docstring and the README list every key).
+
+    Raises:
+        InputError: eps or student_lr not a finite number > 0, mis-shaped or non-finite
+            inputs/vectors, teacher outputs that overflow, or a model in train mode.
 
     """
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):

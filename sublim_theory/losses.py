@@ -103,6 +103,10 @@ class ImitationLoss:
         Not the loss's third derivative in z: differentiating grad_z l(y, y) = 0 twice gives
         G[u, u] = -D^3_z l[u, u] - 2 (D_y Hess_zz l)[u] u, which is -D^3_z l[u, u] only when
         Hess_zz l does not depend on the target y (true for the three losses here).
+
+        Returns:
+            G[u, u], shape ``z0.shape`` (zero outside the subset).
+
         """
         return self._embed(self._curvature(self._restrict(z0), self._restrict(u)), z0)
 
@@ -212,7 +216,17 @@ LOSSES: dict[str, type[ImitationLoss]] = {
 def make_loss(name: str, outputs: Sequence[int] | None = None, **options: float) -> ImitationLoss:
     """Build an imitation loss by name (``squared``, ``softmax_ce``, ``kl``).
 
-    Options: ``scale`` (squared error c) and ``temperature`` (KL tau).
+    Args:
+        name: ``squared``, ``softmax_ce`` or ``kl``.
+        outputs: the subset S of output indices the loss sees (None: all outputs).
+        **options: ``scale`` (squared error c) or ``temperature`` (KL tau).
+
+    Returns:
+        The loss, which knows its value, gradient, M u and G[u, u] in closed form.
+
+    Raises:
+        InputError: an unknown name or option, or a bad subset or option value.
+
     """
     if name not in LOSSES:
         raise InputError(f"unknown loss '{name}'; choose one of {sorted(LOSSES)}")

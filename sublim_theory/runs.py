@@ -378,6 +378,7 @@ class OutputFolder:
 
         Raises:
             InputError: the folder cannot be created or written, or another run holds it.
+            OSError: the lock file cannot be locked for a reason other than another holder.
 
         """
         where = f"--out '{self.path}'"
@@ -519,6 +520,9 @@ def resolve_device(name: str) -> torch.device:
 
 def dtype_from_name(name: str) -> torch.dtype:
     """``"float64"`` -> ``torch.float64``.
+
+    Returns:
+        The torch dtype.
 
     Raises:
         InputError: a name outside :data:`DTYPES`.
