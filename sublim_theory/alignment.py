@@ -44,20 +44,36 @@ TeacherLossFn = Callable[[Tensor, Tensor], Tensor]
 # --------------------------------------------------------------------------------------------
 # small utilities
 # --------------------------------------------------------------------------------------------
+def batched_dot(a: Tensor, b: Tensor) -> Tensor:
+    """<a, b> along the last axis, in float64: shape (..., P) x (..., P) -> (...)."""
+    return (a.double() * b.double()).sum(-1)
+
+
+def batched_norm(a: Tensor) -> Tensor:
+    """||a|| along the last axis, in float64: shape (..., P) -> (...)."""
+    return torch.linalg.vector_norm(a.double(), dim=-1)
+
+
+def batched_cosine(a: Tensor, b: Tensor) -> Tensor:
+    """cos(a, b) along the last axis in float64; NaN where either vector is exactly zero."""
+    denominator = batched_norm(a) * batched_norm(b)
+    inner = batched_dot(a, b)
+    return torch.where(denominator > 0, inner / denominator, torch.full_like(inner, math.nan))
+
+
 def dot(a: Tensor, b: Tensor) -> float:
-    """<a, b> accumulated in float64."""
-    return float(torch.dot(a.reshape(-1).double(), b.reshape(-1).double()))
+    """<a, b> of two tensors of any shape (flattened), accumulated in float64."""
+    return float(batched_dot(a.reshape(-1), b.reshape(-1)))
 
 
 def norm(a: Tensor) -> float:
-    """||a|| accumulated in float64."""
-    return float(torch.linalg.vector_norm(a.reshape(-1).double()))
+    """||a|| of a tensor of any shape (flattened), accumulated in float64."""
+    return float(batched_norm(a.reshape(-1)))
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
     """cos(a, b) in float64; NaN when either vector is exactly zero (the angle is undefined)."""
-    denominator = norm(a) * norm(b)
-    return dot(a, b) / denominator if denominator > 0 else math.nan
+    return float(batched_cosine(a.reshape(-1), b.reshape(-1)))
 
 
 def _chunks(inputs: Tensor, batch_size: int | None) -> Iterator[slice]:
