@@ -1,5 +1,5 @@
 # One entry point for every task. `make run` and `make test` work on a fresh machine with only
-# Python 3.10+ and pip: they create .venv and install the package with its test extras.
+# Python 3.11+, pip and make: they create .venv and install the package with its test extras.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ OUT ?= out
 TORCH ?= torch==2.13.0
 EXTRAS ?= test,mnist,gpt2,ray
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup run test lint format bench mutations clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ lint: setup
 
 bench: setup
 	$(BIN)/sublim-theory bench --out benchmarks/results/cpu
+
+# Deliberate bugs in the engine and losses, the whole suite on each (tests/mutations.py).
+mutations: setup
+	$(BIN)/python tests/mutations.py --jobs 2
 
 format: setup
 	$(BIN)/ruff check --fix .

@@ -10,6 +10,11 @@ matrix at theta_0. Then
     <dtheta_S, v> = eps A + eps^2 B + O(eps^3)                           (shared init)
     A = E[u^T M u],  B = (1/2) E[u^T M w - u^T G[u, u]],  w = D^2 f[v, v]  (forward mode only)
 
+Hypotheses (theory/alignment.md): the O(eps^2) remainder needs l in C^3 and f in C^2 near
+theta_0; the O(eps^3) remainder needs l in C^4 and f in C^3. G[u, u] = d^2/ds^2 grad_z l(z0,
+z0 + s u) at s = 0 is a mixed derivative (one z, two y), not D^3_z l. eps* = A/|B| is the root
+of the truncated quadratic; ``critical_step_check`` evaluates the exact alignment there to say
+whether the dropped cubic term is small.
 E_x is the mean over every position: samples, and sequence positions for outputs (N, T, k).
 The ``*_kernel`` functions compute one batch as pure tensor functions, so they compose with
 ``torch.func.vmap`` over stacked seeds; the public functions validate, chunk and accumulate.
@@ -39,20 +44,36 @@ TeacherLossFn = Callable[[Tensor, Tensor], Tensor]
 # --------------------------------------------------------------------------------------------
 # small utilities
 # --------------------------------------------------------------------------------------------
+def batched_dot(a: Tensor, b: Tensor) -> Tensor:
+    """<a, b> along the last axis, in float64: shape (..., P) x (..., P) -> (...)."""
+    return (a.double() * b.double()).sum(-1)
+
+
+def batched_norm(a: Tensor) -> Tensor:
+    """||a|| along the last axis, in float64: shape (..., P) -> (...)."""
+    return torch.linalg.vector_norm(a.double(), dim=-1)
+
+
+def batched_cosine(a: Tensor, b: Tensor) -> Tensor:
+    """cos(a, b) along the last axis in float64; NaN where either vector is exactly zero."""
+    denominator = batched_norm(a) * batched_norm(b)
+    inner = batched_dot(a, b)
+    return torch.where(denominator > 0, inner / denominator, torch.full_like(inner, math.nan))
+
+
 def dot(a: Tensor, b: Tensor) -> float:
-    """<a, b> accumulated in float64."""
-    return float(torch.dot(a.reshape(-1).double(), b.reshape(-1).double()))
+    """<a, b> of two tensors of any shape (flattened), accumulated in float64."""
+    return float(batched_dot(a.reshape(-1), b.reshape(-1)))
 
 
 def norm(a: Tensor) -> float:
-    """||a|| accumulated in float64."""
-    return float(torch.linalg.vector_norm(a.reshape(-1).double()))
+    """||a|| of a tensor of any shape (flattened), accumulated in float64."""
+    return float(batched_norm(a.reshape(-1)))
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
     """cos(a, b) in float64; NaN when either vector is exactly zero (the angle is undefined)."""
-    denominator = norm(a) * norm(b)
-    return dot(a, b) / denominator if denominator > 0 else math.nan
+    return float(batched_cosine(a.reshape(-1), b.reshape(-1)))
 
 
 def _chunks(inputs: Tensor, batch_size: int | None) -> Iterator[slice]:
@@ -138,7 +159,22 @@ class TeacherTask:
 def teacher_update(
     model: FunctionalModel, theta: Tensor, loss_fn: TeacherLossFn, inputs: Tensor, targets: Tensor
 ) -> Tensor:
-    """V = -grad_theta L_T(theta) for a user teacher loss (see :class:`TeacherTask`)."""
+    """V = -grad_theta L_T(theta) for a user teacher loss (see :class:`TeacherTask`).
+
+    Args:
+        model: the network as f(theta, x).
+        theta: where to take the gradient (theta_0), a flat vector.
+        loss_fn: (outputs, targets) -> scalar trait loss.
+        inputs: the teacher's inputs.
+        targets: the teacher's targets.
+
+    Returns:
+        v = -grad L_T(theta), a flat vector.
+
+    Raises:
+        InputError: the forward fails on ``inputs`` or the loss is not a scalar.
+
+    """
     return TeacherTask(loss_fn, inputs, targets).update(model, theta)
 
 
@@ -184,7 +220,10 @@ def taylor_kernel(
 ) -> Tensor:
     """[A, B] on one batch from one nested jvp (z0, u = D f[v], w = D^2 f[v, v]).
 
-    A = E_x[u^T M u], B = (1/2) E_x[u^T M w - u^T G[u, u]]; reduced in float64.
+    Returns:
+        The float64 tensor [A, B] with A = E_x[u^T M u] and
+        B = (1/2) E_x[u^T M w - u^T G[u, u]] over this batch.
+
     """
     f = model.as_function(inputs)
 
@@ -228,7 +267,21 @@ def _accumulate(
 def distillation_targets(
     model: FunctionalModel, theta_teacher: Tensor, inputs: Tensor, batch_size: int | None = None
 ) -> Tensor:
-    """y(x) = f(theta_T, x), detached: what the student imitates."""
+    """y(x) = f(theta_T, x), detached: what the student imitates.
+
+    Args:
+        model: the network as f(theta, x).
+        theta_teacher: the teacher's parameters theta_0 + eps v, a flat vector.
+        inputs: the distillation inputs, shape (N, ...).
+        batch_size: evaluate in chunks of this many samples.
+
+    Returns:
+        The teacher's outputs, shape (N, ..., k), without a graph.
+
+    Raises:
+        InputError: the model's forward fails on these inputs.
+
+    """
     with torch.no_grad():
         return torch.cat(
             [_forward(model, theta_teacher, inputs[s]) for s in _chunks(inputs, batch_size)]
@@ -243,7 +296,25 @@ def student_update(
     loss: ImitationLoss,
     batch_size: int | None = None,
 ) -> Tensor:
-    """The exact one-step update dtheta_S = -grad_theta E_x[l(f(theta, x), y(x))] at theta_student."""
+    """The exact one-step update dtheta_S = -grad_theta E_x[l(f(theta, x), y(x))] at theta_student.
+
+    E_x is the mean over every output position (samples, and sequence positions for (N, T, k)).
+
+    Args:
+        model: the network as f(theta, x).
+        theta_student: the student's parameters theta_S0, a flat vector.
+        inputs: the distillation inputs, shape (N, ...).
+        targets: the teacher's outputs y(x) on ``inputs`` (:func:`distillation_targets`).
+        loss: the imitation loss l(z, y).
+        batch_size: process inputs in chunks of this many samples (same result, less memory).
+
+    Returns:
+        dtheta_S, a flat vector in the parameters' dtype (accumulated in float64).
+
+    Raises:
+        InputError: empty, non-finite or mis-shaped inputs, or ``batch_size`` < 1.
+
+    """
     _check_inputs(inputs, batch_size)
     _forward(model, theta_student.detach(), inputs[:1])  # a clear error for mis-shaped inputs
     theta = theta_student.detach()
@@ -280,7 +351,27 @@ def gauss_newton_product(
     vector: Tensor,
     batch_size: int | None = None,
 ) -> Tensor:
-    """K q = E_x[J^T M J] q at theta, by one jvp (J q), a closed-form M, and one vjp. Never forms J."""
+    """K q = E_x[J^T M J] q at theta, by one jvp (J q), a closed-form M, and one vjp. Never forms J.
+
+    K is the Gauss-Newton matrix of the imitation loss at z = y (theory/alignment.md, Lemma 1):
+    the first-order student update is K (eps v - Delta).
+
+    Args:
+        model: the network as f(theta, x) (see :class:`FunctionalModel`).
+        theta: the parameters to expand around, a flat vector (theta_0 in the theorem).
+        inputs: the distillation inputs x ~ D_S, shape (N, ...).
+        loss: the imitation loss l(z, y) (``make_loss``).
+        vector: q, a flat vector of ``model.num_params`` entries.
+        batch_size: process inputs in chunks of this many samples.
+
+    Returns:
+        K q, a flat vector in theta's dtype (accumulated in float64).
+
+    Raises:
+        InputError: empty, non-finite or mis-shaped inputs, a vector that is not a finite flat
+            vector of ``model.num_params`` entries, or ``batch_size`` < 1.
+
+    """
     product = _over_inputs(
         gauss_newton_kernel, model, theta, inputs, loss, vector, batch_size, "vector"
     )
@@ -295,7 +386,24 @@ def first_order_coefficient(
     v: Tensor,
     batch_size: int | None = None,
 ) -> float:
-    """A = E_x[u^T M u] >= 0, u = J v: <dtheta_S, v> = eps A + O(eps^2). One jvp per chunk."""
+    """A = E_x[u^T M u] >= 0, u = J v: <dtheta_S, v> = eps A + O(eps^2). One jvp per chunk.
+
+    Args:
+        model: the network as f(theta, x) (see :class:`FunctionalModel`).
+        theta: the parameters to expand around, a flat vector (theta_0 in the theorem).
+        inputs: the distillation inputs x ~ D_S, shape (N, ...).
+        loss: the imitation loss l(z, y) (``make_loss``).
+        v: the teacher's direction, a flat vector.
+        batch_size: process inputs in chunks of this many samples.
+
+    Returns:
+        A, reduced in float64 (>= 0 up to rounding, since M is PSD).
+
+    Raises:
+        InputError: empty, non-finite or mis-shaped inputs, a vector that is not a finite flat
+            vector of ``model.num_params`` entries, or ``batch_size`` < 1.
+
+    """
     return float(
         _over_inputs(first_order_kernel, model, theta, inputs, loss, v, batch_size, "direction")
     )
@@ -309,7 +417,26 @@ def taylor_coefficients(
     v: Tensor,
     batch_size: int | None = None,
 ) -> tuple[float, float]:
-    """(A, B) of <dtheta_S, v> = eps A + eps^2 B + O(eps^3), from one nested jvp per chunk."""
+    """(A, B) of <dtheta_S, v> = eps A + eps^2 B + O(eps^3), from one nested jvp per chunk.
+
+    Needs l in C^4 and f in C^3 near theta_0 for the eps^3 remainder (theory/alignment.md).
+
+    Args:
+        model: the network as f(theta, x) (see :class:`FunctionalModel`).
+        theta: the parameters to expand around, a flat vector (theta_0 in the theorem).
+        inputs: the distillation inputs x ~ D_S, shape (N, ...).
+        loss: the imitation loss l(z, y) (``make_loss``).
+        v: the teacher's direction, a flat vector.
+        batch_size: process inputs in chunks of this many samples.
+
+    Returns:
+        (A, B) as floats, reduced in float64.
+
+    Raises:
+        InputError: empty, non-finite or mis-shaped inputs, a vector that is not a finite flat
+            vector of ``model.num_params`` entries, or ``batch_size`` < 1.
+
+    """
     a, b = _over_inputs(taylor_kernel, model, theta, inputs, loss, v, batch_size, "direction")
     return float(a), float(b)
 
@@ -322,13 +449,143 @@ def second_order_coefficient(
     v: Tensor,
     batch_size: int | None = None,
 ) -> float:
-    """B = (1/2) E_x[u^T M w - u^T G[u, u]], w = D^2 f[v, v] (jvp of jvp), G the loss's third derivative."""
+    """B = (1/2) E_x[u^T M w - u^T G[u, u]], w = D^2 f[v, v] (jvp of jvp).
+
+    G[u, u] = d^2/ds^2 grad_z l(z0, z0 + s u) at s = 0 is a mixed derivative of the loss (one in
+    z, two in y), not its third derivative in z: in general G[u, u] = -D^3_z l[u, u] -
+    2 (D_y Hess_zz l)[u] u, and the two agree only when Hess_zz l does not depend on the target
+    (true for the squared error, cross-entropy and KL of ``losses.py``). theory/alignment.md
+    section 4; B is the eps^2 coefficient when l is C^4 and f is C^3 near theta_0.
+
+    Args:
+        model: the network as f(theta, x) (see :class:`FunctionalModel`).
+        theta: the parameters to expand around, a flat vector (theta_0 in the theorem).
+        inputs: the distillation inputs x ~ D_S, shape (N, ...).
+        loss: the imitation loss l(z, y) (``make_loss``).
+        v: the teacher's direction, a flat vector.
+        batch_size: process inputs in chunks of this many samples.
+
+    Returns:
+        B as a float, reduced in float64.
+
+    Raises:
+        InputError: empty, non-finite or mis-shaped inputs, a vector that is not a finite flat
+            vector of ``model.num_params`` entries, or ``batch_size`` < 1.
+
+    """
     return taylor_coefficients(model, theta, inputs, loss, v, batch_size)[1]
 
 
 def critical_step(a: float, b: float) -> float:
-    """eps* = A/|B| where eps A + eps^2 B crosses zero (B < 0); inf when B >= 0."""
+    """eps* = A/|B|, the positive root of the TRUNCATED quadratic eps A + eps^2 B (B < 0).
+
+    Returns inf when B >= 0: the quadratic then has no positive root, which is a statement about
+    the truncation only, not a guarantee that the exact alignment stays positive for large eps.
+    Whether the cubic remainder is small at eps* is judged by :func:`critical_step_check`.
+
+    Args:
+        a: A, the first-order coefficient.
+        b: B, the second-order coefficient.
+
+    Returns:
+        A/|B| when B < 0, else inf.
+
+    """
     return a / abs(b) if b < 0 else math.inf
+
+
+# |phi(eps*)| / (eps* A) above this: eps* lies outside the range where eps A + eps^2 B
+# describes phi. It estimates the relative distance from eps* to the exact sign change (see
+# critical_step_check), so 0.1 means "eps* is right to about 10%".
+EPS_STAR_TOLERANCE = 0.1
+
+
+@dataclass(frozen=True)
+class CriticalStepCheck:
+    """How far the truncated quadratic's root eps* can be trusted (``critical_step_check``).
+
+    Attributes:
+        residual: phi(eps*) / (eps* A), signed, with phi(eps) = <dtheta_S(eps), v> exact; NaN
+            when there is no eps* (B >= 0 or A <= 0) or the teacher's outputs at eps* overflow.
+        trusted: |residual| <= EPS_STAR_TOLERANCE.
+        note: one line saying which case applies.
+
+    """
+
+    residual: float
+    trusted: bool
+    note: str
+
+
+def critical_step_check(
+    model: FunctionalModel,
+    theta0: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    v: Tensor,
+    a: float,
+    b: float,
+    batch_size: int | None = None,
+) -> CriticalStepCheck:
+    """Evaluate the exact alignment phi at eps* = A/|B| to see whether eps* means anything.
+
+    The quadratic vanishes at eps*, so phi(eps*) is exactly the remainder R(eps*) = O(eps*^3)
+    that the truncation drops. Near eps*, phi'(eps*) = A + 2 eps* B + R'(eps*) = -A + R'(eps*),
+    so one Newton step from eps* moves it by R(eps*) / A; the returned ``residual`` is that move
+    relative to eps* (the estimated relative error of eps* as the sign change of phi). Costs one
+    forward pass of the teacher and one student gradient at eps*, at the shared init theta0.
+    It looks at one point: a phi that changes sign twice before eps* would pass unseen.
+
+    Args:
+        model: the network.
+        theta0: the shared init.
+        inputs: the distillation inputs.
+        loss: the imitation loss.
+        v: the teacher's direction.
+        a: A from :func:`taylor_coefficients`.
+        b: B from :func:`taylor_coefficients`.
+        batch_size: process inputs in chunks of this many samples.
+
+    Returns:
+        The residual, whether it is within ``EPS_STAR_TOLERANCE``, and a one-line note.
+
+    """
+    if not b < 0:
+        return CriticalStepCheck(
+            math.nan,
+            False,
+            "no root of the quadratic (B >= 0); not a guarantee for large eps: the cubic "
+            "remainder is unbounded",
+        )
+    if not a > 0:
+        return CriticalStepCheck(
+            math.nan, False, "A = 0: no first-order alignment, eps* = 0 has no meaning"
+        )
+    eps_star = a / abs(b)
+    overflow = CriticalStepCheck(
+        math.nan,
+        False,
+        "the teacher's outputs or the student's update overflow at eps*: eps* is far outside "
+        "the quadratic's range",
+    )
+    targets = distillation_targets(model, theta0 + eps_star * v, inputs, batch_size)
+    if not torch.isfinite(targets).all():
+        return overflow
+    exact = dot(student_update(model, theta0, inputs, targets, loss, batch_size), v)
+    if not math.isfinite(exact):
+        return overflow
+    residual = exact / (eps_star * a)
+    if abs(residual) <= EPS_STAR_TOLERANCE:
+        note = (
+            f"root of the truncated quadratic; exact alignment there is {residual:+.2g} x eps* A, "
+            f"so eps* is the sign change to about {abs(residual):.0%}"
+        )
+        return CriticalStepCheck(residual, True, note)
+    note = (
+        f"root of the truncated quadratic, OUTSIDE its range: exact alignment there is "
+        f"{residual:+.2g} x eps* A (|.| > {EPS_STAR_TOLERANCE:g}); not the sign change"
+    )
+    return CriticalStepCheck(residual, False, note)
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,7 +606,13 @@ class AlignmentReport:
             exact update, the first-order prediction, and the teacher direction.
         norm_exact, norm_first_order, norm_teacher: Euclidean norms.
         taylor_residual: ||exact - first order|| / ||exact||.
-        A, B, eps_star: THEORY section 3; eps_star = A/|B| if B < 0 else inf.
+        A, B: THEORY section 3 (shared init): <dtheta_S, v> = eps A + eps^2 B + O(eps^3).
+        eps_star: A/|B|, the root of the truncated quadratic eps A + eps^2 B when B < 0; inf
+            (JSON null) when B >= 0, which is no guarantee for large eps.
+        eps_star_residual: phi(eps*) / (eps* A) with phi the exact alignment at the shared
+            init: the estimated relative error of eps* as phi's sign change (NaN: no eps*).
+        eps_star_trusted (bool): |eps_star_residual| <= EPS_STAR_TOLERANCE (0.1).
+        eps_star_note (str): one line saying which case applies.
         teacher_loss_change_exact: L_T(theta_S0 + alpha dtheta_S) - L_T(theta_S0) (needs a teacher task).
         teacher_loss_change_first_order: alpha <grad L_T(theta_S0), K(eps v - Delta)>.
         cosine_noise_floor: for float32 models, ||dtheta_S(float32) - dtheta_S(float64)|| /
@@ -377,6 +640,9 @@ class AlignmentReport:
     A: float
     B: float
     eps_star: float
+    eps_star_residual: float
+    eps_star_trusted: bool
+    eps_star_note: str
     teacher_loss_change_exact: float | None
     teacher_loss_change_first_order: float | None
     cosine_noise_floor: float | None
@@ -436,6 +702,13 @@ def alignment_report(
         batch_size: process inputs in chunks of this many samples.
         noise_floor: for float32 models, also compute the update on a float64 copy.
 
+    Returns:
+        An :class:`AlignmentReport` (its docstring and the README list every key).
+
+    Raises:
+        InputError: eps or student_lr not a finite number > 0, mis-shaped or non-finite
+            inputs/vectors, teacher outputs that overflow, or a model in train mode.
+
     """
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
         raise InputError(f"eps must be a finite number > 0, got {eps}")
@@ -456,6 +729,7 @@ def alignment_report(
     offset = theta_s0 - theta0
     first = gauss_newton_product(model, theta0, inputs, loss, eps * v - offset, batch_size)
     a, b = taylor_coefficients(model, theta0, inputs, loss, v, batch_size)
+    star = critical_step_check(model, theta0, inputs, loss, v, a, b, batch_size)
 
     change_exact = change_first = None
     if teacher is not None:
@@ -496,6 +770,9 @@ def alignment_report(
         A=a,
         B=b,
         eps_star=critical_step(a, b),
+        eps_star_residual=star.residual,
+        eps_star_trusted=star.trusted,
+        eps_star_note=star.note,
         teacher_loss_change_exact=change_exact,
         teacher_loss_change_first_order=change_first,
         cosine_noise_floor=floor,

@@ -9,7 +9,8 @@ A loss here knows, in closed form and without ever forming a k x k matrix:
 * ``value(z, y)``               l per position (the last axis holds the k outputs),
 * ``output_gradient(z, y)``     grad_z l,
 * ``hessian_vector_product``    M u at z = y = z0,
-* ``target_curvature``          G[u, u] = d^2/ds^2 grad_z l(z0, z0 + s u) at s = 0 (theory section 3),
+* ``target_curvature``          G[u, u] = d^2/ds^2 grad_z l(z0, z0 + s u) at s = 0 (theory section 4),
+                                a mixed derivative (one in z, two in the target y),
 
 each restricted to a subset S of the outputs (the paper's auxiliary logits): then
 M = P_S^T M_S P_S, and the gradient is zero outside S. All methods accept outputs of shape
@@ -97,7 +98,16 @@ class ImitationLoss:
         return self._embed(self._hvp(self._restrict(z0), self._restrict(u)), z0)
 
     def target_curvature(self, z0: Tensor, u: Tensor) -> Tensor:
-        """G[u, u] = d^2/ds^2 grad_z l(z0, z0 + s u) at s = 0 (third derivative of the loss)."""
+        """G[u, u] = d^2/ds^2 grad_z l(z0, z0 + s u) at s = 0: one derivative in z, two in y.
+
+        Not the loss's third derivative in z: differentiating grad_z l(y, y) = 0 twice gives
+        G[u, u] = -D^3_z l[u, u] - 2 (D_y Hess_zz l)[u] u, which is -D^3_z l[u, u] only when
+        Hess_zz l does not depend on the target y (true for the three losses here).
+
+        Returns:
+            G[u, u], shape ``z0.shape`` (zero outside the subset).
+
+        """
         return self._embed(self._curvature(self._restrict(z0), self._restrict(u)), z0)
 
     # --- math on the subset, implemented by subclasses -------------------------------------
@@ -206,7 +216,17 @@ LOSSES: dict[str, type[ImitationLoss]] = {
 def make_loss(name: str, outputs: Sequence[int] | None = None, **options: float) -> ImitationLoss:
     """Build an imitation loss by name (``squared``, ``softmax_ce``, ``kl``).
 
-    Options: ``scale`` (squared error c) and ``temperature`` (KL tau).
+    Args:
+        name: ``squared``, ``softmax_ce`` or ``kl``.
+        outputs: the subset S of output indices the loss sees (None: all outputs).
+        **options: ``scale`` (squared error c) or ``temperature`` (KL tau).
+
+    Returns:
+        The loss, which knows its value, gradient, M u and G[u, u] in closed form.
+
+    Raises:
+        InputError: an unknown name or option, or a bad subset or option value.
+
     """
     if name not in LOSSES:
         raise InputError(f"unknown loss '{name}'; choose one of {sorted(LOSSES)}")

@@ -19,6 +19,9 @@ HELP = "one-step teacher/student alignment report (exact, first order, second or
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 N_CLASSES = 10  # the teacher's "regular" outputs; --aux K appends K auxiliary outputs
+# At tau = 1, KL(softmax(y) || softmax(z)) has the same z-gradient as the soft cross-entropy, so
+# its report would copy softmax_ce's; tau = 2 exercises the 1/tau factors of M and G.
+KL_TEMPERATURE = 2.0
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +35,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="append K auxiliary outputs; the teacher trains the 10 regular ones, the student "
         "imitates only the K auxiliary ones (0: the student imitates all outputs)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=KL_TEMPERATURE,
+        metavar="TAU",
+        help=f"KL temperature (default {KL_TEMPERATURE:g}: at 1, KL has softmax_ce's gradient)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
@@ -52,8 +62,12 @@ def check(
     width: int = 16,
     depth: int = 2,
     n_inputs: int = 64,
+    temperature: float = KL_TEMPERATURE,
 ) -> AlignmentReport:
-    """Build a model, a teacher task (cross-entropy on the regular outputs) and noise inputs; report."""
+    """Build a model, a teacher task (cross-entropy on the regular outputs) and noise inputs; report.
+
+    ``temperature`` is the KL loss's tau (ignored by the other losses).
+    """
     # eps A + eps^2 B is evaluated in Python floats: past sqrt(max float) ~ 1.3e154 the square
     # raises OverflowError, so such a step is refused with the other bad values of eps
     if not (math.isfinite(eps) and eps > 0 and math.isfinite(eps * eps)):
@@ -80,7 +94,7 @@ def check(
         model,
         direction,
         student_inputs,
-        make_loss(loss, subset),
+        make_loss(loss, subset, **({"temperature": temperature} if loss == "kl" else {})),
         eps,
         theta0=theta0,
         teacher=teacher,
@@ -97,6 +111,7 @@ COLUMNS = (
     ("A", "{:>10.3e}"),
     ("B", "{:>10.3e}"),
     ("eps_star", "{:>9.2e}"),
+    ("eps_star_trusted", "{:>5}"),
     ("teacher_loss_change_exact", "{:>10.3e}"),
 )
 HEADERS = (
@@ -109,7 +124,15 @@ HEADERS = (
     "A",
     "B",
     "eps*",
+    "eps*?",
     "dL_T",
+)
+
+
+LEGEND = (
+    "eps*: root of the truncated quadratic eps A + eps^2 B ('none' when B >= 0: no guarantee for "
+    "large eps); eps*? = yes when the exact alignment at eps* is within 10% of eps* A (the "
+    "cubic remainder is small there), no otherwise (see eps_star_note in --json)"
 )
 
 
@@ -126,14 +149,16 @@ def format_table(rows: list[dict]) -> str:
         cells = []
         for key, fmt in COLUMNS:
             value = row[key]
-            if value is None or (isinstance(value, float) and not math.isfinite(value)):
-                value = "inf" if key == "eps_star" else "nan"
+            if key == "eps_star_trusted":
+                value = "yes" if value else "no"
+            elif value is None or (isinstance(value, float) and not math.isfinite(value)):
+                value = "none" if key == "eps_star" else "nan"
                 fmt = (
                     fmt.replace(".5f", "").replace(".9f", "").replace(".3e", "").replace(".2e", "")
                 )
             cells.append(fmt.format(value))
         lines.append("  ".join(cells))
-    return "\n".join(lines)
+    return "\n".join([*lines, LEGEND])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,11 +177,16 @@ def run(args: argparse.Namespace) -> int:
                 args.width,
                 args.depth,
                 args.inputs,
+                args.temperature,
             )
-            rows.append({"arch": arch, **report.to_dict()})
+            tau = {"temperature": args.temperature} if loss == "kl" else {}
+            rows.append({"arch": arch, **report.to_dict(), **tau})
     if args.json:
         print(json.dumps(rows if args.all else rows[0], indent=2))
     else:
-        print(f"eps = {args.eps:g}, dtype = {args.dtype}, aux = {args.aux}, seed = {args.seed}")
+        print(
+            f"eps = {args.eps:g}, dtype = {args.dtype}, aux = {args.aux}, seed = {args.seed}, "
+            f"KL tau = {args.temperature:g}"
+        )
         print(format_table(rows))
     return 0

@@ -144,7 +144,13 @@ SETTING = (
 
 SMOOTHNESS = (
     r"\ell \in C^3,\ f \in C^2",
-    "the expansions below are Taylor expansions; the jets carry every derivative they use",
+    r"near $\theta_0$: what the $O(\varepsilon^2)$ remainder of a first-order Taylor expansion "
+    "needs; the jets carry every derivative the checked coefficients use",
+)
+SMOOTHNESS_SECOND_ORDER = (
+    r"\ell \in C^4,\ f \in C^3",
+    r"near $\theta_0$: one more derivative of each than Lemma 1, for the $O(\varepsilon^3)$ "
+    r"remainder; the coefficient $B$ itself uses derivatives up to $D^3\ell$ and $D^2 f$",
 )
 MINIMUM = (
     r"\nabla_z \ell(y, y) = 0 \ \text{for all } y",
@@ -158,6 +164,26 @@ PSD = (
 )
 
 
+def _mixed_derivative_identity(jets: GenericJets, u: sp.Matrix) -> sp.Matrix:
+    """G[u,u] + D^3_z l[u,u] + 2 (D_y Hess_zz l)[u] u at the origin, for the FREE loss jet."""
+    origin = {s: 0 for s in list(jets.zeta) + list(jets.eta)}
+    zeta, eta, loss = list(jets.zeta), list(jets.eta), jets.free_loss
+
+    def contracted(i: int, second: list[sp.Symbol], third: list[sp.Symbol]) -> sp.Expr:
+        return sum(
+            sp.diff(loss, zeta[i], second[j], third[k]).subs(origin) * u[j] * u[k]
+            for j in range(OUTPUTS)
+            for k in range(OUTPUTS)
+        )
+
+    return sp.Matrix(
+        [
+            contracted(i, eta, eta) + contracted(i, zeta, zeta) + 2 * contracted(i, zeta, eta)
+            for i in range(OUTPUTS)
+        ]
+    )
+
+
 def lemma() -> Derivation:
     """Lemma 1: d/dy grad_z l = -M at z = y, dtheta_S = eps J^T M J v + O(eps^2), <., v> = eps A."""
     jets = generic_jets()
@@ -165,7 +191,8 @@ def lemma() -> Derivation:
         key="lemma",
         title="Lemma 1 (shared initialization, first order)",
         statement=(
-            r"Let $\ell$ be minimized at $z=y$, $M=\nabla^2_{zz}\ell(y,y)$, $u = Jv$ and "
+            r"Let $\ell$ be minimized at $z=y$, $\ell \in C^3$ and $f \in C^2$ near $\theta_0$, "
+            r"$M=\nabla^2_{zz}\ell(y,y)$, $u = Jv$ and "
             r"$\Delta\theta_S = -\nabla_\theta \mathbb{E}_x\,\ell(f_\theta(x), f_{\theta_0+"
             r"\varepsilon v}(x))|_{\theta_0}$. Then $\partial_y\nabla_z\ell|_{z=y} = -M$, "
             r"$\Delta\theta_S = \varepsilon\,\mathbb{E}_x[J^\top M J]\,v + O(\varepsilon^2)$ and "
@@ -272,15 +299,25 @@ def corollary() -> Derivation:
         key="corollary",
         title="Theorem 1 (the student's teacher loss falls)",
         statement=(
-            r"If the teacher's direction is $v=-\nabla L_T(\theta_0)$ and the student takes the "
-            r"step $\theta_0+\alpha\Delta\theta_S$ ($\alpha$ fixed), then "
+            r"Under the hypotheses of Lemma 1 and $L_T \in C^2$, if the teacher's direction is "
+            r"$v=-\nabla L_T(\theta_0)$ and the student takes the step "
+            r"$\theta_0+\alpha\Delta\theta_S$ with a fixed $\alpha > 0$, then "
             r"$L_T(\theta_0+\alpha\Delta\theta_S) = L_T(\theta_0) - \alpha\varepsilon A + "
             r"O(\varepsilon^2)$: either $A = 0$ (then $Jv$ lies in the null space of $M$ almost "
             r"surely) or the teacher loss falls for small enough $\varepsilon$."
         ),
         setting=SETTING + r" The teacher loss is a generic quadratic jet in $\theta$.",
     )
-    derivation.assume("smooth", r"L_T \in C^2", "Taylor expansion of the teacher loss")
+    derivation.assume(
+        "smooth",
+        r"L_T \in C^2,\ \ell \in C^3,\ f \in C^2",
+        r"near $\theta_0$: Taylor expansions of the teacher loss and of Lemma 1",
+    )
+    derivation.assume(
+        "positive-step",
+        r"\alpha > 0",
+        r"the student steps along $\Delta\theta_S$; the sign of $-\alpha\varepsilon A$ needs it",
+    )
     derivation.assume("minimum", *MINIMUM)
     gradient = sp.Matrix(sp.symbols(f"g1:{PARAMETERS + 1}"))
     hessian = _symmetric("H", PARAMETERS)
@@ -332,13 +369,18 @@ def second_order() -> Derivation:
         statement=(
             r"$\langle\Delta\theta_S, v\rangle = \varepsilon A + \varepsilon^2 B + "
             r"O(\varepsilon^3)$ with $B=\tfrac12\mathbb{E}_x[u^\top M w - u^\top G[u,u]]$, "
-            r"$w = D^2 f(\theta_0)[v,v]$, $G = \partial_y^2\nabla_z\ell(z_0,y)|_{y=z_0}$. "
-            r"If $B<0$ the alignment is positive exactly for $0<\varepsilon<\varepsilon^* = "
-            r"A/|B|$ (to this order)."
+            r"$w = D^2 f(\theta_0)[v,v]$, $G = \partial_y^2\nabla_z\ell(z_0,y)|_{y=z_0}$ (a "
+            r"mixed derivative: one in $z$, two in $y$), when $\ell \in C^4$ and $f \in C^3$ "
+            r"near $\theta_0$. $G[u,u] = -D^3_z\ell[u,u] - 2(D_y\nabla^2_{zz}\ell)[u]\,u$, which "
+            r"is $-D^3_z\ell[u,u]$ only when $\nabla^2_{zz}\ell$ does not depend on $y$. If "
+            r"$B<0$ the truncated quadratic $\varepsilon A + \varepsilon^2 B$ is positive exactly "
+            r"for $0<\varepsilon<\varepsilon^* = A/|B|$; whether $\varepsilon^*$ is the exact "
+            r"alignment's sign change depends on the $O(\varepsilon^3)$ remainder there, which "
+            r"this derivation does not bound."
         ),
         setting=SETTING,
     )
-    derivation.assume("smooth", *SMOOTHNESS)
+    derivation.assume("smooth", *SMOOTHNESS_SECOND_ORDER)
     derivation.assume("minimum", *MINIMUM)
     t = sp.Symbol("t")
     w = jets.network(t * jets.v).diff(t, 2).subs(t, 0)
@@ -367,6 +409,18 @@ def second_order() -> Derivation:
         r"O(\varepsilon^3)$; expand $\nabla_z\ell(z_0,\cdot)$ to second order and use "
         r"(minimum)",
     )
+    derivation.substitution(
+        "mixed-derivative",
+        _mixed_derivative_identity(jets, u),
+        jets.minimized,
+        sp.zeros(OUTPUTS, 1),
+        (
+            r"G[u,u] + D^3_z\ell[u,u] + 2\,(D_y\nabla^2_{zz}\ell)[u]\,u",
+            r"0 \ \text{at } z = y = z_0",
+        ),
+        r"second $s$-derivative of $\nabla_z\ell(z_0+su, z_0+su) = 0$ (minimum); so $G$ is "
+        r"$-D^3_z\ell$ only when $\nabla^2_{zz}\ell$ does not depend on $y$",
+    )
     a_value, b_size = sp.symbols("A b", positive=True)
     eps = sp.Symbol("epsilon", positive=True)
     critical = a_value / b_size
@@ -385,7 +439,7 @@ def second_order() -> Derivation:
         {eps: critical},
         sp.Integer(0),
         (r"\big(\varepsilon A + \varepsilon^2 B\big)\big|_{\varepsilon = A/|B|}", "0"),
-        "the alignment predicted to second order changes sign at the critical step",
+        "the truncated quadratic (not the exact alignment) vanishes at the critical step",
     )
     return derivation
 
