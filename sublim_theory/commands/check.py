@@ -14,10 +14,10 @@ from sublim_theory.architectures import ARCHITECTURES, build_model, make_inputs
 from sublim_theory.errors import InputError
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import LOSSES, make_loss
+from sublim_theory.runs import DTYPES
 
 HELP = "one-step teacher/student alignment report (exact, first order, second order)"
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
 N_CLASSES = 10  # the teacher's "regular" outputs; --aux K appends K auxiliary outputs
 # At tau = 1, KL(softmax(y) || softmax(z)) has the same z-gradient as the soft cross-entropy, so
 # its report would copy softmax_ce's; tau = 2 exercises the 1/tau factors of M and G.

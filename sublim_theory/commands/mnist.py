@@ -180,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
 
     """
     settings, mnist_dir = resolve_settings(args)
-    configs = build_configs(settings, str(args.config or "flags"))
+    source = f"{args.config} + command-line flags" if args.config else "command-line flags"
+    configs = build_configs(settings, source)
     device = resolve_device(args.device)
 
     def log(message: str) -> None:
