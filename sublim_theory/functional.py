@@ -131,6 +131,9 @@ class FunctionalModel:
     def __call__(self, theta: Tensor, inputs: Tensor) -> Tensor:
         """Evaluate ``f_theta(inputs)``; differentiable in ``theta`` by reverse and forward mode.
 
+        Returns:
+            The module's outputs with its parameters replaced by ``theta``.
+
         Raises:
             InputError: if a BatchNorm/Dropout submodule is in train mode now (checked before
                 the module runs, so its running statistics are never touched).
@@ -141,6 +144,9 @@ class FunctionalModel:
 
     def as_function(self, inputs: Tensor) -> Callable[[Tensor], Tensor]:
         """``theta -> f_theta(inputs)`` for a fixed batch: the map torch.func.jvp/vjp differentiate.
+
+        Returns:
+            The function of theta alone.
 
         Raises:
             InputError: if a BatchNorm/Dropout submodule is in train mode (now, and again at

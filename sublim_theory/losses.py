@@ -19,6 +19,7 @@ M = P_S^T M_S P_S, and the gradient is zero outside S. All methods accept output
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -46,7 +47,19 @@ class ImitationLoss:
 
     def __init__(self, outputs: Sequence[int] | None = None) -> None:
         if outputs is not None:
-            outputs = [int(i) for i in outputs]
+            try:
+                if any(isinstance(i, bool) for i in outputs):
+                    raise TypeError
+                outputs = [operator.index(i) for i in outputs]
+            except TypeError:
+                raise InputError(
+                    f"the output subset {list(outputs)} must list integer indices"
+                ) from None
+            if any(i < 0 for i in outputs):
+                # -1 would silently alias the last output (12 of 13): name outputs from 0
+                raise InputError(
+                    f"the output subset {outputs} has negative indices; count outputs from 0"
+                )
             if not outputs:
                 raise InputError("the output subset is empty; pass None to use all outputs")
             if len(set(outputs)) != len(outputs):
@@ -58,12 +71,12 @@ class ImitationLoss:
         if self.outputs is None:
             return None
         k = z.shape[-1]
-        bad = [i for i in self.outputs if not -k <= i < k]
+        bad = [i for i in self.outputs if not i < k]
         if bad:
             raise InputError(
                 f"output subset {self.outputs} has indices {bad} outside the model's {k} outputs"
             )
-        return torch.tensor([i % k for i in self.outputs], device=z.device)
+        return torch.tensor(self.outputs, device=z.device)
 
     def _restrict(self, z: Tensor) -> Tensor:
         index = self._index(z)

@@ -110,3 +110,10 @@ def test_bad_loss_use():
         SoftCrossEntropy(outputs=[5]).value(torch.zeros(2, 3), torch.zeros(2, 3))
     with pytest.raises(InputError, match="differ in shape"):
         SoftCrossEntropy().value(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("outputs", [[-1], [10, -3], [1.5], [True]])
+def test_output_subsets_name_outputs_by_non_negative_integers(outputs):
+    # -1 used to alias output k-1 silently (index 12 of 13)
+    with pytest.raises(InputError, match="output subset"):
+        make_loss("kl", outputs=outputs)
