@@ -118,12 +118,14 @@ def test_second_order_coefficient_matches_finite_differences(arch):
         return float((phi(h) - 2 * phi(0 * h) + phi(-h)) / h**2 / 2)
 
     # Truncation error of the step-h scheme is ~h^2 phi^(4)/24; the difference between steps
-    # h and 2h is 3x that, so it bounds it. Rounding: phi(h) carries an absolute error of
-    # ~kappa u (logits and updates of size O(1)), divided by h^2.
-    h = 1e-3
+    # h and 2h is 3x that, so it bounds it. Rounding: phi(h) = <dtheta_S(h), v> carries an
+    # absolute error of ~kappa u scale_update ||v|| (see update_rounding_scales), over h^2.
+    h = 1e-2
     difference = half_second_difference(h)
     truncation = abs(difference - half_second_difference(2 * h))
-    rounding = 2**12 * unit_roundoff(torch.float64) / h**2
+    scale_update, _ = update_rounding_scales(model, theta0, inputs, loss)
+    phi_error = ROUNDING_STEPS * unit_roundoff(torch.float64) * scale_update
+    rounding = 4 * phi_error * float(torch.linalg.vector_norm(v)) / h**2
     b = second_order_coefficient(model, theta0, inputs, loss, v)
     assert abs(b - difference) <= truncation + rounding, (b, difference, truncation, rounding)
 
