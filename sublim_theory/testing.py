@@ -3,6 +3,9 @@
 * ``TOLERANCES``: one table keyed by dtype.
 * ``assert_allclose``: says which entries failed and by how much.
 * ``loglog_slope``: orders of accuracy are slopes ("first order" = residual slope 2).
+* ``assert_within_rounding``, ``taylor_rounding_scales``, ``update_rounding_scales``: the error
+  model. A tolerance is kappa * u * (the size of the terms a quantity is summed from), so a
+  quantity built by cancellation is compared on the scale of its terms, not of itself.
 * ``assert_alignment_bound``: the theorem as an executable assertion on any model.
 """
 
@@ -76,42 +79,6 @@ def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     """Least-squares slope of log(y) against log(x): the order of a residual."""
     x, y = np.log(np.asarray(xs, dtype=float)), np.log(np.abs(np.asarray(ys, dtype=float)))
     return float(np.polyfit(x, y, 1)[0])
-
-
-def assert_alignment_bound(
-    model: FunctionalModel,
-    direction: Tensor,
-    inputs: Tensor,
-    loss: ImitationLoss,
-    theta0: Tensor | None = None,
-    max_eps: float = 1e-3,
-) -> float:
-    """Assert the theorem on a model: at a small eps the exact one-step student moves toward v.
-
-    Chooses eps = min(max_eps, eps*/2) with eps* = A/|B| (THEORY section 3), so that the
-    quadratic eps A + eps^2 B is at least eps A / 2, then asserts the exact <dtheta_S, v> > 0.
-    When A = 0 (J v in the null space of M, e.g. one softmax output) it asserts the exact
-    alignment is 0 up to rounding instead. Returns the measured <dtheta_S, v>.
-    """
-    theta0 = model.flat_params() if theta0 is None else theta0
-    a = first_order_coefficient(model, theta0, inputs, loss, direction)
-    b = second_order_coefficient(model, theta0, inputs, loss, direction)
-    eps = min(max_eps, critical_step(a, b) / 2)
-    targets = distillation_targets(model, theta0 + eps * direction, inputs)
-    inner = dot(student_update(model, theta0, inputs, targets, loss), direction)
-    scale = math.sqrt(max(a, 0.0)) * float(torch.linalg.vector_norm(direction.double()))
-    if a < -1e-12 * max(scale, 1.0):
-        raise AssertionError(f"A = E[u^T M u] = {a:.3e} < 0: the loss curvature M is not PSD")
-    if a == 0.0:
-        if abs(inner) > 1e-12 * max(abs(eps), 1e-300):
-            raise AssertionError(f"A = 0 but the exact alignment is {inner:.3e}, not 0")
-        return inner
-    if not inner > 0:
-        raise AssertionError(
-            f"exact <dtheta_S, v> = {inner:.3e} <= 0 at eps = {eps:.3e} (A = {a:.3e}, B = {b:.3e}, "
-            f"predicted {eps * a + eps**2 * b:.3e})"
-        )
-    return inner
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,3 +181,40 @@ def update_rounding_scales(
     scale_update = (jacobian_norm * mu * (1 + z0.norm(dim=-1))).mean()
     scale_gauss_newton = (jacobian_norm**2 * mu).mean()
     return float(scale_update), float(scale_gauss_newton)
+
+
+def assert_alignment_bound(
+    model: FunctionalModel,
+    direction: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    theta0: Tensor | None = None,
+    max_eps: float = 1e-3,
+) -> float:
+    """Assert the theorem on a model: at a small eps the exact one-step student moves toward v.
+
+    Chooses eps = min(max_eps, eps*/2) with eps* = A/|B| (THEORY section 3), so that the
+    quadratic eps A + eps^2 B is at least eps A / 2, then asserts the exact <dtheta_S, v> > 0.
+    When A = 0 (J v in the null space of M, e.g. one softmax output) it asserts the exact
+    alignment is 0 up to rounding instead. Returns the measured <dtheta_S, v>.
+    """
+    theta0 = model.flat_params() if theta0 is None else theta0
+    a = first_order_coefficient(model, theta0, inputs, loss, direction)
+    b = second_order_coefficient(model, theta0, inputs, loss, direction)
+    eps = min(max_eps, critical_step(a, b) / 2)
+    targets = distillation_targets(model, theta0 + eps * direction, inputs)
+    inner = dot(student_update(model, theta0, inputs, targets, loss), direction)
+    # A is a sum of PSD quadratic forms: negative only by rounding, on the scale of its terms
+    scale_a, _ = taylor_rounding_scales(model, theta0, inputs, loss, direction)
+    if a < -ROUNDING_STEPS * unit_roundoff(model.dtype) * scale_a:
+        raise AssertionError(f"A = E[u^T M u] = {a:.3e} < 0: the loss curvature M is not PSD")
+    if a == 0.0:
+        if abs(inner) > 1e-12 * max(abs(eps), 1e-300):
+            raise AssertionError(f"A = 0 but the exact alignment is {inner:.3e}, not 0")
+        return inner
+    if not inner > 0:
+        raise AssertionError(
+            f"exact <dtheta_S, v> = {inner:.3e} <= 0 at eps = {eps:.3e} (A = {a:.3e}, B = {b:.3e}, "
+            f"predicted {eps * a + eps**2 * b:.3e})"
+        )
+    return inner
