@@ -3,6 +3,9 @@
 * ``TOLERANCES``: one table keyed by dtype.
 * ``assert_allclose``: says which entries failed and by how much.
 * ``loglog_slope``: orders of accuracy are slopes ("first order" = residual slope 2).
+* ``assert_within_rounding``, ``taylor_rounding_scales``, ``update_rounding_scales``: the error
+  model. A tolerance is kappa * u * (the size of the terms a quantity is summed from), so a
+  quantity built by cancellation is compared on the scale of its terms, not of itself.
 * ``assert_alignment_bound``: the theorem as an executable assertion on any model.
 """
 
@@ -14,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from torch.func import jvp
 
 from sublim_theory.alignment import (
     critical_step,
@@ -23,6 +27,7 @@ from sublim_theory.alignment import (
     second_order_coefficient,
     student_update,
 )
+from sublim_theory.forward_ad import explicit_normalization
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import ImitationLoss
 
@@ -76,6 +81,108 @@ def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
+# --------------------------------------------------------------------------------------------
+# error model: tolerances follow from rounding scaled by the sizes involved
+# --------------------------------------------------------------------------------------------
+ROUNDING_STEPS = 2**12
+"""kappa: how many unit roundoffs a tiny test network's forward pass, jvp and reductions may
+accumulate relative to the magnitudes summed (a few hundred operations per output, each
+contributing at most u times the size of its operands, with a safety factor of ~10)."""
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """The unit roundoff u (2^-53 in float64, 2^-24 in float32): the error of one rounding."""
+    return torch.finfo(dtype).eps / 2
+
+
+def assert_within_rounding(
+    actual: float,
+    expected: float,
+    scale: float,
+    name: str,
+    dtype: torch.dtype = torch.float64,
+    steps: float = ROUNDING_STEPS,
+) -> None:
+    """Assert |actual - expected| <= steps * u * scale.
+
+    ``scale`` is the size of the terms the quantity is computed from (for an inner product
+    ``||a|| ||b||``, for a sum the sum of absolute values), not the size of the result: a
+    result built by cancellation loses digits relative to its terms, not to itself.
+
+    Raises:
+        AssertionError: naming the quantity, both values, the error and the bound.
+
+    """
+    bound = steps * unit_roundoff(dtype) * scale
+    error = abs(float(actual) - float(expected))
+    if not error <= bound:
+        raise AssertionError(
+            f"{name}: {float(actual):.17g} vs {float(expected):.17g}: error {error:.3g} > "
+            f"{steps:g} u * scale = {bound:.3g} (scale {scale:.3g}, {digits_lost(error, scale)})"
+        )
+
+
+def digits_lost(error: float, scale: float) -> str:
+    """A short phrase: how many decimal digits an error of this size leaves relative to scale."""
+    if error <= 0 or scale <= 0:
+        return "no digits lost"
+    return f"{-math.log10(error / scale):.1f} digits agree"
+
+
+def taylor_rounding_scales(
+    model: FunctionalModel, theta: Tensor, inputs: Tensor, loss: ImitationLoss, v: Tensor
+) -> tuple[float, float]:
+    """Sizes of the terms A and B are summed from: the scale of their rounding errors.
+
+    With u = J v, w = D^2 f[v, v], mu = trace(M) >= ||M|| per position (M is PSD):
+    scale_A = E[mu ||u||^2] bounds |u^T M u| term by term, and
+    scale_B = (1/2) E[mu ||u|| (||w|| + ||u||^2) + ||u|| ||G[u, u]||] bounds the terms of B.
+    Cancellation between positions, or inside u^T M w, loses digits relative to these.
+    """
+    f = model.as_function(inputs)
+    with torch.no_grad(), explicit_normalization():
+        (z0, u), (_, w) = jvp(lambda t: jvp(f, (t,), (v,)), (theta,), (v,))
+    k = z0.shape[-1]
+    z0, u, w = (a.reshape(-1, k).double() for a in (z0, u, w))
+    trace = _curvature_trace(loss, z0)
+    u_norm, w_norm = u.norm(dim=-1), w.norm(dim=-1)
+    curvature = loss.target_curvature(z0, u).norm(dim=-1)
+    scale_a = (trace * u_norm**2).mean()
+    scale_b = 0.5 * (trace * u_norm * (w_norm + u_norm**2) + u_norm * curvature).mean()
+    return float(scale_a), float(scale_b)
+
+
+def _curvature_trace(loss: ImitationLoss, z0: Tensor) -> Tensor:
+    """trace(M) per position (>= ||M|| since M is PSD), from k products with basis vectors."""
+    k = z0.shape[-1]
+    basis = torch.eye(k, dtype=z0.dtype, device=z0.device)
+    return sum(loss.hessian_vector_product(z0, basis[i].expand_as(z0))[..., i] for i in range(k))
+
+
+def update_rounding_scales(
+    model: FunctionalModel, theta: Tensor, inputs: Tensor, loss: ImitationLoss
+) -> tuple[float, float]:
+    """Sizes of the terms the student update and the Gauss-Newton product are summed from.
+
+    The exact update dtheta_S = -E[J^T grad_z l(z, y)] is small (O(eps)) but grad_z l is a
+    difference of O(1) quantities (softmax(z) - softmax(y), or c (z - y) with outputs of size
+    ||z0||): its rounding error is ~u mu (1 + ||z0||) per position, pulled back by J^T. Returns
+    (scale_update, scale_gauss_newton) = (E[||J||_F mu (1 + ||z0||)], E[||J||_F^2 mu]) with
+    mu = trace(M); ``scale_gauss_newton * ||q||`` is the scale of K q. Uses the explicit
+    Jacobian: tiny networks only.
+    """
+    from sublim_theory.reference import explicit_jacobian  # the oracle module, tiny nets only
+
+    with torch.no_grad():
+        z0 = model(theta, inputs)
+    jacobian_norm = explicit_jacobian(model, theta, inputs).detach().double().norm(dim=(1, 2))
+    z0 = z0.reshape(-1, z0.shape[-1]).double()
+    mu = _curvature_trace(loss, z0)
+    scale_update = (jacobian_norm * mu * (1 + z0.norm(dim=-1))).mean()
+    scale_gauss_newton = (jacobian_norm**2 * mu).mean()
+    return float(scale_update), float(scale_gauss_newton)
+
+
 def assert_alignment_bound(
     model: FunctionalModel,
     direction: Tensor,
@@ -97,8 +204,9 @@ def assert_alignment_bound(
     eps = min(max_eps, critical_step(a, b) / 2)
     targets = distillation_targets(model, theta0 + eps * direction, inputs)
     inner = dot(student_update(model, theta0, inputs, targets, loss), direction)
-    scale = math.sqrt(max(a, 0.0)) * float(torch.linalg.vector_norm(direction.double()))
-    if a < -1e-12 * max(scale, 1.0):
+    # A is a sum of PSD quadratic forms: negative only by rounding, on the scale of its terms
+    scale_a, _ = taylor_rounding_scales(model, theta0, inputs, loss, direction)
+    if a < -ROUNDING_STEPS * unit_roundoff(model.dtype) * scale_a:
         raise AssertionError(f"A = E[u^T M u] = {a:.3e} < 0: the loss curvature M is not PSD")
     if a == 0.0:
         if abs(inner) > 1e-12 * max(abs(eps), 1e-300):
