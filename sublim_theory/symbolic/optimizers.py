@@ -23,14 +23,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from sublim_theory.symbolic.general import (
-    MINIMUM,
-    OUTPUTS,
-    PARAMETERS,
-    PSD,
-    SETTING,
-    generic_jets,
-)
+from sublim_theory.symbolic.general import MINIMUM, OUTPUTS, PARAMETERS, SETTING, generic_jets
 from sublim_theory.symbolic.steps import Derivation
 
 SOURCE = "theory/optimizers.md"
@@ -38,10 +31,10 @@ SOURCE = "theory/optimizers.md"
 # The shrunk hypothesis counterexample shown in the document: one entry of
 # tests/regressions/preconditioner_counterexamples.json (family "diagonal"); a test checks that
 # the two agree. K = F^T F is PSD by construction, both preconditioners are diagonal and positive.
-COUNTEREXAMPLE_FACTOR = ((1, 1), (0, 0))
-COUNTEREXAMPLE_GRADIENT = (1, -1)
-COUNTEREXAMPLE_STUDENT = (2, 1)
-COUNTEREXAMPLE_TEACHER = (1, 2)
+COUNTEREXAMPLE_FACTOR = ((0, 0), (1, -3))
+COUNTEREXAMPLE_GRADIENT = (-2, -1)
+COUNTEREXAMPLE_STUDENT = (1, 1)
+COUNTEREXAMPLE_TEACHER = (2, 1)
 
 # A PSD K and a direction v where the sign step's alignment with v is negative (Adam/SignSGD).
 SIGN_FACTOR = ((1, 3),)
@@ -50,6 +43,11 @@ SIGN_DIRECTION = (-2, 1)
 TRAIT_SMOOTHNESS = (
     r"L_T \in C^2,\ \ell \in C^3,\ f \in C^2",
     r"near $\theta_0$: Taylor expansions of the teacher loss and of Lemma 1",
+)
+PSD = (
+    r"M = \nabla^2_{zz}\ell(y,y) \succeq 0",
+    r"second-order condition at the minimum $z = y$; proven for each loss by an explicit sum of "
+    r"squares in the alignment document (section Losses)",
 )
 POSITIVE_STEP = (r"\alpha > 0", "the student's step size")
 
