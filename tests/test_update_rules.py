@@ -142,13 +142,18 @@ def test_given_state_continues_a_run():
 
 
 def test_rules_compose_with_vmap():
+    """vmap over stacked gradients, parameters and states (states after 0 and 1 steps)."""
     start, gradients = random_run(5)
-    stacked = torch.stack(gradients)
+    stacked = torch.stack(gradients[:2])
+    thetas = torch.stack([start, start + 1.0])
     for name in ("sgd", "momentum", "adam", "adamw", "signsgd"):
         rule = make_rule(name, 0.1)
-        state = rule.init(start)
-        batched, _ = torch.func.vmap(lambda g, r=rule, s=state: r(g, start, s))(stacked)
-        looped = torch.stack([rule(g, start, state)[0] for g in gradients])
+        fresh = rule.init(start)
+        stepped = rule(gradients[4], start, fresh)[1]
+        states = [fresh, stepped]
+        batched_states = {key: torch.stack([s[key] for s in states]) for key in fresh}
+        batched, _ = torch.func.vmap(rule)(stacked, thetas, batched_states)
+        looped = torch.stack([rule(g, t, s)[0] for g, t, s in zip(stacked, thetas, states)])
         assert torch.equal(batched, looped), name
 
 
