@@ -18,10 +18,14 @@ import hypothesis
 import numpy as np
 import pytest
 import sympy as sp
+import torch
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
+from sublim_theory.alignment import distillation_targets, gauss_newton_product, student_update
+from sublim_theory.functional import FunctionalModel
+from sublim_theory.losses import make_loss
 from sublim_theory.symbolic import (
     OPTIMIZER_DERIVATIONS,
     OPTIMIZERS,
@@ -35,6 +39,7 @@ from sublim_theory.symbolic import (
 )
 from sublim_theory.symbolic import optimizers as formulas
 from sublim_theory.symbolic.steps import Derivation
+from sublim_theory.testing import loglog_slope
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATED = ROOT / "theory" / "generated"
@@ -308,3 +313,114 @@ def write_regressions() -> None:
 if __name__ == "__main__":
     write_regressions()
     print(REGRESSIONS, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# the LoRA section, numerically: a tiny float64 network, the engine's exact updates and K_W
+# --------------------------------------------------------------------------------------------
+class LoraNet(torch.nn.Module):
+    """x -> head(tanh(x W^T + b)), W = W_0 + c B A: either W or the adapter (A, B) is trainable."""
+
+    def __init__(self, base, head, down, scale, adapter):
+        super().__init__()
+        self.weight = torch.nn.Parameter(base.weight.detach().clone(), requires_grad=not adapter)
+        self.bias = torch.nn.Parameter(base.bias.detach().clone(), requires_grad=False)
+        self.head = head
+        self.down = torch.nn.Parameter(down.clone(), requires_grad=adapter)
+        self.up = torch.nn.Parameter(
+            torch.zeros(base.weight.shape[0], down.shape[0], dtype=down.dtype),
+            requires_grad=adapter,
+        )
+        self.scale = scale
+
+    def forward(self, x):
+        weight = self.weight + self.scale * self.up @ self.down
+        return self.head(torch.tanh(x @ weight.T + self.bias))
+
+
+class LoraProblem:
+    RANK, SCALE = 2, 1.5  # c = a / r
+
+    def __init__(self, seed: int, shared: bool) -> None:
+        torch.manual_seed(seed)
+        base = torch.nn.Linear(3, 4).double()
+        self.head = torch.nn.Linear(4, 3).double().requires_grad_(False)
+        self.down_teacher = torch.randn(self.RANK, 3, dtype=torch.float64)
+        self.down_student = (
+            self.down_teacher if shared else torch.randn(self.RANK, 3, dtype=torch.float64)
+        )
+        self.weights = FunctionalModel(
+            LoraNet(base, self.head, self.down_teacher, self.SCALE, adapter=False)
+        )
+        self.student = FunctionalModel(
+            LoraNet(base, self.head, self.down_student, self.SCALE, adapter=True)
+        )
+        self.teacher = FunctionalModel(
+            LoraNet(base, self.head, self.down_teacher, self.SCALE, adapter=True)
+        )
+        self.w0 = self.weights.flat_params()
+        self.inputs = torch.randn(8, 3, dtype=torch.float64)
+        trait_inputs = torch.randn(5, 3, dtype=torch.float64)
+        trait_targets = torch.randn(5, 3, dtype=torch.float64)
+        self.loss = make_loss("squared")
+
+        def trait_loss(model, theta):
+            return 0.5 * ((model(theta, trait_inputs) - trait_targets) ** 2).mean()
+
+        self.trait_loss = trait_loss
+        self.trait_gradient = torch.func.grad(lambda w: trait_loss(self.weights, w))(self.w0)
+
+    def trait_change(self, eps: float, alpha: float = 1.0) -> tuple[float, torch.Tensor]:
+        """Exact Delta L_T of the student after one adapter step, and that step."""
+        teacher_phi = self.teacher.flat_params()
+        direction = -torch.func.grad(lambda p: self.trait_loss(self.teacher, p))(teacher_phi)
+        targets = distillation_targets(self.teacher, teacher_phi + eps * direction, self.inputs)
+        phi = self.student.flat_params()
+        step = student_update(self.student, phi, self.inputs, targets, self.loss)
+        after = self.trait_loss(self.student, phi + alpha * step)
+        return float(after - self.trait_loss(self.student, phi)), step
+
+    def predicted_rate(self) -> float:
+        """-c^4 <G A_S^T A_S, K_W[G A_T^T A_T]> (theory/optimizers.md, section 5)."""
+        gradient = self.trait_gradient.reshape(4, 3)
+        student = (gradient @ self.down_student.T @ self.down_student).reshape(-1)
+        teacher = (gradient @ self.down_teacher.T @ self.down_teacher).reshape(-1)
+        product = gauss_newton_product(self.weights, self.w0, self.inputs, self.loss, teacher)
+        return -(self.SCALE**4) * float(student @ product)
+
+
+@pytest.mark.parametrize("seed", [3, 15])
+@pytest.mark.parametrize("shared", [True, False])
+def test_lora_trait_change_matches_the_weight_space_preconditioner(seed, shared):
+    """Exact Delta L_T = eps * rate + O(eps^2); a shared A_0 lowers the trait loss, and for
+    seed 15 a different A_0 raises it: the trait moves away (a mismatched preconditioner)."""
+    problem = LoraProblem(seed=seed, shared=shared)
+    rate = problem.predicted_rate()
+    epsilons = [1e-3 * 2.0**-j for j in range(4)]
+    residuals, changes = [], []
+    for eps in epsilons:
+        change, step = problem.trait_change(eps)
+        # at B = 0 the adapter's A does not move, exactly
+        assert torch.equal(
+            step[: problem.RANK * 3], torch.zeros(problem.RANK * 3, dtype=step.dtype)
+        )
+        residuals.append(abs(change - eps * rate))
+        changes.append(change)
+    assert min(residuals) > 1e3 * np.finfo(float).eps * abs(epsilons[-1] * rate)
+    assert 1.8 < loglog_slope(epsilons, residuals) < 2.2, residuals
+    if shared:
+        assert rate < 0 and max(changes) < 0  # Theorem 1 survives a shared A_0
+    if seed == 15 and not shared:
+        assert rate > 0 and min(changes) > 0  # found by a scan of seeds 0-299 (44 positive)
+
+
+def test_lora_teacher_gradient_moves_b_only():
+    problem = LoraProblem(seed=4, shared=True)
+    phi = problem.teacher.flat_params()
+    gradient = torch.func.grad(lambda p: problem.trait_loss(problem.teacher, p))(phi)
+    a_part, b_part = gradient[: problem.RANK * 3], gradient[problem.RANK * 3 :]
+    assert torch.equal(a_part, torch.zeros_like(a_part))
+    expected = problem.SCALE * problem.trait_gradient.reshape(4, 3) @ problem.down_teacher.T
+    scale = float(expected.abs().max())
+    # a handful of flops per entry after the shared backward pass: 64 unit roundoffs of the scale
+    assert float((b_part - expected.reshape(-1)).abs().max()) <= 64 * np.finfo(float).eps * scale
