@@ -252,7 +252,7 @@ class SignSGD(UpdateRule):
         return self.lr * torch.sign(kv)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # a tensor field: compare rules by identity
 class Preconditioned(UpdateRule):
     """``step = -alpha P g`` for a fixed ``P`` (a matrix, or a vector holding its diagonal)."""
 

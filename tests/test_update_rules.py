@@ -190,6 +190,7 @@ LINEAR_RULES = [
     ("momentum", {"momentum": 0.9}),
     ("momentum", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1}),
     ("adam", {"eps": 1.0}),  # eps |K v| << eps_a: the linear regime
+    ("adam", {"eps": 1.0, "weight_decay": 0.1}),  # Adam's map of -eps K v + lambda theta
     ("adamw", {"eps": 1.0, "weight_decay": 0.1}),
 ]
 
