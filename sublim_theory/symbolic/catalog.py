@@ -1,7 +1,8 @@
-"""The list of derivations in the document's order.
+"""The lists of derivations in each document's order.
 
-The general lemma, the losses, the corollary, the second-order coefficient, the init-distance law,
-then the concrete network.
+Alignment document: the general lemma, the losses, the corollary, the second-order coefficient,
+the init-distance law, then the concrete network. Optimizers document (theory/optimizers.md):
+preconditioned steps, sign steps (Adam, SignSGD, momentum), AdamW's decay, LoRA.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sublim_theory.symbolic.losses import (
     subset_derivation,
 )
 from sublim_theory.symbolic.network import concrete_network
+from sublim_theory.symbolic.optimizers import decoupled_decay, lora, preconditioned, sign_steps
 from sublim_theory.symbolic.steps import Derivation
 
 DERIVATIONS: tuple[Callable[[], Derivation], ...] = (
@@ -34,3 +36,16 @@ DERIVATIONS: tuple[Callable[[], Derivation], ...] = (
 def build_all() -> list[Derivation]:
     """Build (and so check) every derivation, in the document's order."""
     return [build() for build in DERIVATIONS]
+
+
+OPTIMIZER_DERIVATIONS: tuple[Callable[[], Derivation], ...] = (
+    preconditioned,
+    sign_steps,
+    decoupled_decay,
+    lora,
+)
+
+
+def build_optimizers() -> list[Derivation]:
+    """Build (and so check) every derivation of the optimizers document, in its order."""
+    return [build() for build in OPTIMIZER_DERIVATIONS]

@@ -12,10 +12,12 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from sublim_theory.errors import InputError
-from sublim_theory.symbolic.catalog import build_all
+from sublim_theory.symbolic.catalog import build_all, build_optimizers
 from sublim_theory.symbolic.steps import CheckKind, Derivation, Step
 
 TEX_NAME = "alignment_derivation.tex"
@@ -50,6 +52,73 @@ INTRODUCTION = (
     "coefficients $A$, $B$ and $K$ are lambdified and compared with the \\texttt{torch.func} "
     "engine in float64 by the test suite."
 )
+
+OPTIMIZERS_TEX_NAME = "optimizers_derivation.tex"
+OPTIMIZERS_MARKDOWN_NAME = "optimizers_derivation.md"
+
+OPTIMIZERS_TITLE = "Machine-checked derivation: the alignment theorem beyond plain gradient descent"
+
+OPTIMIZERS_THEOREM = (
+    r"Under the hypotheses of Theorem 1 (teacher $\theta_0 + \varepsilon v$, student distilled "
+    r"from the shared $\theta_0$, $g = \nabla L_T(\theta_0)$, step size $\alpha > 0$), "
+    r"(i) with preconditioned steps $\Delta\theta = -\alpha P_S\nabla L_S$ and $v = -P_T g$, "
+    r"$\Delta L_T = -\alpha\varepsilon\,g^\top P_S K P_T g + O(\varepsilon^2)$, which is "
+    r"$\le 0$ for a shared symmetric PSD preconditioner and can be $> 0$ otherwise; (ii) Adam's "
+    r"first step from fresh state and SignSGD move the student along $\mathrm{sign}(Kv)$ for "
+    r"small $\varepsilon$ while $\varepsilon|(Kv)_i|$ exceeds Adam's $\epsilon_{\mathrm{a}}$, "
+    r"so that $\langle\Delta\theta_S, Kv\rangle = \alpha\|Kv\|_1 > 0$ but neither "
+    r"$\langle\Delta\theta_S, v\rangle$ nor $\Delta L_T$ has a fixed sign; momentum's first "
+    r"step is the gradient step; AdamW's decay $-\alpha\lambda\theta_0$ dilutes the cosine; "
+    r"(iii) LoRA at $B = 0$ aligns in adapter space, and in weight space is the preconditioner "
+    r"$c^2(\cdot)A^\top A$: a shared $A_0$ keeps Theorem 1, a different $A_0$ does not "
+    r"guarantee it."
+)
+
+OPTIMIZERS_INTRODUCTION = INTRODUCTION.replace(
+    r"\texttt{theory/alignment.md}", r"\texttt{theory/optimizers.md}"
+).replace(
+    "the symbolic coefficients $A$, $B$ and $K$ are lambdified and compared with the "
+    "\\texttt{torch.func} engine in float64 by the test suite.",
+    "the update rules of \\texttt{sublim\\_theory/update\\_rules.py} are compared with "
+    "\\texttt{torch.optim} and their first-order predictions with exact student updates in "
+    "float64 by the test suite.",
+)
+
+
+@dataclass(frozen=True)
+class Document:
+    """One generated document: its file names, front matter and the derivations it holds.
+
+    Attributes:
+        tex_name, markdown_name: the files :func:`export_document` writes.
+        title, theorem, introduction: the front matter (LaTeX).
+        notes: the hand-written notes, as written in the introduction (``theory/NAME.md``).
+        build: builds (and so checks) its derivations, in order.
+
+    """
+
+    tex_name: str
+    markdown_name: str
+    title: str
+    theorem: str
+    introduction: str
+    notes: str
+    build: Callable[[], list[Derivation]]
+
+
+ALIGNMENT = Document(
+    TEX_NAME, MARKDOWN_NAME, TITLE, THEOREM, INTRODUCTION, "theory/alignment.md", build_all
+)
+OPTIMIZERS = Document(
+    OPTIMIZERS_TEX_NAME,
+    OPTIMIZERS_MARKDOWN_NAME,
+    OPTIMIZERS_TITLE,
+    OPTIMIZERS_THEOREM,
+    OPTIMIZERS_INTRODUCTION,
+    "theory/optimizers.md",
+    build_optimizers,
+)
+DOCUMENTS = (ALIGNMENT, OPTIMIZERS)
 
 CHECK_NAMES = {
     CheckKind.IDENTITY: "identity",
@@ -123,7 +192,7 @@ def _assumption_list_latex(derivations: list[Derivation]) -> str:
     return "\n".join([r"\begin{itemize}", *items, r"\end{itemize}"])
 
 
-def render_latex(derivations: list[Derivation]) -> str:
+def render_latex(derivations: list[Derivation], document: Document = ALIGNMENT) -> str:
     """The standalone LaTeX document (compiles with pdflatex from texlive-latex-base)."""
     total = sum(len(d.steps) for d in derivations)
     checked = sum(1 for d in derivations for s in d.steps if s.checked)
@@ -139,19 +208,19 @@ def render_latex(derivations: list[Derivation]) -> str:
             r"\newtheorem*{theorem*}{Theorem}",
             r"\allowdisplaybreaks",
             r"\setcounter{secnumdepth}{0}",
-            rf"\title{{{TITLE}}}",
+            rf"\title{{{document.title}}}",
             r"\author{\texttt{sublim-theory derive}}",
             r"\date{}",
             r"\begin{document}",
             r"\maketitle",
             r"\begin{abstract}",
-            INTRODUCTION,
+            document.introduction,
             rf"This export has {total} steps; {checked} were machine-checked and "
             rf"{total - checked} are stated assumptions.",
             r"\end{abstract}",
             r"\section{Statement}",
             r"\begin{theorem*}",
-            THEOREM,
+            document.theorem,
             r"\end{theorem*}",
             r"\section{Assumptions}",
             "Every assumption made below, with the steps that state it:",
@@ -169,21 +238,25 @@ def _markdown_math(latex: str) -> str:
     return f"$$\n{latex}\n$$"
 
 
-def render_markdown(derivations: list[Derivation]) -> str:
+def render_markdown(derivations: list[Derivation], document: Document = ALIGNMENT) -> str:
     """The same derivations as a GitHub Markdown page (math in $...$ and $$...$$)."""
-    introduction = INTRODUCTION.replace(
-        r"\texttt{theory/alignment.md}", "[`theory/alignment.md`](../alignment.md)"
+    notes_file = Path(document.notes).name
+    introduction = document.introduction.replace(
+        rf"\texttt{{{document.notes}}}", f"[`{document.notes}`](../{notes_file})"
     )
+    introduction = introduction.replace(
+        r"\texttt{sublim\_theory/update\_rules.py}", "`sublim_theory/update_rules.py`"
+    ).replace(r"\texttt{torch.optim}", "`torch.optim`")
     introduction = introduction.replace(r"\texttt{torch.func}", "`torch.func`")
     lines = [
         "<!-- Generated by `sublim-theory derive`; do not edit (a test compares it with a fresh export). -->",
-        f"# {TITLE}",
+        f"# {document.title}",
         "",
         introduction,
         "",
         "## Statement",
         "",
-        THEOREM,
+        document.theorem,
         "",
         "## Derivations",
     ]
@@ -229,7 +302,18 @@ def _writable_directory(out_dir: str | os.PathLike[str]) -> Path:
 
 
 def export(out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Build and check every derivation, then write the .tex document and the .md page.
+    """Build and check every derivation of the alignment document, then write its .tex and .md.
+
+    Raises:
+        InputError: if ``out_dir`` cannot be created or written.
+        DerivationStepError: if a step does not check (the message names it); nothing is written.
+
+    """
+    return export_document(out_dir, ALIGNMENT)
+
+
+def export_document(out_dir: str | os.PathLike[str], document: Document) -> list[Path]:
+    """Build and check the derivations of ``document``, then write its .tex and .md files.
 
     Raises:
         InputError: if ``out_dir`` cannot be created or written.
@@ -237,11 +321,11 @@ def export(out_dir: str | os.PathLike[str]) -> list[Path]:
 
     """
     directory = _writable_directory(out_dir)
-    derivations = build_all()
+    derivations = document.build()
     written = []
     for name, text in (
-        (TEX_NAME, render_latex(derivations)),
-        (MARKDOWN_NAME, render_markdown(derivations)),
+        (document.tex_name, render_latex(derivations, document)),
+        (document.markdown_name, render_markdown(derivations, document)),
     ):
         path = directory / name
         path.write_text(text, encoding="utf-8")
