@@ -45,7 +45,7 @@ def no_compute(monkeypatch):
         (bench, "bench_seeds"),
         (bench, "bench_mnist_training"),
         (demo_command, "check"),
-        (derive_command, "export"),
+        (derive_command, "export_documents"),
     ):
         monkeypatch.setattr(module, name, _never(f"{module.__name__}.{name}"))
 

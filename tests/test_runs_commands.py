@@ -76,7 +76,7 @@ def test_every_writing_command_locks_its_folder(argv, tmp_path, monkeypatch, cap
         (bench, "bench_seeds"),
         (bench, "bench_mnist_training"),
         (demo_command, "check"),
-        (derive_command, "export"),
+        (derive_command, "export_documents"),
     ):
         monkeypatch.setattr(module, name, _never)
     out = tmp_path / "out"

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from sublim_theory.plotting import plot_sweep
     from sublim_theory.sweep import run_sweep
-    from sublim_theory.symbolic import export
+    from sublim_theory.symbolic import export_documents
 
     if not (math.isfinite(args.eps) and args.eps > 0 and math.isfinite(args.eps * args.eps)):
         raise InputError(
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(out / "check.json", rows)
 
         progress("\n[2/3] derivation: every step checked by sympy")
-        for path in export(out / "derivation"):
+        for path in export_documents(out / "derivation"):
             progress(f"  wrote {path}")
 
         progress(f"\n[3/3] init-distance sweep: {args.config}")

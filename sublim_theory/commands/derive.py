@@ -10,9 +10,12 @@ from pathlib import Path
 
 from sublim_theory.errors import InputError
 from sublim_theory.runs import OutputFolder
-from sublim_theory.symbolic import DerivationStepError, compile_pdf, export
+from sublim_theory.symbolic import DerivationStepError, compile_pdf, export_documents
 
-HELP = "write the sympy-checked derivation of the theorem as LaTeX and Markdown"
+HELP = (
+    "write the sympy-checked derivations (the alignment theorem; beyond plain gradient descent) "
+    "as LaTeX and Markdown"
+)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -48,14 +51,14 @@ def run(args: argparse.Namespace) -> int:
     with OutputFolder(args.out, "derive") as folder:
         start = time.perf_counter()
         try:
-            written = export(folder.path)
+            written = export_documents(folder.path)
         except DerivationStepError as error:
             # A step that does not check is a bug in the derivations, not bad input: say which.
             print(f"sublim-theory derive: {error}", file=sys.stderr)
             return 1
         elapsed = time.perf_counter() - start
         if args.pdf:
-            written.append(compile_pdf(written[0]))
+            written += [compile_pdf(path) for path in written if path.suffix == ".tex"]
     for path in written:
         print(path)
     print(f"every step checked by sympy in {elapsed:.1f} s", file=sys.stderr)

@@ -23,6 +23,7 @@ from sublim_theory.symbolic.export import (
     compile_pdf,
     export,
     export_document,
+    export_documents,
     render_latex,
     render_markdown,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "Document",
     "build_optimizers",
     "export_document",
+    "export_documents",
     "CheckKind",
     "Derivation",
     "DerivationStepError",

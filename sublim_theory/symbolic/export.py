@@ -12,11 +12,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sublim_theory.errors import InputError
+from sublim_theory.runs import atomic_write_text
 from sublim_theory.symbolic.catalog import build_all, build_optimizers
 from sublim_theory.symbolic.steps import CheckKind, Derivation, Step
 
@@ -304,16 +305,41 @@ def _writable_directory(out_dir: str | os.PathLike[str]) -> Path:
 def export(out_dir: str | os.PathLike[str]) -> list[Path]:
     """Build and check every derivation of the alignment document, then write its .tex and .md.
 
+    Returns:
+        The paths written: the .tex, then the .md.
+
     Raises:
         InputError: if ``out_dir`` cannot be created or written.
         DerivationStepError: if a step does not check (the message names it); nothing is written.
 
     """
-    return export_document(out_dir, ALIGNMENT)
+    return export_documents(out_dir, (ALIGNMENT,))
 
 
 def export_document(out_dir: str | os.PathLike[str], document: Document) -> list[Path]:
     """Build and check the derivations of ``document``, then write its .tex and .md files.
+
+    Returns:
+        The paths written: the .tex, then the .md.
+
+    Raises:
+        InputError: if ``out_dir`` cannot be created or written.
+        DerivationStepError: if a step does not check (the message names it); nothing is written.
+
+    """
+    return export_documents(out_dir, (document,))
+
+
+def export_documents(
+    out_dir: str | os.PathLike[str], documents: Sequence[Document] = DOCUMENTS
+) -> list[Path]:
+    """Build and check every derivation of ``documents`` first, then write each .tex and .md.
+
+    Every step of every document is checked before the first file is written, and each file is
+    replaced atomically, so a failing step leaves the folder as it was.
+
+    Returns:
+        The paths written: for each document its .tex, then its .md.
 
     Raises:
         InputError: if ``out_dir`` cannot be created or written.
@@ -321,15 +347,15 @@ def export_document(out_dir: str | os.PathLike[str], document: Document) -> list
 
     """
     directory = _writable_directory(out_dir)
-    derivations = document.build()
+    rendered = []
+    for document in documents:
+        derivations = document.build()
+        rendered.append((document.tex_name, render_latex(derivations, document)))
+        rendered.append((document.markdown_name, render_markdown(derivations, document)))
     written = []
-    for name, text in (
-        (document.tex_name, render_latex(derivations, document)),
-        (document.markdown_name, render_markdown(derivations, document)),
-    ):
-        path = directory / name
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
+    for name, text in rendered:
+        atomic_write_text(directory / name, text)
+        written.append(directory / name)
     return written
 
 

@@ -17,7 +17,7 @@ from sublim_theory.symbolic import (
     render_latex,
     render_markdown,
 )
-from sublim_theory.symbolic.export import MARKDOWN_NAME, TEX_NAME
+from sublim_theory.symbolic.export import MARKDOWN_NAME, OPTIMIZERS, TEX_NAME
 
 GENERATED = Path(__file__).resolve().parents[2] / "theory" / "generated"
 
@@ -64,6 +64,15 @@ def test_a_wrong_step_stops_the_export(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "a" / TEX_NAME).exists()
     assert main(["derive", "--out", str(tmp_path / "b")]) == 1
     assert "step 'one-equals-two' does not check" in capsys.readouterr().err
+
+
+def test_derive_writes_every_document(tmp_path, capsys):
+    assert main(["derive", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.split()
+    names = [Path(p).name for p in printed]
+    assert names == [TEX_NAME, MARKDOWN_NAME, OPTIMIZERS.tex_name, OPTIMIZERS.markdown_name]
+    for name in names:
+        assert (tmp_path / name).read_bytes() == (GENERATED / name).read_bytes()
 
 
 def test_cli_reports_bad_output_dir(tmp_path, capsys):
