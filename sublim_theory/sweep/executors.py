@@ -54,36 +54,45 @@ def _probe(address: str, timeout: float) -> None:
         ) from None
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _init_ray(ray: Any, address: str | None, timeout: float) -> None:
-    """``ray.init`` bounded by ``timeout`` seconds; InputError (one line) when it fails or hangs."""
+    """``ray.init``; joining a cluster is bounded by ``timeout`` seconds. One-line InputErrors.
+
+    A private instance (``address=None``) starts in this thread (Ray starts its processes from
+    the main thread). Joining runs ``ray.init`` in a helper thread that is abandoned after
+    ``timeout``: Ray retries an unreachable or silent address for minutes.
+    """
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if address is None:
-        options["_node_ip_address"] = "127.0.0.1"
-    else:
-        _probe(address, timeout)
+        try:
+            ray.init(_node_ip_address="127.0.0.1", **options)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise InputError(f"cannot start a local Ray instance: {_first_line(error)}") from None
+        return
+    _probe(address, timeout)
     outcome: dict[str, BaseException | None] = {}
 
-    def start() -> None:
+    def join() -> None:
         try:
             ray.init(address=address, **options)
             outcome["error"] = None
         except BaseException as error:  # noqa: BLE001 - reported below as one line
             outcome["error"] = error
 
-    thread = threading.Thread(target=start, daemon=True)
+    thread = threading.Thread(target=join, daemon=True)
     thread.start()
     thread.join(timeout)
-    where = address or "a local instance"
     if "error" not in outcome:
         raise InputError(
-            f"Ray at {where} did not answer within {timeout:g} s (--ray-timeout); check the "
+            f"Ray at {address} did not answer within {timeout:g} s (--ray-timeout); check the "
             "cluster or use --executor local"
         )
-    error = outcome["error"]
-    if error is not None:
-        text = str(error).strip()
-        first = text.splitlines()[0] if text else type(error).__name__
-        raise InputError(f"cannot start or reach Ray at {where}: {first}")
+    if outcome["error"] is not None:
+        raise InputError(f"cannot reach Ray at {address}: {_first_line(outcome['error'])}")
 
 
 def run_ray(
