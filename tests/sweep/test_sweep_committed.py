@@ -14,9 +14,11 @@ from sublim_theory.sweep import (
 )
 
 RESULTS = Path(__file__).resolve().parents[2] / "experiments" / "results" / "init_distance"
-# Each value is a short chain of float64 operations on O(1) quantities; a different CPU kernel
-# (ATEN_CPU_CAPABILITY) reorders sums and changes the last bits. Cosines are bounded by 1, so an
-# absolute 1e-9 leaves about 6 digits for cancellation; the other columns compare relatively.
+# The committed table was made with the native CPU kernels. Under another ATEN_CPU_CAPABILITY
+# torch's uniform_ init draws differ in their low bits (measured: the sum of theta_0 differs by
+# 3e-9 relative), and the cosines move by up to 1e-8 (measured). 1e-6 leaves a margin of ~100
+# over that and is still far below the O(0.1) change any other seed, placement or model makes.
+TOLERANCE = 1e-6
 COLUMNS = (
     "cos_exact_teacher",
     "cos_first_order_teacher",
@@ -51,7 +53,7 @@ def test_committed_rows_are_reproduced(committed, arch, placement, scale):
             value = b.get(column)  # a trajectory row has no one-step columns
             if a[column] is None or math.isnan(a[column]):
                 assert value is None or math.isnan(value), column
-            elif column.startswith("cos"):
-                assert value == pytest.approx(a[column], abs=1e-9), column
+            elif column.startswith("cos"):  # bounded by 1: compared absolutely
+                assert value == pytest.approx(a[column], abs=TOLERANCE), column
             else:
-                assert value == pytest.approx(a[column], rel=1e-9), column
+                assert value == pytest.approx(a[column], rel=TOLERANCE), column
