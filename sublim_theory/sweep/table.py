@@ -207,4 +207,3 @@ def read_table(table: str | os.PathLike[str]) -> list[dict[str, Any]]:
         seen[identity] = number
         rows.append(row)
     return rows
-
