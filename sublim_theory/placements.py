@@ -1,8 +1,9 @@
 """Where the student starts: shared init, perturbed, interpolated, independent, or mixed per layer.
 
-theory/alignment.md section 4: with theta_S0 = theta_0 + Delta the first-order update is
+theory/alignment.md section 5: with theta_S0 = theta_0 + Delta the first-order update is
 K (eps v - Delta); the student is pulled back toward theta_0 as much as toward the teacher.
-Every placement returns a flat vector theta_S0; ``init_distance`` reports how far it is.
+Every placement returns a flat vector theta_S0; ``init_distance`` reports how far it is, and
+``expected_offset`` the mean of Delta over the placement's randomness given theta_0.
 
 Kinds (``place_student``):
     shared        theta_0 itself (the theorem's setting);
@@ -132,6 +133,41 @@ def place_student(
     if kind == "share_body":
         return torch.where(head, other, theta0)
     return torch.where(head, theta0, other)  # share_head
+
+
+# Placements that take coordinates from an independent init theta_indep: their offset Delta has a
+# non-zero mean given theta_0 (``expected_offset``).
+INDEPENDENT_PLACEMENTS = ("interpolate", "independent", "share_body", "share_head")
+
+
+def expected_offset(
+    model: FunctionalModel,
+    theta0: Tensor,
+    kind: str,
+    scale: float = 0.0,
+    *,
+    independent: Tensor,
+    head_prefix: str | None = None,
+) -> Tensor:
+    """E[Delta | theta_0], Delta = theta_S0 - theta_0, over the placement's randomness.
+
+    Hypothesis (true of PyTorch's default initializers and of GPT-2's): each coordinate of an
+    init is either a constant (norm gains 1, zero biases) or drawn, independently of theta_0,
+    from a distribution symmetric about 0. Then E[theta_indep] = m with m_i = theta_0,i on the
+    constant coordinates and 0 on the random ones, told apart by one draw ``independent``
+    (theta_indep differs from theta_0 exactly on the random coordinates, almost surely). Every
+    placement is affine in theta_indep, so E[Delta | theta_0] is the placement of m minus theta_0:
+    -theta_0 on the random coordinates for ``independent``, t times that for ``interpolate``, the
+    head's or the body's part for ``share_body``/``share_head``. The noise placements add
+    zero-mean noise, so their mean offset is 0, as is ``shared``'s.
+    """
+    if kind not in PLACEMENTS:
+        raise InputError(f"unknown student placement '{kind}'; choose one of {list(PLACEMENTS)}")
+    if kind not in INDEPENDENT_PLACEMENTS:
+        return torch.zeros_like(theta0)
+    mean = torch.where(independent == theta0, theta0, torch.zeros_like(theta0))
+    placed = place_student(model, theta0, kind, scale, independent=mean, head_prefix=head_prefix)
+    return placed - theta0
 
 
 def init_distance(theta_student: Tensor, theta0: Tensor) -> tuple[float, float]:

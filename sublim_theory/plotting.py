@@ -6,12 +6,15 @@ the table's rows, so tests assert on exactly what the figure shows.
 
 Figures (PNG and PDF):
     alignment_vs_distance   cos(dtheta_S, v) against ||theta_S0 - theta_0|| / ||theta_0|| (log x),
-                            mean and 95% CI over seeds, one line per architecture; the first-order
-                            prediction cos(K(eps v - Delta), v) dashed, the law
-                            cos(K v, v) / sqrt(1 + (delta/delta_c)^2) dotted; the shared init is
-                            drawn at the left edge, independent inits as isolated markers.
+                            every seed as a dot, mean and 95% CI over seeds as a line and band,
+                            one colour per architecture; the first-order prediction
+                            cos(K(eps v - Delta), v) (mean over seeds) dashed; the shared init is
+                            drawn at the left edge, independent inits as isolated markers with
+                            their seeds.
     collapse                the same against delta / eps, one line per eps, one panel per
-                            architecture: in the first-order regime the curves collapse.
+                            architecture, the first-order prediction dotted: cos(K(eps v - delta d),
+                            v) depends on (eps, delta) only through delta / eps, so the curves
+                            collapse where the first order holds.
     trajectories            per-step cos(step_t, v) and cos(theta_S,t - theta_S0, v) for SGD and
                             Adam, shared init (solid) vs a different init (dashed).
 """
@@ -68,7 +71,8 @@ def _summarize(group: list[Row]) -> dict[str, float]:
         "cos": cos,
         "cos_ci": cos_ci,
         "first_order": mean_interval(r["cos_first_order_teacher"] for r in group)[0],
-        "law": mean_interval(r["cos_law"] for r in group)[0],
+        "seeds_distance_rel": [r["init_distance_rel"] for r in group],
+        "seeds_cos": [r["cos_exact_teacher"] for r in group],
         "n": n,
     }
 
@@ -77,7 +81,8 @@ def alignment_curves(rows: list[Row], placement: str, eps: float) -> dict[str, l
     """Per architecture, the seed-averaged one-step points of one placement kind at one eps.
 
     Each point: scale, distance_rel, distance_abs, delta_over_eps (means over seeds), cos and
-    cos_ci (mean and 95% CI of cos(dtheta_S, v)), first_order and law (mean predictions), n.
+    cos_ci (mean and 95% CI of cos(dtheta_S, v)), first_order (the mean first-order prediction),
+    seeds_distance_rel and seeds_cos (every seed's point), n.
     The shared init (distance 0) comes first when the table has it. Sorted by distance.
     """
     groups: dict[tuple[str, str, float], list[Row]] = defaultdict(list)
@@ -163,7 +168,11 @@ def plot_alignment_vs_distance(rows: list[Row], out_dir: Path) -> list[Path]:
             axis.plot(x, mean, "o-", color=color, ms=3.5, lw=1.6, label=f"{arch} measured")
             _band(axis, x, mean, np.array([p["cos_ci"] for p in points]), color)
             axis.plot(x, [p["first_order"] for p in points], "--", color=color, lw=1.2)
-            axis.plot(x, [p["law"] for p in points], ":", color=color, lw=1.2)
+            for p, x_point in zip(points, x):
+                seeds_x = [
+                    x_point if p["distance_rel"] == 0 else d for d in p["seeds_distance_rel"]
+                ]
+                axis.plot(seeds_x, p["seeds_cos"], ".", color=color, ms=2.5, alpha=0.45)
             for point_kind, marker in POINT_MARKERS.items():
                 groups = [
                     r
@@ -172,6 +181,14 @@ def plot_alignment_vs_distance(rows: list[Row], out_dir: Path) -> list[Path]:
                 ]
                 if groups:
                     summary = _summarize(groups)
+                    axis.plot(
+                        summary["seeds_distance_rel"],
+                        summary["seeds_cos"],
+                        marker,
+                        color=color,
+                        ms=3,
+                        alpha=0.35,
+                    )
                     axis.errorbar(
                         summary["distance_rel"],
                         summary["cos"],
@@ -202,9 +219,7 @@ def plot_alignment_vs_distance(rows: list[Row], out_dir: Path) -> list[Path]:
         Line2D(
             [], [], color="black", ls="--", label=r"first order $\cos(K(\epsilon v-\Delta), v)$"
         ),
-        Line2D(
-            [], [], color="black", ls=":", label=r"law $\cos(Kv,v)/\sqrt{1+(\delta/\delta_c)^2}$"
-        ),
+        Line2D([], [], color="black", ls="", marker=".", alpha=0.5, label="one seed"),
     ]
     handles += [
         Line2D([], [], color="black", marker=m, ls="", label=k)
@@ -214,7 +229,7 @@ def plot_alignment_vs_distance(rows: list[Row], out_dir: Path) -> list[Path]:
     axes[0][-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.suptitle(
         "Alignment of one distillation step with the teacher vs student-init distance "
-        "(mean, 95% CI over seeds)",
+        "(dots: seeds; line and band: mean, 95% CI)",
         fontsize=10,
     )
     paths = _save(figure, out_dir, "alignment_vs_distance")
@@ -223,7 +238,7 @@ def plot_alignment_vs_distance(rows: list[Row], out_dir: Path) -> list[Path]:
 
 
 def plot_collapse(rows: list[Row], out_dir: Path) -> list[Path]:
-    """Figure 2: alignment against delta / eps for every eps (the law predicts a collapse)."""
+    """Figure 2: alignment against delta / eps for every eps (first order: the curves collapse)."""
     import matplotlib.pyplot as plt
 
     kinds = [k for k in CURVE_PLACEMENTS if any(r["placement"] == k for r in rows)]
@@ -244,12 +259,12 @@ def plot_collapse(rows: list[Row], out_dir: Path) -> list[Path]:
             mean = np.array([p["cos"] for p in points])
             axis.plot(x, mean, "o-", color=color, ms=3, lw=1.4, label=f"eps = {eps:g}")
             _band(axis, x, mean, np.array([p["cos_ci"] for p in points]), color)
-            axis.plot(x, [p["law"] for p in points], ":", color=color, lw=1.1)
+            axis.plot(x, [p["first_order"] for p in points], ":", color=color, lw=1.1)
         axis.axhline(0, color="black", lw=0.6)
         axis.set_xscale("log")
         axis.set_title(arch)
         axis.set_xlabel(r"$\delta / \epsilon$ = $\|\theta_{S0}-\theta_0\| / \epsilon$")
-    axes[0][0].set_ylabel(r"$\cos(\Delta\theta_S, v)$ (dotted: law)")
+    axes[0][0].set_ylabel(r"$\cos(\Delta\theta_S, v)$ (dotted: first order)")
     axes[0][0].legend(fontsize=7)
     figure.suptitle(f"Collapse against delta/eps (student init: {kind})", fontsize=10)
     paths = _save(figure, out_dir, "collapse")

@@ -7,7 +7,9 @@ from sublim_theory.architectures import build_model
 from sublim_theory.errors import InputError
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.placements import (
+    INDEPENDENT_PLACEMENTS,
     PLACEMENTS,
+    expected_offset,
     head_names,
     independent_init,
     init_distance,
@@ -135,3 +137,31 @@ def test_independent_init_leaves_global_rng_alone():
     torch.manual_seed(0)
     independent_init(model, seed=99)
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("kind", PLACEMENTS)
+def test_expected_offset_is_the_mean_over_independent_inits(kind):
+    """E[Delta | theta_0] against the average of Delta over 400 independent inits.
+
+    A transformer has constant coordinates (LayerNorm gains 1, biases 0) beside random ones. Per
+    coordinate the average's error is sd / sqrt(n); over ~1e3 coordinates a |z| > 6 has
+    probability < 1e-5, so 6 standard errors (plus float64 rounding) bound every coordinate.
+    """
+    module = build_model("transformer", 3, width=8, depth=1, vocab_size=5, seq_len=3, seed=0)
+    net = FunctionalModel(module)
+    theta = net.flat_params()
+    draws = torch.stack(
+        [
+            place_student(net, theta, kind, 0.4, seed=s, independent=independent_init(net, 100 + s))
+            - theta
+            for s in range(400)
+        ]
+    )
+    expected = expected_offset(net, theta, kind, 0.4, independent=independent_init(net, 99))
+    error = draws.mean(0) - expected
+    bound = 6 * draws.std(0) / math.sqrt(len(draws)) + 1e-12 * theta.abs().max()
+    assert (error.abs() <= bound).all(), float((error.abs() - bound).max())
+    constant = independent_init(net, 7) == theta
+    assert constant.any() and (~constant).any()  # the model has both kinds of coordinate
+    if kind in INDEPENDENT_PLACEMENTS:
+        assert expected.abs().max() > 0

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sublim_theory.cli import main
 from sublim_theory.errors import InputError
 from sublim_theory.plotting import (
     alignment_curves,
@@ -54,6 +55,9 @@ def test_the_curves_the_figure_draws(table_only):
         distances = [p["distance_rel"] for p in points]
         assert distances == sorted(distances) and distances[0] == 0
         assert points[0]["cos"] > 0.4 and points[0]["n"] == 3
+        for point in points:  # the dots the figure draws are the seeds' own rows
+            assert len(point["seeds_cos"]) == 3
+            assert sum(point["seeds_cos"]) / 3 == pytest.approx(point["cos"], rel=1e-12)
         assert abs(points[-1]["cos"]) < points[0]["cos"] / 2
     shared = trajectory_curves(rows, "sgd", "shared", "cos_displacement_teacher")
     assert set(shared) == {"mlp", "transformer"}
@@ -66,5 +70,42 @@ def test_plot_errors_are_clear(tmp_path):
     with pytest.raises(InputError, match="no sweep table"):
         plot_sweep(tmp_path)
     (tmp_path / TABLE_NAME).write_text("something,else\n1,2\n")
-    with pytest.raises(InputError, match="not a sweep table"):
+    with pytest.raises(InputError, match="does not have this sweep's columns"):
         plot_sweep(tmp_path)
+
+
+def _damage(text: str, how: str) -> bytes:
+    lines = text.splitlines(keepends=True)
+    if how == "truncated":
+        return text[:-25].encode()
+    if how == "duplicate":  # a second run appended into the same folder
+        return (text + "".join(lines[1:4])).encode()
+    if how == "missing column":
+        cut = [",".join(line.rstrip("\n").split(",")[:-1]) + "\n" for line in lines]
+        return "".join(cut).encode()
+    if how == "non-numeric":
+        cells = lines[5].split(",")
+        cells[14] = "0.1x"
+        return "".join([*lines[:5], ",".join(cells), *lines[6:]]).encode()
+    if how == "binary":
+        return b"\x89PNG\r\n\x1a\n\x00" + text.encode()
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("truncated", "incomplete line"),
+        ("duplicate", "repeats line 2"),
+        ("missing column", "missing column"),
+        ("non-numeric", "'0.1x' is not a number"),
+        ("binary", "binary file"),
+    ],
+)
+def test_plot_refuses_a_damaged_table_in_one_line(table_only, tmp_path, capsys, how, message):
+    """Each damage that would silently change a figure (n doubled, a row lost) is exit 2."""
+    (tmp_path / TABLE_NAME).write_bytes(_damage((table_only / TABLE_NAME).read_text(), how))
+    assert main(["plot", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and error.count("\n") == 0
+    assert not list(tmp_path.glob("*.png"))

@@ -1,5 +1,7 @@
 """The Ray executor (a private instance on 127.0.0.1) gives the same table as the local one."""
 
+import time
+
 import pytest
 
 from sublim_theory.errors import InputError
@@ -27,3 +29,59 @@ def test_ray_executor_matches_local_and_resumes(tmp_path):
 def test_address_needs_the_ray_executor(tmp_path):
     with pytest.raises(InputError, match="--address only applies to --executor ray"):
         run_sweep(TINY_CONFIG, tmp_path, device="cpu", progress=False, address="auto")
+
+
+def test_an_unreachable_ray_address_fails_within_the_timeout(tmp_path, capsys):
+    """Ray itself retries an unreachable address for minutes; the sweep gives up in one line."""
+    from sublim_theory.cli import main
+
+    started = time.monotonic()
+    code = main(
+        [
+            "sweep",
+            "--config",
+            str(TINY_CONFIG),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--executor",
+            "ray",
+            "--address",
+            "127.0.0.1:1",
+            "--ray-timeout",
+            "3",
+            "--quiet",
+        ]
+    )
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and time.monotonic() - started < 30
+    assert "cannot reach Ray at 127.0.0.1:1" in error and error.count("\n") == 0
+    assert not ray.is_initialized()
+
+
+def test_a_silent_ray_address_fails_within_the_timeout(tmp_path):
+    """Something listens but never answers as Ray: ray.init would wait; the sweep stops in time."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(5)
+        port = server.getsockname()[1]
+        command = [sys.executable, "-m", "sublim_theory.cli", "sweep", "--config"]
+        command += [str(TINY_CONFIG), "--out", str(tmp_path / "out"), "--device", "cpu"]
+        command += ["--executor", "ray", "--address", f"127.0.0.1:{port}"]
+        command += ["--ray-timeout", "3", "--quiet"]
+        started = time.monotonic()
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    assert result.returncode == 2 and time.monotonic() - started < 40
+    assert "did not answer within 3 s (--ray-timeout)" in result.stderr

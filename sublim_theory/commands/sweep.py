@@ -6,8 +6,9 @@ import argparse
 import sys
 
 from sublim_theory.sweep import EXECUTORS, run_sweep
+from sublim_theory.sweep.executors import DEFAULT_RAY_TIMEOUT
 
-HELP = "resumable sweep of alignment vs student-init distance (writes sweep.csv + environment.json)"
+HELP = "resumable sweep of alignment vs student-init distance (writes sweep.csv + run.json)"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -16,13 +17,24 @@ def register(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="sweep config (TOML), e.g. experiments/configs/init_distance.toml",
     )
-    parser.add_argument("--out", required=True, help="output directory (rerun to resume)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output folder (rerun to resume; a rerun may add grid values, not change settings)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--executor", choices=sorted(EXECUTORS), default="local")
     parser.add_argument(
         "--address",
         default=None,
         help="with --executor ray: the cluster to join (default: a private local instance)",
+    )
+    parser.add_argument(
+        "--ray-timeout",
+        type=float,
+        default=DEFAULT_RAY_TIMEOUT,
+        metavar="SECONDS",
+        help=f"with --executor ray: give up reaching Ray after this long (default {DEFAULT_RAY_TIMEOUT:g})",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -35,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         args.executor,
         progress=not args.quiet,
         address=args.address,
+        ray_timeout=args.ray_timeout,
     )
     print(f"sweep table: {table}", file=sys.stdout)
     print(f"plot it with: sublim-theory plot {args.out}")

@@ -1,0 +1,209 @@
+"""The sweep's table (``sweep.csv``): its columns, durable appends, resumption and strict reading.
+
+One row per configuration x seed x measurement x step. Each finished job's rows are appended in
+one write, flushed and fsynced (``runs.append_durably``) under their configuration ``key``; a
+rerun computes only the (key, seed) pairs not complete in the table. Reading is strict: a
+truncated line, a duplicate row, a missing column or a cell that is not a number is an error,
+never a silently different figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sublim_theory.errors import InputError
+
+TABLE_NAME = "sweep.csv"
+ENVIRONMENT_NAME = "environment.json"
+
+COLUMNS = (
+    "key",
+    "arch",
+    "placement",
+    "scale",
+    "eps",
+    "seed",
+    "measurement",
+    "step",
+    "lr",
+    "dtype",
+    "loss",
+    "num_params",
+    "batching",
+    "init_distance_abs",
+    "init_distance_rel",
+    "delta_over_eps",
+    # one-step report (measurement == "one_step"): the engine's AlignmentReport keys
+    "cos_exact_teacher",
+    "cos_first_order_teacher",
+    "cos_exact_first_order",
+    "inner_exact",
+    "inner_first_order",
+    "norm_exact",
+    "norm_first_order",
+    "norm_teacher",
+    "taylor_residual",
+    "A",
+    "B",
+    "eps_star",
+    "teacher_loss_change_exact",
+    "teacher_loss_change_first_order",
+    # the pieces of the init-distance analysis (theory/alignment.md section 5)
+    "norm_K_v",
+    "norm_K_delta",
+    "cos_K_v_teacher",
+    "delta_over_delta_c",
+    "inner_mean_offset",
+    "inner_first_order_expected",
+    "cos_first_order_expected",
+    # trajectories (measurement in OPTIMIZERS)
+    "cos_step_teacher",
+    "cos_displacement_teacher",
+    "teacher_loss",
+    "imitation_loss",
+)
+TEXT_COLUMNS = frozenset({"key", "arch", "placement", "measurement", "dtype", "loss", "batching"})
+INTEGER_COLUMNS = frozenset({"seed", "step", "num_params"})
+# The cells that identify a row: a table holds each combination once.
+IDENTITY = ("key", "seed", "measurement", "step")
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def header() -> str:
+    """The table's first line."""
+    return ",".join(COLUMNS) + "\n"
+
+
+def format_rows(rows: Iterable[dict[str, Any]]) -> str:
+    """CSV text (no header) for rows; floats as ``repr`` so they read back bit-identical."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for row in rows:
+        writer.writerow([_format(row.get(column)) for column in COLUMNS])
+    return buffer.getvalue()
+
+
+def _read_text(table: Path) -> str:
+    try:
+        data = table.read_bytes()
+    except OSError as error:
+        raise InputError(f"cannot read the sweep table '{table}': {error.strerror}") from None
+    if b"\0" in data:
+        raise InputError(f"'{table}' is a binary file, not a sweep table; point at a sweep's --out")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise InputError(f"'{table}' is not UTF-8 text, so not a sweep table") from None
+
+
+def _records(table: Path, text: str) -> list[list[str]]:
+    """The data lines as lists of cells, after checking the end, the header and each width."""
+    if not text.endswith("\n"):
+        lines = text.count("\n") + 1
+        raise InputError(
+            f"'{table}' ends with an incomplete line {lines} (a run was killed while writing "
+            f"it): delete that last line (e.g. sed -i '$d' {table}) and rerun the same sweep"
+        )
+    records = list(csv.reader(io.StringIO(text)))
+    if records[0] != list(COLUMNS):
+        missing = [c for c in COLUMNS if c not in records[0]]
+        detail = f"missing column(s) {missing[:4]}" if missing else "other column order"
+        raise InputError(
+            f"'{table}' does not have this sweep's columns ({detail}; another tool or version "
+            "wrote it): rerun the sweep into a new --out folder"
+        )
+    for number, cells in enumerate(records[1:], start=2):
+        if len(cells) != len(COLUMNS):
+            raise InputError(
+                f"'{table}' line {number} has {len(cells)} fields, expected {len(COLUMNS)}: the "
+                "table is corrupt; remove that line and the rows after it, then rerun"
+            )
+    return records[1:]
+
+
+def completed_seeds(table: Path, rows_per_seed: dict[str, int]) -> dict[str, set[int]]:
+    """For each configuration key in ``table``, the seeds whose rows are all there.
+
+    Raises:
+        InputError: a damaged table (truncated last line, other columns, a (key, seed) with a
+            wrong number of rows); the table is never modified here.
+
+    """
+    if not table.exists() or table.stat().st_size == 0:
+        return {}
+    counts: dict[tuple[str, int], int] = {}
+    first_line: dict[tuple[str, int], int] = {}
+    for number, cells in enumerate(_records(table, _read_text(table)), start=2):
+        try:
+            pair = (cells[0], int(cells[COLUMNS.index("seed")]))
+        except ValueError:
+            raise InputError(f"'{table}' line {number}: the seed is not an integer") from None
+        counts[pair] = counts.get(pair, 0) + 1
+        first_line.setdefault(pair, number)
+    done: dict[str, set[int]] = {}
+    for (key, seed), count in counts.items():
+        expected = rows_per_seed.get(key)
+        if expected is not None and count != expected:
+            raise InputError(
+                f"'{table}': configuration {key} seed {seed} has {count} rows, expected "
+                f"{expected} (from line {first_line[key, seed]}); remove them and rerun"
+            )
+        done.setdefault(key, set()).add(seed)
+    return done
+
+
+def _parse(table: Path, number: int, column: str, value: str) -> Any:
+    if column in TEXT_COLUMNS:
+        return value
+    if value == "":
+        return None
+    try:
+        number_value = int(value) if column in INTEGER_COLUMNS else float(value)
+    except ValueError:
+        raise InputError(
+            f"'{table}' line {number}: {column} = {value!r} is not a number; the table is "
+            "corrupt: rerun the sweep into a new --out folder"
+        ) from None
+    return number_value
+
+
+def read_table(table: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The sweep table as a list of dicts with numbers parsed (empty cells -> None).
+
+    Raises:
+        InputError: no table; a binary or non-UTF-8 file; a truncated last line; columns other
+            than :data:`COLUMNS`; a line of the wrong width; a cell that is not a number; the
+            same (key, seed, measurement, step) twice.
+
+    """
+    path = Path(table)
+    if not path.is_file():
+        raise InputError(f"no sweep table at '{path}'; run `sublim-theory sweep` first")
+    text = _read_text(path)
+    if not text:
+        raise InputError(f"'{path}' is empty, not a sweep table")
+    rows, seen = [], {}
+    for number, cells in enumerate(_records(path, text), start=2):
+        row = {c: _parse(path, number, c, v) for c, v in zip(COLUMNS, cells)}
+        identity = tuple(row[c] for c in IDENTITY)
+        if identity in seen:
+            raise InputError(
+                f"'{path}' line {number} repeats line {seen[identity]} ({row['key']}, seed "
+                f"{row['seed']}, {row['measurement']} step {row['step']}): two runs wrote into "
+                "one folder; rerun the sweep into a new --out folder"
+            )
+        seen[identity] = number
+        rows.append(row)
+    return rows
