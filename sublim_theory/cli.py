@@ -18,9 +18,11 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from sublim_theory.errors import InputError
+from sublim_theory.runs import CONFIG_DIR, config_file
 
 # Subcommand name -> module under sublim_theory.commands (imported only when present).
 COMMANDS = ("check", "derive", "sweep", "plot", "mnist", "numbers", "bench", "demo")
@@ -70,6 +72,34 @@ def thread_count(text: str) -> int:
             f"expected 1 to {limit} threads (this machine's CPU count), got {value}"
         )
     return value
+
+
+def add_config_argument(
+    parser: argparse.ArgumentParser,
+    default: Path | None = None,
+    required: bool = False,
+    aliases: Sequence[str] = (),
+) -> None:
+    """``--config FILE``: a TOML path or the name of a packaged config (``runs.config_file``)."""
+    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+    parser.add_argument(
+        "--config",
+        *aliases,
+        dest="config",
+        type=_config_file,
+        default=default,
+        required=required,
+        metavar="FILE",
+        help=f"TOML config: a path, or a packaged name ({names})"
+        + (f"; default {default.stem}" if default is not None else ""),
+    )
+
+
+def _config_file(text: str) -> Path:
+    try:
+        return config_file(text)
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:

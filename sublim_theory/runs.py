@@ -22,6 +22,7 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
+import importlib.resources
 import json
 import math
 import os
@@ -38,6 +39,7 @@ import torch
 from sublim_theory.errors import InputError
 
 __all__ = [
+    "CONFIG_DIR",
     "DTYPES",
     "LOCK_NAME",
     "RUN_RECORD_NAME",
@@ -46,6 +48,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "bound",
+    "config_file",
     "dtype_from_name",
     "dtype_name",
     "fingerprint",
@@ -55,6 +58,8 @@ __all__ = [
 ]
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+# The configs ship inside the package (also in a wheel); experiments/configs links here.
+CONFIG_DIR = Path(str(importlib.resources.files("sublim_theory") / "configs"))
 LOCK_NAME = ".sublim-theory.lock"
 RUN_RECORD_NAME = "run.json"
 
@@ -91,6 +96,30 @@ def load_toml(path: str | os.PathLike[str], what: str = "config") -> dict[str, A
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise InputError(f"{what} '{path}' is not valid TOML: {error}") from None
+
+
+def config_file(value: str | os.PathLike[str]) -> Path:
+    """A config given as a path, or by the name of a packaged config (``init_distance_tiny``).
+
+    Used as the argparse type of every ``--config`` flag, so a bad value fails before any work.
+
+    Returns:
+        The path of the TOML file.
+
+    Raises:
+        InputError: neither an existing file nor the name of a packaged config.
+
+    """
+    path = Path(value)
+    if path.is_file():
+        return path
+    packaged = CONFIG_DIR / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    if len(path.parts) == 1 and packaged.is_file():
+        return packaged
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+    raise InputError(
+        f"config '{value}' is not a file; pass a TOML file or a packaged config: {', '.join(names)}"
+    )
 
 
 def bound(

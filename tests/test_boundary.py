@@ -208,7 +208,9 @@ def test_bad_flags_are_one_line(capsys, tmp_path):
 # --- validation before the first expensive step ----------------------------------------------
 def test_demo_checks_device_and_sweep_config_first(tmp_path, capsys, no_compute):
     missing = ["demo", "--sweep-config", str(tmp_path / "none.toml"), "--out", str(tmp_path)]
-    assert main(missing) == 2
+    with pytest.raises(SystemExit) as exit_info:  # a flag error: refused while parsing
+        main(missing)
+    assert exit_info.value.code == 2
     assert "none.toml" in _one_line_error(capsys, "demo")
     if not torch.cuda.is_available():
         assert main(["demo", "--device", "cuda", "--out", str(tmp_path)]) == 2

@@ -16,7 +16,7 @@ import sublim_theory.commands.derive as derive_command
 import sublim_theory.commands.mnist as mnist_command
 from sublim_theory.cli import build_parser, main
 from sublim_theory.numbers import experiment as numbers_experiment
-from sublim_theory.runs import OutputFolder
+from sublim_theory.runs import CONFIG_DIR, OutputFolder
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
@@ -38,9 +38,17 @@ def test_experiment_commands_share_out_and_device(command):
     assert tuple(options["--device"].choices) == ("auto", "cpu", "cuda")
 
 
-@pytest.mark.parametrize("command", ["mnist", "numbers", "demo"])
-def test_config_is_a_toml_path(command):
-    assert _options(command)["--config"].type is Path
+@pytest.mark.parametrize("command", ["mnist", "numbers", "demo", "sweep"])
+def test_config_takes_a_path_or_a_packaged_name_and_refuses_anything_else(command, tmp_path):
+    parse = _options(command)["--config"].type
+    assert parse("init_distance_tiny") == CONFIG_DIR / "init_distance_tiny.toml"
+    assert parse("mnist_tiny.toml") == CONFIG_DIR / "mnist_tiny.toml"
+    mine = tmp_path / "mine.toml"
+    mine.write_text("")
+    assert parse(str(mine)) == mine
+    for bad in ("no_such_config", str(tmp_path / "absent.toml"), str(tmp_path)):
+        with pytest.raises(argparse.ArgumentTypeError, match="packaged config: init_distance"):
+            parse(bad)
 
 
 def test_seed_is_the_first_seed_and_seeds_a_count():

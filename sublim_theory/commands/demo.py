@@ -14,16 +14,20 @@ import time
 from pathlib import Path
 
 from sublim_theory.architectures import ARCHITECTURES
-from sublim_theory.cli import add_device_argument
+from sublim_theory.cli import add_config_argument, add_device_argument
 from sublim_theory.commands.check import check, format_table
 from sublim_theory.errors import InputError
 from sublim_theory.losses import LOSSES
-from sublim_theory.runs import OutputFolder, atomic_write_json, load_toml, resolve_device
+from sublim_theory.runs import (
+    CONFIG_DIR,
+    OutputFolder,
+    atomic_write_json,
+    load_toml,
+    resolve_device,
+)
 
 HELP = "run the main job: check every architecture and loss, export the derivation, sweep and plot"
-DEFAULT_SWEEP = (
-    Path(__file__).resolve().parents[2] / "experiments" / "configs" / "init_distance.toml"
-)
+DEFAULT_SWEEP = CONFIG_DIR / "init_distance.toml"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -32,14 +36,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=Path("out"), help="output folder (default: out)"
     )
     parser.add_argument("--eps", type=float, default=1e-4, help="teacher step for the check table")
-    parser.add_argument(
-        "--config",
-        "--sweep-config",
-        dest="config",
-        type=Path,
-        default=DEFAULT_SWEEP,
-        help="sweep configuration (default: experiments/configs/init_distance.toml)",
-    )
+    add_config_argument(parser, default=DEFAULT_SWEEP, aliases=("--sweep-config",))
     add_device_argument(parser)  # for the sweep
 
 

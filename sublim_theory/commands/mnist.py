@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from sublim_theory.cli import add_device_argument
+from sublim_theory.cli import add_config_argument, add_device_argument
 from sublim_theory.errors import InputError
 from sublim_theory.mnist.data import load_mnist
 from sublim_theory.mnist.experiment import (
@@ -50,7 +50,7 @@ RUNS_FOLDER = "runs"  # one JSON file per finished m
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``mnist`` flags to ``parser``."""
-    parser.add_argument("--config", type=Path, help="TOML file with MnistConfig fields")
+    add_config_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("out/mnist"), help="output directory")
     parser.add_argument(
         "--mnist-dir",

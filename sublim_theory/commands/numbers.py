@@ -22,7 +22,13 @@ from pathlib import Path
 
 import torch
 
-from sublim_theory.cli import add_device_argument, nonnegative_int, positive_int, thread_count
+from sublim_theory.cli import (
+    add_config_argument,
+    add_device_argument,
+    nonnegative_int,
+    positive_int,
+    thread_count,
+)
 from sublim_theory.errors import InputError
 from sublim_theory.records import environment_record, restore_nan
 from sublim_theory.runs import (
@@ -39,13 +45,7 @@ SEEDS_FOLDER = "seeds"  # one JSON file per finished seed: the unit a rerun resu
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``numbers`` flags to ``parser``."""
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="TOML config (default: the built-in defaults, identical to "
-        "experiments/configs/numbers_default.toml)",
-    )
+    add_config_argument(parser)  # default: the built-in values (= numbers_default)
     parser.add_argument("--seeds", type=positive_int, default=5, help="number of seeds")
     parser.add_argument(
         "--seed", "--first-seed", dest="seed", type=nonnegative_int, default=0, help="first seed"

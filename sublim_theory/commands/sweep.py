@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sublim_theory.cli import add_config_argument
 from sublim_theory.sweep import EXECUTORS, run_sweep
 from sublim_theory.sweep.executors import DEFAULT_RAY_TIMEOUT
 
@@ -12,11 +13,7 @@ HELP = "resumable sweep of alignment vs student-init distance (writes sweep.csv 
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        required=True,
-        help="sweep config (TOML), e.g. experiments/configs/init_distance.toml",
-    )
+    add_config_argument(parser, required=True)
     parser.add_argument(
         "--out",
         required=True,

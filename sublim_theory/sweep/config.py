@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal
 
 from sublim_theory import runs
@@ -26,8 +25,7 @@ from sublim_theory.placements import PLACEMENTS
 from sublim_theory.trajectories import OPTIMIZERS
 
 SWEEP_ARCHITECTURES = (*ARCHITECTURES, "gpt2")
-# The configs ship in the repository (experiments/configs), next to the package.
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+CONFIG_DIR = runs.CONFIG_DIR
 DEFAULT_CONFIG = CONFIG_DIR / "init_distance.toml"
 TINY_CONFIG = CONFIG_DIR / "init_distance_tiny.toml"
 # Placements whose scale is not used (the value in the config is recorded as given).
