@@ -199,7 +199,6 @@ def build_model(
     width: int = 16,
     depth: int = 2,
     activation: str | None = None,
-    image_size: int = 8,
     vocab_size: int = 16,
     seq_len: int = 6,
     seed: int = 0,
@@ -208,7 +207,8 @@ def build_model(
     """A freshly initialized model of a named architecture, in eval mode, in ``dtype``.
 
     Sizes: ``width`` is the hidden width (CNN channels, transformer d_model), ``depth`` the
-    number of hidden layers / blocks. ``image_size`` is only used by ``make_inputs`` for CNNs.
+    number of hidden layers / blocks. The CNN pools globally, so it takes images of any size
+    (``make_inputs(..., image_size=...)``).
     """
     torch.manual_seed(seed)
     if arch == "mlp":

@@ -58,7 +58,6 @@ def _problem(arch, n_outputs=5, width=4, depth=2, n=6, seed=0, activation=None):
             seed=seed,
             activation=activation,
             in_features=3,
-            image_size=5,
             vocab_size=7,
             seq_len=4,
         )

@@ -50,3 +50,12 @@ def test_transformer_is_causal_and_can_return_every_position():
 def test_bad_architecture_arguments(call, message):
     with pytest.raises(InputError, match=message):
         call()
+
+
+def test_build_model_takes_no_input_size_it_would_ignore():
+    # the CNN pools globally: image size belongs to make_inputs, not to the model
+    with pytest.raises(TypeError):
+        build_model("cnn", 10, image_size=28)
+    model = build_model("cnn", 10, width=4, depth=2)
+    for size in (5, 28):
+        assert model(make_inputs("cnn", 2, image_size=size)).shape == (2, 10)

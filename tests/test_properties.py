@@ -31,7 +31,8 @@ from sublim_theory.testing import (
     taylor_rounding_scales,
 )
 
-SIZES = {"in_features": 3, "image_size": 5, "vocab_size": 7, "seq_len": 4}
+MODEL_SIZES = {"in_features": 3, "vocab_size": 7, "seq_len": 4}
+SIZES = {**MODEL_SIZES, "image_size": 5}
 SMOOTH = {"mlp": "tanh", "cnn": "tanh", "resmlp": "gelu", "transformer": None}
 # small enough that eps^3 terms are < ~10% of the eps^2 ones on these tiny nets
 STEPS = [2e-3 / 2**i for i in range(5)]
@@ -55,7 +56,9 @@ def test_a_and_b_match_the_exact_alignment_derivatives(case):
 
 def _problem(arch, seed, activation=None, n_outputs=5):
     model = FunctionalModel(
-        build_model(arch, n_outputs, width=4, depth=2, seed=seed, activation=activation, **SIZES)
+        build_model(
+            arch, n_outputs, width=4, depth=2, seed=seed, activation=activation, **MODEL_SIZES
+        )
     )
     inputs = make_inputs(arch, 6, seed=seed + 1, **SIZES)
     return model, model.flat_params(), inputs

@@ -42,7 +42,6 @@ def build_network(arch: str, model: dict[str, Any], seed: int, dtype: torch.dtyp
         in_features=model["in_features"],
         width=model["width"],
         depth=model["depth"],
-        image_size=model["image_size"],
         vocab_size=model["vocab_size"],
         seq_len=model["seq_len"],
         seed=seed,
