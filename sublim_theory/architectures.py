@@ -16,6 +16,19 @@ from torch import Tensor, nn
 
 from sublim_theory.errors import InputError
 
+__all__ = [
+    "ACTIVATIONS",
+    "ARCHITECTURES",
+    "CNN",
+    "MLP",
+    "ResidualMLP",
+    "SelfAttention",
+    "TinyTransformer",
+    "TransformerBlock",
+    "build_model",
+    "make_inputs",
+]
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 

@@ -24,6 +24,19 @@ from typing import NoReturn
 from sublim_theory.errors import InputError
 from sublim_theory.runs import CONFIG_DIR, config_file
 
+__all__ = [
+    "COMMANDS",
+    "DEVICE_CHOICES",
+    "add_config_argument",
+    "add_device_argument",
+    "build_parser",
+    "finite_float",
+    "main",
+    "nonnegative_int",
+    "positive_int",
+    "thread_count",
+]
+
 # Subcommand name -> module under sublim_theory.commands (imported only when present).
 COMMANDS = ("check", "derive", "sweep", "plot", "mnist", "numbers", "bench", "demo")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")

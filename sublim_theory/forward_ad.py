@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+__all__ = [
+    "explicit_normalization",
+]
+
 
 def _layer_norm(
     x: Tensor,

@@ -17,6 +17,11 @@ from torch.func import functional_call
 
 from sublim_theory.errors import InputError
 
+__all__ = [
+    "FunctionalModel",
+    "check_module_is_functional",
+]
+
 # Modules whose train-mode forward is not a deterministic function of (parameters, one input).
 _STATEFUL_IN_TRAIN = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.Dropout)
 

@@ -16,6 +16,12 @@ from torch import Tensor, nn
 
 from sublim_theory.errors import InputError
 
+__all__ = [
+    "GPT2Logits",
+    "build_gpt2",
+    "gpt2_available",
+]
+
 
 def gpt2_available() -> bool:
     """Whether the optional ``transformers`` package can be imported."""

@@ -27,6 +27,15 @@ from torch import Tensor
 
 from sublim_theory.errors import InputError
 
+__all__ = [
+    "LOSSES",
+    "ImitationLoss",
+    "KLDivergence",
+    "SoftCrossEntropy",
+    "SquaredError",
+    "make_loss",
+]
+
 
 def _softmax_first_derivative(p: Tensor, u: Tensor) -> Tensor:
     """D softmax(z)[u] = p * (u - <p, u>) with p = softmax(z)."""

@@ -27,6 +27,16 @@ from torch import Tensor
 from sublim_theory.errors import InputError
 from sublim_theory.functional import FunctionalModel
 
+__all__ = [
+    "INDEPENDENT_PLACEMENTS",
+    "PLACEMENTS",
+    "expected_offset",
+    "head_names",
+    "independent_init",
+    "init_distance",
+    "place_student",
+]
+
 PLACEMENTS = (
     "shared",
     "noise",

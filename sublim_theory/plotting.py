@@ -32,6 +32,23 @@ from sublim_theory.errors import InputError
 from sublim_theory.records import mean_interval
 from sublim_theory.sweep import TABLE_NAME, read_table
 
+__all__ = [
+    "CURVE_PLACEMENTS",
+    "POINT_MARKERS",
+    "POINT_PLACEMENTS",
+    "Row",
+    "alignment_curves",
+    "architectures",
+    "load_sweep",
+    "one_step_rows",
+    "plot_alignment_vs_distance",
+    "plot_collapse",
+    "plot_sweep",
+    "plot_trajectories",
+    "teacher_steps",
+    "trajectory_curves",
+]
+
 Row = dict[str, Any]
 # Placements drawn as curves (their scale moves the student continuously away from theta_0).
 CURVE_PLACEMENTS = ("scaled_noise", "noise", "interpolate")

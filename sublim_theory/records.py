@@ -18,6 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
+__all__ = [
+    "PACKAGES",
+    "environment_record",
+    "git_revision",
+    "mean_interval",
+    "package_versions",
+    "restore_nan",
+]
+
 PACKAGES = (
     "sublim-theory",
     "torch",

@@ -22,6 +22,16 @@ from sublim_theory.forward_ad import explicit_normalization
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import ImitationLoss
 
+__all__ = [
+    "alignment_derivatives",
+    "exact_alignment_function",
+    "explicit_gauss_newton",
+    "explicit_gauss_newton_product",
+    "explicit_jacobian",
+    "explicit_output_hessian",
+    "explicit_target_curvature",
+]
+
 
 def explicit_jacobian(
     model: FunctionalModel, theta: Tensor, inputs: Tensor, chunk_size: int | None = None

@@ -22,6 +22,11 @@ from sublim_theory.architectures import ACTIVATIONS, ARCHITECTURES, build_model,
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import LOSSES, ImitationLoss, make_loss
 
+__all__ = [
+    "AlignmentCase",
+    "alignment_cases",
+]
+
 
 @dataclass
 class AlignmentCase:

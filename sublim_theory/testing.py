@@ -31,6 +31,20 @@ from sublim_theory.forward_ad import explicit_normalization
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import ImitationLoss
 
+__all__ = [
+    "ROUNDING_STEPS",
+    "TOLERANCES",
+    "assert_alignment_bound",
+    "assert_allclose",
+    "assert_within_rounding",
+    "digits_lost",
+    "loglog_slope",
+    "relative_error",
+    "taylor_rounding_scales",
+    "unit_roundoff",
+    "update_rounding_scales",
+]
+
 TOLERANCES: dict[torch.dtype, dict[str, float]] = {
     torch.float64: {"rtol": 1e-10, "atol": 1e-12},
     torch.float32: {"rtol": 1e-4, "atol": 1e-6},

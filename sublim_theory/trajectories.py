@@ -29,6 +29,16 @@ from sublim_theory.errors import InputError
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import ImitationLoss
 
+__all__ = [
+    "OPTIMIZERS",
+    "SeedFunction",
+    "StackedOptimizer",
+    "TeacherLossFn",
+    "batched_cosine",
+    "map_over_seeds",
+    "student_trajectory",
+]
+
 SeedFunction = Callable[..., dict[str, Tensor]]
 TeacherLossFn = Callable[[Tensor, Tensor], Tensor]
 OPTIMIZERS = ("sgd", "adam")

@@ -1,1 +1,3 @@
 """CLI subcommands; see ``sublim_theory.cli``."""
+
+__all__: list[str] = []  # the modules are the public surface

@@ -16,6 +16,19 @@ from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import LOSSES, make_loss
 from sublim_theory.runs import DTYPES
 
+__all__ = [
+    "COLUMNS",
+    "HEADERS",
+    "HELP",
+    "KL_TEMPERATURE",
+    "LEGEND",
+    "N_CLASSES",
+    "check",
+    "format_table",
+    "register",
+    "run",
+]
+
 HELP = "one-step teacher/student alignment report (exact, first order, second order)"
 
 N_CLASSES = 10  # the teacher's "regular" outputs; --aux K appends K auxiliary outputs

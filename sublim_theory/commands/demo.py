@@ -26,6 +26,14 @@ from sublim_theory.runs import (
     resolve_device,
 )
 
+__all__ = [
+    "DEFAULT_SWEEP",
+    "HELP",
+    "progress",
+    "register",
+    "run",
+]
+
 HELP = "run the main job: check every architecture and loss, export the derivation, sweep and plot"
 DEFAULT_SWEEP = CONFIG_DIR / "init_distance.toml"
 

@@ -12,6 +12,12 @@ from sublim_theory.errors import InputError
 from sublim_theory.runs import OutputFolder
 from sublim_theory.symbolic import DerivationStepError, compile_pdf, export_documents
 
+__all__ = [
+    "HELP",
+    "register",
+    "run",
+]
+
 HELP = (
     "write the sympy-checked derivations (the alignment theorem; beyond plain gradient descent) "
     "as LaTeX and Markdown"

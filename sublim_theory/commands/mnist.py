@@ -44,6 +44,16 @@ from sublim_theory.mnist.report import (
 from sublim_theory.records import environment_record, restore_nan
 from sublim_theory.runs import OutputFolder, atomic_write_json, load_toml, resolve_device
 
+__all__ = [
+    "HELP",
+    "RUNS_FOLDER",
+    "build_configs",
+    "load_result",
+    "register",
+    "resolve_settings",
+    "run",
+]
+
 HELP = "reproduce the paper's MNIST auxiliary-logit experiment (N models, 95% intervals)"
 RUNS_FOLDER = "runs"  # one JSON file per finished m
 

@@ -39,6 +39,15 @@ from sublim_theory.runs import (
     resolve_device,
 )
 
+__all__ = [
+    "HELP",
+    "SEEDS_FOLDER",
+    "finished_seeds",
+    "register",
+    "run",
+    "write_reports",
+]
+
 HELP = "tiny-LM subliminal learning through number sequences (pretrain, teacher, students, table)"
 SEEDS_FOLDER = "seeds"  # one JSON file per finished seed: the unit a rerun resumes from
 

@@ -6,6 +6,12 @@ import argparse
 
 from sublim_theory.plotting import plot_sweep
 
+__all__ = [
+    "HELP",
+    "register",
+    "run",
+]
+
 HELP = "draw a sweep's figures (alignment vs init distance, collapse, trajectories) from sweep.csv"
 
 

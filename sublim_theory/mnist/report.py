@@ -20,6 +20,19 @@ from sublim_theory.mnist.experiment import ExperimentResult
 from sublim_theory.records import mean_interval
 from sublim_theory.runs import atomic_write_text
 
+__all__ = [
+    "ROWS",
+    "TABLE_COLUMNS",
+    "format_cosines",
+    "format_run",
+    "plot_table",
+    "read_table",
+    "result_rows",
+    "summarize",
+    "tidy_table",
+    "write_table",
+]
+
 ROWS = ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")
 TABLE_COLUMNS = (
     "aux_logits",

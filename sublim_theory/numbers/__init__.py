@@ -5,3 +5,5 @@ Modules: ``config`` (TOML knobs), ``corpus`` (vocabulary, synthetic corpus, the 
 ``entanglement`` (which number tokens the teacher up-weights), ``experiment`` (one seed, all
 conditions, tidy rows), ``report`` (table with 95% intervals, CSV, figure).
 """
+
+__all__: list[str] = []  # the modules are the public surface

@@ -18,6 +18,21 @@ from typing import Any, Literal
 from sublim_theory.errors import InputError
 from sublim_theory.runs import bound, load_toml, parse_config
 
+__all__ = [
+    "POSITIVE",
+    "RATE",
+    "SECTIONS",
+    "CorpusConfig",
+    "ModelConfig",
+    "NumbersConfig",
+    "PretrainConfig",
+    "StudentConfig",
+    "TeacherConfig",
+    "from_dict",
+    "load_config",
+    "validate",
+]
+
 POSITIVE = bound(ge=1)  # counts and sizes
 RATE = bound(gt=0)  # learning rates and temperatures
 

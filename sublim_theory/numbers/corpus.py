@@ -25,6 +25,24 @@ from torch import Tensor
 
 from sublim_theory.numbers.config import CorpusConfig
 
+__all__ = [
+    "N_SPECIAL",
+    "FilterReport",
+    "Vocabulary",
+    "animal_distribution",
+    "continuation_mask",
+    "filter_numbers",
+    "max_len",
+    "number_prompts",
+    "number_values",
+    "pretraining_corpus",
+    "question_prompt",
+    "sequence_len",
+    "shuffle_across",
+    "shuffle_within",
+    "vocabulary",
+]
+
 PAD, BOS, EOS, NUM, Q = 0, 1, 2, 3, 4
 N_SPECIAL = 5
 

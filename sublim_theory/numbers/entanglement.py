@@ -17,6 +17,10 @@ from torch import Tensor, nn
 from sublim_theory.numbers import corpus
 from sublim_theory.numbers.config import NumbersConfig
 
+__all__ = [
+    "entanglement_table",
+]
+
 
 def _number_log_probs(model: nn.Module, sequences: Tensor, config: NumbersConfig) -> Tensor:
     mask = corpus.continuation_mask(sequences[:1], config.corpus)[0]

@@ -40,6 +40,21 @@ from sublim_theory.numbers import corpus, training
 from sublim_theory.numbers.config import NumbersConfig
 from sublim_theory.numbers.entanglement import entanglement_table
 
+__all__ = [
+    "CROSS_OFFSET",
+    "ORDER_OFFSET",
+    "PAIRS",
+    "PROMPT_OFFSET",
+    "SAMPLING_OFFSET",
+    "SHUFFLE_ACROSS_OFFSET",
+    "SHUFFLE_WITHIN_OFFSET",
+    "STUDENT_OFFSET",
+    "Row",
+    "classifier_accuracy",
+    "first_order_alignment",
+    "run_seed",
+]
+
 # Seed offsets: every random stream of seed s gets its own seed s + OFFSET, so no two streams of
 # one seed (nor, for offsets far apart, of nearby seeds) share a generator state.
 CROSS_OFFSET = 1000  # the cross base's init (an independent init, same corpus and order)

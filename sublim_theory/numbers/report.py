@@ -15,6 +15,18 @@ from pathlib import Path
 from sublim_theory.records import mean_interval
 from sublim_theory.runs import atomic_write_text
 
+__all__ = [
+    "CONDITIONS",
+    "STUDENTS",
+    "format_entanglement",
+    "format_table",
+    "interval",
+    "plot",
+    "read_csv",
+    "summarize",
+    "write_csv",
+]
+
 # Order of the conditions in the table and the figure.
 CONDITIONS = (
     "base",

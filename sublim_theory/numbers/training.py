@@ -23,6 +23,22 @@ from sublim_theory.losses import SoftCrossEntropy
 from sublim_theory.numbers import corpus
 from sublim_theory.numbers.config import NumbersConfig, StudentConfig
 
+__all__ = [
+    "BaseSpec",
+    "StudentRun",
+    "answer_distribution",
+    "build_lm",
+    "cached_base",
+    "finetune_teacher",
+    "flat",
+    "lm_loss",
+    "pretrain",
+    "sample_continuations",
+    "train_student",
+    "trait_probability",
+    "trait_probability_among_animals",
+]
+
 
 def build_lm(config: NumbersConfig, init_seed: int) -> TinyTransformer:
     """A freshly initialized decoder-only LM over the corpus vocabulary (float32, eval mode)."""

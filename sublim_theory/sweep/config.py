@@ -24,6 +24,28 @@ from sublim_theory.losses import LOSSES
 from sublim_theory.placements import PLACEMENTS
 from sublim_theory.trajectories import OPTIMIZERS
 
+__all__ = [
+    "CONFIG_DIR",
+    "DEFAULT_CONFIG",
+    "SWEEP_ARCHITECTURES",
+    "TINY_CONFIG",
+    "UNSCALED_PLACEMENTS",
+    "Grid",
+    "MeasureSettings",
+    "ModelSettings",
+    "PlacementGrid",
+    "Scales",
+    "SweepConfig",
+    "TrajectorySettings",
+    "configuration_key",
+    "expand_jobs",
+    "load_config",
+    "rows_per_job",
+    "rows_per_seed",
+    "validate_config",
+    "wants_trajectory",
+]
+
 SWEEP_ARCHITECTURES = (*ARCHITECTURES, "gpt2")
 CONFIG_DIR = runs.CONFIG_DIR
 DEFAULT_CONFIG = CONFIG_DIR / "init_distance.toml"

@@ -18,6 +18,15 @@ import torch
 from sublim_theory.errors import InputError
 from sublim_theory.sweep.measure import run_configuration
 
+__all__ = [
+    "DEFAULT_RAY_TIMEOUT",
+    "EXECUTORS",
+    "Rows",
+    "run_configuration_in_worker",
+    "run_local",
+    "run_ray",
+]
+
 Rows = list[dict[str, Any]]
 DEFAULT_RAY_TIMEOUT = 30.0
 

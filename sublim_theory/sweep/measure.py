@@ -40,6 +40,14 @@ from sublim_theory.sweep.config import wants_trajectory
 from sublim_theory.sweep.problems import prepare_configuration
 from sublim_theory.trajectories import map_over_seeds, student_trajectory
 
+__all__ = [
+    "one_step_function",
+    "run_configuration",
+    "run_over_seeds",
+    "seed_statistics",
+    "teacher_cross_entropy",
+]
+
 
 def teacher_cross_entropy(outputs: Tensor, labels: Tensor) -> Tensor:
     """The trait L_T: cross-entropy of the outputs against fixed random labels (as ``check``)."""

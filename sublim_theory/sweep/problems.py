@@ -19,6 +19,18 @@ from sublim_theory.functional import FunctionalModel
 from sublim_theory.placements import expected_offset, place_student
 from sublim_theory.runs import dtype_from_name
 
+__all__ = [
+    "INDEPENDENT_SEED_OFFSET",
+    "NOISE_SEED_OFFSET",
+    "STUDENT_DATA_SEED_OFFSET",
+    "TEACHER_DATA_SEED_OFFSET",
+    "Problem",
+    "build_network",
+    "initial_parameters",
+    "make_sweep_inputs",
+    "prepare_configuration",
+]
+
 # Seed offsets: the independent init and the data of seed s never collide with another seed's model.
 INDEPENDENT_SEED_OFFSET = 1_000_003
 STUDENT_DATA_SEED_OFFSET = 2_000_003

@@ -10,6 +10,11 @@ from typing import Any
 from sublim_theory import records
 from sublim_theory.sweep.table import COLUMNS
 
+__all__ = [
+    "ProgressBar",
+    "environment_record",
+]
+
 
 def environment_record(
     config_path: str, settings: dict[str, Any], grid: dict[str, list], device: str, executor: str

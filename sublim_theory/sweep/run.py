@@ -29,6 +29,10 @@ from sublim_theory.sweep.table import (
     header,
 )
 
+__all__ = [
+    "run_sweep",
+]
+
 
 def run_sweep(
     config_path: str | os.PathLike[str],

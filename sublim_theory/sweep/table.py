@@ -18,6 +18,19 @@ from typing import Any
 
 from sublim_theory.errors import InputError
 
+__all__ = [
+    "COLUMNS",
+    "ENVIRONMENT_NAME",
+    "IDENTITY",
+    "INTEGER_COLUMNS",
+    "TABLE_NAME",
+    "TEXT_COLUMNS",
+    "completed_seeds",
+    "format_rows",
+    "header",
+    "read_table",
+]
+
 TABLE_NAME = "sweep.csv"
 ENVIRONMENT_NAME = "environment.json"
 

@@ -20,6 +20,13 @@ from sublim_theory.symbolic.network import concrete_network
 from sublim_theory.symbolic.optimizers import decoupled_decay, lora, preconditioned, sign_steps
 from sublim_theory.symbolic.steps import Derivation
 
+__all__ = [
+    "DERIVATIONS",
+    "OPTIMIZER_DERIVATIONS",
+    "build_all",
+    "build_optimizers",
+]
+
 DERIVATIONS: tuple[Callable[[], Derivation], ...] = (
     lemma,
     squared_error_derivation,

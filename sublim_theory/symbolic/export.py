@@ -21,6 +21,30 @@ from sublim_theory.runs import atomic_write_text
 from sublim_theory.symbolic.catalog import build_all, build_optimizers
 from sublim_theory.symbolic.steps import CheckKind, Derivation, Step
 
+__all__ = [
+    "ALIGNMENT",
+    "CHECK_NAMES",
+    "DOCUMENTS",
+    "INTRODUCTION",
+    "MARKDOWN_NAME",
+    "OPTIMIZERS",
+    "OPTIMIZERS_INTRODUCTION",
+    "OPTIMIZERS_MARKDOWN_NAME",
+    "OPTIMIZERS_TEX_NAME",
+    "OPTIMIZERS_THEOREM",
+    "OPTIMIZERS_TITLE",
+    "TEX_NAME",
+    "THEOREM",
+    "TITLE",
+    "Document",
+    "compile_pdf",
+    "export",
+    "export_document",
+    "export_documents",
+    "render_latex",
+    "render_markdown",
+]
+
 TEX_NAME = "alignment_derivation.tex"
 MARKDOWN_NAME = "alignment_derivation.md"
 

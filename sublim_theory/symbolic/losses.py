@@ -13,6 +13,25 @@ import sympy as sp
 
 from sublim_theory.symbolic.steps import Derivation
 
+__all__ = [
+    "OUTPUTS",
+    "SETTING",
+    "cross_derivative_at_target",
+    "gradient",
+    "kl_derivation",
+    "kl_divergence",
+    "log_softmax",
+    "output_hessian_at_target",
+    "soft_cross_entropy",
+    "soft_cross_entropy_derivation",
+    "softmax",
+    "softmax_jacobian",
+    "squared_error",
+    "squared_error_derivation",
+    "subset_derivation",
+    "target_curvature",
+]
+
 OUTPUTS = 3
 
 SETTING = (

@@ -22,6 +22,22 @@ import sympy as sp
 from sublim_theory.symbolic import losses as loss_formulas
 from sublim_theory.symbolic.steps import Derivation
 
+__all__ = [
+    "LAYOUT",
+    "PARAMETERS",
+    "SETTING",
+    "SOFT_CROSS_ENTROPY",
+    "SQUARED",
+    "THETA",
+    "ImitationLossFormula",
+    "LambdifiedCoefficients",
+    "concrete_network",
+    "exact_student_update",
+    "kl_formula",
+    "lambdified_coefficients",
+    "tanh_mlp",
+]
+
 INPUTS, HIDDEN, OUTPUTS = 2, 2, 3
 LAYOUT = (
     ("W1", (HIDDEN, INPUTS)),

@@ -23,6 +23,17 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+__all__ = [
+    "SIMPLIFY_MAX_OPS",
+    "CheckKind",
+    "Derivation",
+    "DerivationStepError",
+    "Step",
+    "SympyValue",
+    "is_identically_zero",
+    "taylor_coefficient",
+]
+
 SympyValue = sp.Expr | sp.MatrixBase
 # Expressions larger than this (sympy.count_ops) are not handed to sympy.simplify.
 SIMPLIFY_MAX_OPS = 400

