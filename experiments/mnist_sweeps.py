@@ -1,4 +1,4 @@
-"""Print an MNIST run's measured accuracies beside sourced public figures (THEORY.md section 6).
+"""Print an MNIST run's measured accuracies beside sourced public figures.
 
 Run the experiment first, then compare, e.g.:
 

@@ -1,4 +1,4 @@
-"""Figures of a sweep, drawn from its table only (``sweep.csv``; THEORY.md sections 4-5).
+"""Figures of a sweep, drawn from its table only (``sweep.csv``; theory/alignment.md section 5).
 
 compute -> tidy table -> plot: every figure here reads ``out_dir/sweep.csv`` and nothing else,
 and the summaries it draws (``alignment_curves``, ``trajectory_curves``) are plain functions of

@@ -207,7 +207,7 @@ def assert_alignment_bound(
 ) -> float:
     """Assert the theorem on a model: at a small eps the exact one-step student moves toward v.
 
-    Chooses eps = min(max_eps, eps*/2) with eps* = A/|B| (THEORY section 3), so that the
+    Chooses eps = min(max_eps, eps*/2) with eps* = A/|B| (theory/alignment.md section 4), so that the
     quadratic eps A + eps^2 B is at least eps A / 2, then asserts the exact <dtheta_S, v> > 0.
     When A = 0 (J v in the null space of M, e.g. one softmax output) it asserts the exact
     alignment is 0 up to rounding instead. Returns the measured <dtheta_S, v>.

@@ -1,4 +1,4 @@
-"""Multi-step distillation trajectories (THEORY.md section 5), batched over seeds.
+"""Multi-step distillation trajectories batched over seeds (outside Theorem 1: measured, not proven).
 
 The theorem covers one gradient step. Here the student takes T full-batch steps of SGD or Adam
 on the imitation loss L_S(theta) = E_x[l(f(theta, x), y(x))], y = f(theta_T, x), from theta_S0,

@@ -1,6 +1,6 @@
 """Resumable sweeps of alignment over architectures x student placements x distances x eps x seeds.
 
-THEORY.md sections 4-5. One module per concern:
+theory/alignment.md section 5. One module per concern:
 
 - ``config``: the TOML config as frozen dataclasses, its validation, the jobs it expands to;
 - ``problems``: seeded models, student placements and data of one configuration;

@@ -1,6 +1,6 @@
 """The batched measurement of one configuration: the engine's kernels vmapped over seeds.
 
-Per seed (THEORY.md sections 3-4; theory/alignment.md sections 2-5) the sweep measures
+Per seed (theory/alignment.md sections 2-5) the sweep measures
 
 * the engine's one-step report: the exact update dtheta_S at theta_S0, the first-order
   prediction K(eps v - Delta) (Delta = theta_S0 - theta_0, K = E_x[J^T M J] at theta_0), their
