@@ -1,6 +1,7 @@
 """A small GPT-2 built from a ``transformers`` config: random init, eager attention, no download.
 
-The init-distance sweeps (theory/alignment.md section 5) need a real language-model architecture beside the toy ones.
+The init-distance sweeps (theory/alignment.md section 5) need a real language-model architecture
+beside the toy ones.
 ``GPT2Logits`` wraps ``transformers.GPT2LMHeadModel`` so that, like every other architecture,
 its forward maps integer tokens ``(N, T)`` to one tensor of logits. Attention is forced to the
 ``eager`` implementation (softmax(QK^T / sqrt(d)) V written out): fused scaled-dot-product

@@ -10,7 +10,8 @@ Nothing is downloaded. Two sources:
   (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
   ``t10k-labels-idx1-ubyte``, each raw or ``.gz``); the standard 60,000 / 10,000 split.
 
-Pixels are mapped from [0, 255] to [-1, 1] (as in the official code of Cloud et al. 2025, arXiv 2507.14805: ``x / 127.5 - 1``).
+Pixels are mapped from [0, 255] to [-1, 1] as ``x / 127.5 - 1``, as in the official code of
+Cloud et al. 2025 (arXiv 2507.14805).
 """
 
 from __future__ import annotations
