@@ -1,15 +1,14 @@
 """``sublim-theory numbers``: a tiny LM passes a hidden trait to its student through numbers.
 
 ``--seeds N --seed S --out DIR`` runs seeds ``S .. S+N-1`` (the main experiment of Cloud et al.
-2025, arXiv 2507.14805, in miniature; see ``sublim_theory.numbers.experiment``). Each finished
-seed is stored at once, atomically, as ``seeds/seed-S.json``; a rerun into the same folder skips the stored seeds (a killed run resumes
-where it stopped), refuses different settings (``run.json``) and rebuilds every report from all
-stored seeds, so a table never loses a seed. The reports: ``results.csv`` (tidy rows),
-``summary.csv`` (mean and 95% interval), ``steps.csv`` (per-step cosines), ``entanglement.csv``,
-``table.md``, ``numbers.png`` and ``environment.json``. ``--merge DIR ...`` combines the CSVs
-of runs made in parallel (disjoint seeds) and writes the same reports. Progress goes to stderr,
-the table to stdout.
-"""
+2025, arXiv 2507.14805, in miniature; see ``sublim_theory.numbers.experiment``). Each finished seed
+is stored at once, atomically, as ``seeds/seed-S.json``; a rerun into the same folder skips the
+stored seeds (a killed run resumes where it stopped), refuses different settings (``run.json``) and
+rebuilds every report from all stored seeds, so a table never loses a seed. The reports:
+``results.csv`` (tidy rows), ``summary.csv`` (mean and 95% interval), ``steps.csv`` (per-step
+cosines), ``entanglement.csv``, ``table.md``, ``numbers.png`` and ``environment.json``. ``--merge
+DIR ...`` combines the CSVs of runs made in parallel (disjoint seeds) and writes the same reports.
+Progress goes to stderr, the table to stdout. """
 
 from __future__ import annotations
 
