@@ -8,7 +8,8 @@ rebuilds every report from all stored seeds, so a table never loses a seed. The 
 ``results.csv`` (tidy rows), ``summary.csv`` (mean and 95% interval), ``steps.csv`` (per-step
 cosines), ``entanglement.csv``, ``table.md``, ``numbers.png`` and ``environment.json``. ``--merge
 DIR ...`` combines the CSVs of runs made in parallel (disjoint seeds) and writes the same reports.
-Progress goes to stderr, the table to stdout. """
+Progress goes to stderr, the table to stdout.
+"""
 
 from __future__ import annotations
 
