@@ -182,7 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # a flag error (its one line is printed already) or --help
+        return int(stop.code or 0)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
+from sublim_theory.alignment import batched_cosine
 from sublim_theory.errors import InputError
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import ImitationLoss
@@ -34,7 +35,6 @@ __all__ = [
     "SeedFunction",
     "StackedOptimizer",
     "TeacherLossFn",
-    "batched_cosine",
     "map_over_seeds",
     "student_trajectory",
 ]
@@ -58,14 +58,6 @@ def map_over_seeds(function: SeedFunction, use_vmap: bool = True) -> SeedFunctio
         return {key: torch.stack([r[key] for r in results]) for key in results[0]}
 
     return looped
-
-
-def batched_cosine(a: Tensor, b: Tensor) -> Tensor:
-    """cos(a_s, b_s) along the last axis in float64; NaN where either vector is zero."""
-    a, b = a.double(), b.double()
-    denominator = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
-    inner = (a * b).sum(-1)
-    return torch.where(denominator > 0, inner / denominator, torch.full_like(inner, math.nan))
 
 
 class StackedOptimizer:

@@ -9,11 +9,10 @@ the trait's logit tends to raise theirs too. ``dot[n] = <W_n, W_trait>`` at the 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+from sublim_theory.alignment import cosine
 from sublim_theory.numbers import corpus
 from sublim_theory.numbers.config import NumbersConfig
 
@@ -31,9 +30,7 @@ def _number_log_probs(model: nn.Module, sequences: Tensor, config: NumbersConfig
 
 
 def _pearson(a: Tensor, b: Tensor) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    d = float(a.norm() * b.norm())
-    return float(a @ b) / d if d > 0 else math.nan
+    return cosine(a - a.mean(), b - b.mean())
 
 
 def entanglement_table(

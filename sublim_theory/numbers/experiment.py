@@ -217,7 +217,7 @@ def run_seed(
         )
         put_trait(condition, run.model)
         displacement = training.flat(run.model) - training.flat(init)
-        put(condition, "cos_displacement", training._cos(displacement, direction))
+        put(condition, "cos_displacement", cosine(displacement, direction))
         cosines = torch.tensor(run.step_cosines)
         put(condition, "mean_step_cosine", float(cosines.mean()))
         put(condition, "frac_positive_steps", float((cosines > 0).double().mean()))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sublim_theory.alignment import cosine
 from sublim_theory.architectures import TinyTransformer
 from sublim_theory.errors import InputError
 from sublim_theory.losses import SoftCrossEntropy
@@ -227,11 +228,6 @@ class StudentRun:
     losses: list[float] = field(default_factory=list)
 
 
-def _cos(a: Tensor, b: Tensor) -> float:
-    d = float(a.norm() * b.norm())
-    return float(a @ b) / d if d > 0 else float("nan")
-
-
 def train_student(
     init: nn.Module,
     sequences: Tensor,
@@ -290,7 +286,7 @@ def train_student(
         run.losses.append(loss.item())
         if direction is not None:
             current = flat(model)
-            run.step_cosines.append(_cos(current - previous, direction))
+            run.step_cosines.append(cosine(current - previous, direction))
             previous = current
     model.eval()
     return run
