@@ -7,6 +7,7 @@ import pytest
 
 from sublim_theory.cli import main
 from sublim_theory.mnist.data import IDX_FILES, write_idx
+from sublim_theory.records import mean_interval
 
 
 def write_mnist(directory, n_train=6, n_test=4, compress=False):
@@ -37,8 +38,10 @@ def test_tiny_pipeline_on_embedded_digits(tmp_path, capsys):
     for row in ROWS:
         assert set(results[row]) >= {"mean", "ci95", "per_model"}
         assert len(results[row]["per_model"]) == 3
-        low, high = results[row]["ci95"]
-        assert low <= results[row]["mean"] <= high
+        # the row's summary is the shared 95% t-interval of its per-model values
+        mean, half, n = mean_interval(results[row]["per_model"])
+        assert n == 3 and results[row]["mean"] == pytest.approx(mean, rel=1e-12)
+        assert results[row]["ci95"] == pytest.approx([mean - half, mean + half], rel=1e-12)
     assert len(results["student_aux"]["cosine_per_epoch"]) == 2
     assert results["data"]["n_train"] == 4000 and results["data"]["n_test"] == 1000
     assert results["runs"][0]["teacher_epochs"] == 2
