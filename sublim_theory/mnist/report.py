@@ -194,7 +194,7 @@ def plot_table(table: Sequence[dict[str, object]], path: str | Path) -> None:
         axis.tick_params(axis="x", labelrotation=20)
     axis.axhline(0.1, color="k", linestyle=":", linewidth=1, label="chance")
     axis.set_ylim(0, 1)
-    axis.set_ylabel("MNIST test accuracy (mean, 95% CI)")
+    axis.set_ylabel("test accuracy (mean, 95% CI)")
     n_models = int(max(row["n_models"] for row in table))
     axis.set_title(f"Auxiliary-logit subliminal learning, {n_models} models")
     figure.tight_layout()
