@@ -30,6 +30,7 @@ import numpy as np
 
 from sublim_theory.errors import InputError
 from sublim_theory.records import mean_interval
+from sublim_theory.runs import atomic_save_figure
 from sublim_theory.sweep import TABLE_NAME, read_table
 
 __all__ = [
@@ -152,7 +153,7 @@ def _save(figure: Any, out_dir: Path, name: str) -> list[Path]:
     paths = []
     for suffix in ("png", "pdf"):
         path = out_dir / f"{name}.{suffix}"
-        figure.savefig(path, dpi=130, bbox_inches="tight")
+        atomic_save_figure(figure, path, dpi=130, bbox_inches="tight")
         paths.append(path)
     return paths
 

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import hashlib
 import importlib.resources
+import io
 import json
 import math
 import os
@@ -45,6 +46,8 @@ __all__ = [
     "RUN_RECORD_NAME",
     "OutputFolder",
     "append_durably",
+    "atomic_save_figure",
+    "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
     "bound",
@@ -317,7 +320,12 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Replace ``path`` with ``text`` atomically: readers see the old file or the new one, whole.
+    """Replace ``path`` with ``text`` (UTF-8) atomically; see :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: readers see the old file or the new one, whole.
 
     Raises:
         InputError: the folder is not writable.
@@ -329,8 +337,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     except OSError as error:
         raise InputError(f"cannot write '{path}': {error.strerror or error}") from None
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, 0o644)
@@ -339,6 +347,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         Path(temporary).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def atomic_save_figure(figure: Any, path: str | os.PathLike[str], **options: Any) -> None:
+    """Save a matplotlib figure atomically (format from the suffix; ``options`` to savefig)."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lstrip("."), **options)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_write_json(path: str | os.PathLike[str], record: Any) -> None:

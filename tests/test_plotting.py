@@ -12,6 +12,7 @@ from sublim_theory.plotting import (
     plot_sweep,
     trajectory_curves,
 )
+from sublim_theory.runs import OutputFolder
 from sublim_theory.sweep import TABLE_NAME, run_sweep
 
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "init_distance_tiny.toml"
@@ -109,3 +110,14 @@ def test_plot_refuses_a_damaged_table_in_one_line(table_only, tmp_path, capsys, 
     error = capsys.readouterr().err.strip()
     assert message in error and error.count("\n") == 0
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_plot_command_refuses_a_folder_in_use_or_missing(table_only, tmp_path, capsys):
+    folder = tmp_path / "copy"
+    shutil.copytree(table_only, folder)
+    with OutputFolder(folder, "sweep"):  # a sweep still writing into the folder
+        assert main(["plot", str(folder)]) == 2
+        assert "in use by another sublim-theory run" in capsys.readouterr().err
+    assert main(["plot", str(folder)]) == 0
+    assert main(["plot", str(tmp_path / "absent")]) == 2
+    assert not (tmp_path / "absent").exists()  # refused, not created

@@ -16,6 +16,7 @@ from sublim_theory.runs import (
     RUN_RECORD_NAME,
     OutputFolder,
     append_durably,
+    atomic_save_figure,
     atomic_write_json,
     atomic_write_text,
     bound,
@@ -208,3 +209,19 @@ def test_devices_and_dtypes():
 def test_paths_are_plain_in_records(tmp_path):
     atomic_write_json(tmp_path / "r.json", {"out": Path("a/b")})
     assert json.loads((tmp_path / "r.json").read_text()) == {"out": "a/b"}
+
+
+def test_figures_are_saved_whole(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots()
+    axis.plot([0, 1], [1, 0])
+    atomic_save_figure(figure, tmp_path / "f.png", dpi=50)
+    atomic_save_figure(figure, tmp_path / "f.pdf")
+    plt.close(figure)
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "f.png"]

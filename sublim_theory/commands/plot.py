@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from sublim_theory.errors import InputError
 from sublim_theory.plotting import plot_sweep
+from sublim_theory.runs import OutputFolder
 
 __all__ = [
     "HELP",
@@ -20,6 +23,18 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for path in plot_sweep(args.out_dir):
-        print(path)
+    """Draw the figures into the sweep's folder, holding its lock (not while a sweep writes).
+
+    Returns:
+        0 on success.
+
+    Raises:
+        InputError: no such folder, another run holds it, or its table is damaged.
+
+    """
+    if not Path(args.out_dir).is_dir():
+        raise InputError(f"'{args.out_dir}' is not a folder; pass a sweep's --out folder")
+    with OutputFolder(args.out_dir, "plot"):
+        for path in plot_sweep(args.out_dir):
+            print(path)
     return 0

@@ -18,7 +18,7 @@ import numpy as np
 
 from sublim_theory.mnist.experiment import ExperimentResult
 from sublim_theory.records import mean_interval
-from sublim_theory.runs import atomic_write_text
+from sublim_theory.runs import atomic_save_figure, atomic_write_text
 
 __all__ = [
     "ROWS",
@@ -198,5 +198,5 @@ def plot_table(table: Sequence[dict[str, object]], path: str | Path) -> None:
     n_models = int(max(row["n_models"] for row in table))
     axis.set_title(f"Auxiliary-logit subliminal learning, {n_models} models")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_save_figure(figure, path, dpi=120)
     plt.close(figure)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sublim_theory.records import mean_interval
-from sublim_theory.runs import atomic_write_text
+from sublim_theory.runs import atomic_save_figure, atomic_write_text
 
 __all__ = [
     "CONDITIONS",
@@ -203,5 +203,5 @@ def plot(rows: Sequence[dict], path: Path) -> None:
     n = len({r["seed"] for r in rows})
     fig.suptitle(f"Subliminal transfer through numbers, tiny LM ({n} seeds; bars: mean, 95% CI)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
