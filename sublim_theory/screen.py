@@ -489,12 +489,14 @@ class ScreenSettings:
         cross_init: also screen each teacher's numbers against a base of another init.
         sgd_steps: learning rates of the one-step SGD check (forecast against a real step).
         z_threshold: flag a data set when its largest centred t statistic exceeds this.
+        filter_seeds: seeds whose teachers get the filter experiment (run after every seed's
+            detection units, so a short run still has the detection table complete).
 
     """
 
     teachers: tuple[str, ...] = ("owl", "dog", "eagle", "lion", "panda")
     variants: tuple[Literal["sgd", "sign", "rms"], ...] = VARIANTS
-    screen_examples: int = field(default=4000, metadata=bound(ge=2))
+    screen_examples: int = field(default=2000, metadata=bound(ge=2))
     chunk: int = field(default=500, metadata=bound(ge=1))
     bootstrap: int = field(default=1000, metadata=bound(ge=1))
     rms_batches: int = field(default=16, metadata=bound(ge=1))
@@ -505,6 +507,7 @@ class ScreenSettings:
     cross_init: bool = True
     sgd_steps: tuple[float, ...] = field(default=(0.01, 0.1, 1.0), metadata=bound(gt=0))
     z_threshold: float = field(default=3.0, metadata=bound(gt=0))
+    filter_seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=bound(ge=0))
 
 
 @dataclass(frozen=True)
@@ -747,34 +750,23 @@ def teacher_unit(
     base_documents: Tensor,
     cross_base: nn.Module | None,
     log: Callable[..., None] = print,
-) -> list[Row]:
-    """Everything for one teacher: fine-tune, sample, filter, screen, train students, filter data.
+) -> tuple[list[Row], Tensor]:
+    """One teacher: fine-tune, sample, filter, screen (every variant), one-step checks, student.
 
-    Returns tidy rows ``{seed, dataset, teacher, init, variant, trait, metric, value}``.
+    Returns:
+        Tidy rows ``{seed, dataset, teacher, init, variant, trait, metric, value}`` and the
+        teacher's filtered number documents (for :func:`filter_unit`).
+
     """
-    import dataclasses
+    from sublim_theory.numbers import training
+    from sublim_theory.numbers.experiment import STUDENT_OFFSET, classifier_accuracy
 
-    from sublim_theory.numbers import corpus, training
-    from sublim_theory.numbers.experiment import (
-        PROMPT_OFFSET,
-        SAMPLING_OFFSET,
-        STUDENT_OFFSET,
-        classifier_accuracy,
-    )
-
-    settings = config.screen
-    numbers = dataclasses.replace(
-        config.numbers, corpus=dataclasses.replace(config.numbers.corpus, trait_animal=animal)
-    )
+    numbers = _with_trait(config.numbers, animal)
     label = {"seed": seed, "dataset": f"teacher-{animal}", "teacher": animal, "init": "base"}
     names = list(numbers.corpus.animals)
     teacher = training.finetune_teacher(base, numbers)
     rows = _trait_rows(label, "teacher", names, "p", _log_probabilities(teacher, numbers).exp())
-    prompts = corpus.number_prompts(
-        numbers.corpus, numbers.teacher.n_sequences, seed + PROMPT_OFFSET
-    )
-    raw = training.sample_continuations(teacher, prompts, numbers, seed + SAMPLING_OFFSET)
-    documents, _ = corpus.filter_numbers(raw, numbers.corpus)
+    documents = teacher_documents(numbers, seed, teacher)
 
     def put(variant: str, metric: str, value: float, trait: str = "") -> None:
         rows.append(
@@ -785,15 +777,7 @@ def teacher_unit(
     put(
         "data", "classifier_accuracy", classifier_accuracy(documents, base_documents, numbers, seed)
     )
-    screened, results = screen_data_set(
-        config,
-        base,
-        documents,
-        seed=seed,
-        label=label,
-        full_variant=settings.filter_variant,
-        log=log,
-    )
+    screened, results = screen_data_set(config, base, documents, seed=seed, label=label, log=log)
     rows += screened
     rows += one_step_checks(config, base, documents, results, label)
     if cross_base is not None:
@@ -811,6 +795,51 @@ def teacher_unit(
     rows += student_rows
     put("cost", "epoch_seconds", _epoch_seconds(base, documents, numbers))
 
+    return rows, documents
+
+
+def filter_unit(
+    config: ScreenExperimentConfig,
+    seed: int,
+    animal: str,
+    base: nn.Module,
+    documents: Tensor | None = None,
+    log: Callable[..., None] = print,
+) -> list[Row]:
+    """The filter defense for one teacher's numbers: drop the top q by attribution, or random q.
+
+    The ``filter_variant`` attributions toward the flagged trait (the forecast's first) are
+    computed on every document; for each q in ``drop_fractions`` a student is trained on the
+    rest, and on the rest after dropping a random q. ``documents`` (the teacher's numbers) are
+    recomputed when not given.
+    """
+    from sublim_theory.numbers import training
+    from sublim_theory.numbers.experiment import STUDENT_OFFSET
+
+    settings = config.screen
+    numbers = _with_trait(config.numbers, animal)
+    if documents is None:
+        documents = teacher_documents(numbers, seed, training.finetune_teacher(base, numbers))
+    label = {"seed": seed, "dataset": f"teacher-{animal}", "teacher": animal, "init": "base"}
+    names = list(numbers.corpus.animals)
+    rows: list[Row] = []
+
+    def put(variant: str, metric: str, value: float, trait: str = "") -> None:
+        rows.append(
+            {**label, "variant": variant, "trait": trait, "metric": metric, "value": float(value)}
+        )
+
+    screened, results = screen_data_set(
+        config,
+        base,
+        documents,
+        seed=seed,
+        label={**label, "init": "base-all"},
+        full_variant=settings.filter_variant,
+        variants=(settings.filter_variant,),
+        log=log,
+    )
+    rows += screened
     # the filter: drop the documents pushing hardest toward the flagged trait, or a random share
     flagged_result = results[settings.filter_variant]
     flagged = flagged_result.ranking[0]
@@ -832,6 +861,7 @@ def teacher_unit(
             change = _log_probabilities(run.model, numbers) - base_logp
             put("filter", f"dlogp_{kind}_{q:g}", float(change[target]), animal)
         log(f"  teacher-{animal}: filter q={q:g} done")
+
     return rows
 
 
@@ -864,14 +894,24 @@ def base_unit(
     return rows
 
 
-def base_documents(config: ScreenExperimentConfig, seed: int, base: nn.Module) -> Tensor:
-    """The base's own filtered numbers on the teachers' prompts (the defender's null data)."""
+def teacher_documents(numbers: NumbersConfig, seed: int, model: nn.Module) -> Tensor:
+    """A model's filtered number documents on the seed's prompts (as ``numbers`` samples them).
+
+    With the base as ``model`` these are the defender's null data: its own numbers.
+    """
     from sublim_theory.numbers import corpus, training
     from sublim_theory.numbers.experiment import PROMPT_OFFSET, SAMPLING_OFFSET
 
-    numbers = config.numbers
     prompts = corpus.number_prompts(
         numbers.corpus, numbers.teacher.n_sequences, seed + PROMPT_OFFSET
     )
-    raw = training.sample_continuations(base, prompts, numbers, seed + SAMPLING_OFFSET)
+    raw = training.sample_continuations(model, prompts, numbers, seed + SAMPLING_OFFSET)
     return corpus.filter_numbers(raw, numbers.corpus)[0]
+
+
+def _with_trait(numbers: NumbersConfig, animal: str) -> NumbersConfig:
+    import dataclasses
+
+    return dataclasses.replace(
+        numbers, corpus=dataclasses.replace(numbers.corpus, trait_animal=animal)
+    )

@@ -564,16 +564,25 @@ def run(args: argparse.Namespace) -> int:
             stored[name] = rows
             write_reports(out, [r for k in sorted(stored) for r in stored[k]], animals, settings)
 
+        # detection first (every seed), then the filter experiment: a run cut short still
+        # has the detection table complete for the seeds it reached
+        documents_of: dict[tuple[int, str], torch.Tensor] = {}
+        bases: dict[int, torch.nn.Module] = {}
+
+        def base_of(seed: int) -> torch.nn.Module:
+            if seed not in bases:
+                spec = training.BaseSpec(seed, seed, seed)
+                bases[seed] = training.cached_base(config.numbers, spec, cache, _progress)[0]
+            return bases[seed]
+
         for seed in seeds:
             names = [f"seed-{seed}-base"] + [
                 f"seed-{seed}-teacher-{a}" for a in config.screen.teachers
             ]
             if all(n in stored for n in names):
-                _progress(f"seed {seed}: stored in {out / UNITS_FOLDER}, skipped")
+                _progress(f"seed {seed}: detection units stored in {out / UNITS_FOLDER}, skipped")
                 continue
-            base, _ = training.cached_base(
-                config.numbers, training.BaseSpec(seed, seed, seed), cache, _progress
-            )
+            base = base_of(seed)
             cross = None
             if config.screen.cross_init:
                 cross, _ = training.cached_base(
@@ -583,7 +592,7 @@ def run(args: argparse.Namespace) -> int:
                     _progress,
                 )
             t0 = time.perf_counter()
-            documents = screen.base_documents(config, seed, base)
+            documents = screen.teacher_documents(config.numbers, seed, base)
             _progress(f"seed {seed}: base numbers sampled ({documents.shape[0]} kept)")
             if names[0] not in stored:
                 store(names[0], screen.base_unit(config, seed, base, documents, _progress))
@@ -592,9 +601,31 @@ def run(args: argparse.Namespace) -> int:
                 if name in stored:
                     continue
                 t0 = time.perf_counter()
-                rows = screen.teacher_unit(config, seed, animal, base, documents, cross, _progress)
+                rows, teacher_docs = screen.teacher_unit(
+                    config, seed, animal, base, documents, cross, _progress
+                )
+                if seed in config.screen.filter_seeds:
+                    documents_of[(seed, animal)] = teacher_docs
                 store(name, rows)
                 _progress(f"seed {seed}: teacher {animal} done, {time.perf_counter() - t0:.0f}s")
+        for seed in seeds:
+            if seed not in config.screen.filter_seeds:
+                continue
+            for animal in config.screen.teachers:
+                name = f"seed-{seed}-filter-{animal}"
+                if name in stored:
+                    continue
+                t0 = time.perf_counter()
+                rows = screen.filter_unit(
+                    config,
+                    seed,
+                    animal,
+                    base_of(seed),
+                    documents_of.pop((seed, animal), None),
+                    _progress,
+                )
+                store(name, rows)
+                _progress(f"seed {seed}: filter {animal} done, {time.perf_counter() - t0:.0f}s")
         report = write_reports(
             out, [r for k in sorted(stored) for r in stored[k]], animals, settings
         )
