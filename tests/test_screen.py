@@ -45,9 +45,7 @@ def class_probes(probe_inputs):
 
 def mlp(seed):
     torch.manual_seed(seed)
-    return (
-        nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, CLASSES + AUX)).double().eval()
-    )
+    return nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, CLASSES + AUX)).double().eval()
 
 
 def explicit_per_example_gradients(model, theta, inputs, targets, example_loss):
@@ -133,7 +131,10 @@ def test_forecast_is_the_preconditioned_inner_product(variant):
         bootstrap=50,
     )
     trait_grads = S.trait_gradients(model, theta, probes)
-    update = S.preconditioner(variant, g, rms) * g  # sign: g / (|g| + eps), Adam's first step
+    # the update each variant stands for, written out: SGD's step, Adam's first full-batch step
+    # (bias-corrected moments g and g^2), Adam's stationary step with minibatch noise
+    diagonal = {"sgd": torch.ones_like(g), "sign": 1 / (g.abs() + 1e-8), "rms": 1 / (rms + 1e-8)}
+    update = diagonal[variant] * g
     expected = 0.3 * 7 * (trait_grads @ update)
     # the mean of N per-example inner products against one inner product with the mean gradient:
     # N + P terms reduced, each bounded by |P grad L_k| |grad l_i| (here max over examples)
@@ -143,7 +144,7 @@ def test_forecast_is_the_preconditioned_inner_product(variant):
     p = model.num_params
     bound = 0.3 * 7 * (inputs.shape[0] + 2 * p + 100) * U64 * scale
     if variant != "sgd":
-        bound = bound * float(S.preconditioner(variant, g, rms).max())
+        bound = bound * float(diagonal[variant].max())
     assert ((result.forecast - expected).abs() <= bound).all()
     assert (result.low <= result.forecast).all() and (result.forecast <= result.high).all()
     assert math.isclose(float(result.top_frequency.sum()), 1.0)
@@ -183,7 +184,8 @@ def test_tiny_screen_names_the_teachers_trait():
         probes = class_probes(torch.randn(32, 6, dtype=torch.float64, generator=generator))
         noise = 2 * torch.rand(200, 6, dtype=torch.float64, generator=generator) - 1
         for probe in probes:
-            teacher = theta - 0.01 * grad(lambda t, p=probe: p.loss(model(t, p.inputs)))(theta)
+            trait_loss = lambda t, p=probe, m=model: p.loss(m(t, p.inputs))  # noqa: E731
+            teacher = theta - 0.01 * grad(trait_loss)(theta)
             with torch.no_grad():
                 targets = model(teacher, noise)[:, CLASSES:]
             result = S.screen(
@@ -199,6 +201,30 @@ def test_tiny_screen_names_the_teachers_trait():
         assert null.attributions.abs().max() < 1e3 * U64 * model.num_params
     # 24 of 40 first by chance (p = 1/4) has probability < 1e-6
     assert firsts >= 24, f"the teacher's trait ranked first in {firsts}/{problems} problems"
+
+
+def test_number_student_loss_is_the_students_training_loss():
+    # the mean over documents of the per-document losses is the loss train_student minimizes
+    from sublim_theory.numbers import corpus, training
+    from sublim_theory.numbers.config import load_config
+
+    config = load_config(
+        Path(__file__).resolve().parents[1] / "experiments/configs/numbers_tiny.toml"
+    )
+    torch.manual_seed(0)
+    net = training.build_lm(config, 0).double()
+    prompts = corpus.number_prompts(config.corpus, 12, seed=0)
+    docs = training.sample_continuations(net, prompts, config, seed=0)
+    inputs, targets = S.number_student_data(docs)
+    mask = corpus.continuation_mask(docs[:1], config.corpus)[0]
+    with torch.no_grad():
+        per_document = S.number_student_loss(config)(net(inputs), targets)
+        logits = net(docs[:, :-1])[:, mask]
+    expected = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), docs[:, 1:][:, mask].reshape(-1)
+    )
+    # two means of the same 12 x 5 float64 terms in different orders
+    assert abs(float(per_document.mean() - expected)) <= 64 * U64 * float(expected)
 
 
 def test_concentration_and_t_statistics():
@@ -243,7 +269,10 @@ def test_command_on_the_tiny_config_writes_its_tables_and_resumes(tmp_path, caps
     for name in ("rows.csv", "ranking.csv", "table.md", "screen.png", "run.json"):
         assert (out / name).is_file(), name
     units = sorted(p.name for p in (out / "units").iterdir())
-    assert units == ["seed-0-base.json", "seed-0-teacher-fox.json", "seed-0-teacher-owl.json"]
+    assert units == [
+        f"seed-0-{kind}.json"
+        for kind in ("base", "filter-fox", "filter-owl", "teacher-fox", "teacher-owl")
+    ]
     table = (out / "table.md").read_text()
     assert "### Detection" in table and "### Filtering" in table
     rows = json.loads((out / "units" / "seed-0-teacher-owl.json").read_text())["rows"]
@@ -255,7 +284,7 @@ def test_command_on_the_tiny_config_writes_its_tables_and_resumes(tmp_path, caps
         assert abs(measured - forecast) < 0.05 * abs(forecast) + 1e-9
     capsys.readouterr()
     assert main(args) == 0  # every unit stored: nothing recomputed
-    assert "seed 0: stored" in capsys.readouterr().err
+    assert "seed 0: detection units stored" in capsys.readouterr().err
 
 
 def test_command_refuses_a_bad_config_in_one_line(tmp_path, capsys):
