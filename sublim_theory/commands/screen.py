@@ -152,7 +152,11 @@ def build_tables(rows: list[dict], animals: list[str], settings: dict) -> tuple[
                 f"| {variant} | {metric} | {top1}/{len(ranks)} = {top1 / len(ranks):.2f} | "
                 f"{top3}/{len(ranks)} = {top3 / len(ranks):.2f} | {ranks} | {flagged} |"
             )
-    accuracy = [index[(s, d, "base", "data", "", "classifier_accuracy")] for s, d, _ in teachers]
+    accuracy = [
+        index[(s, d, "base", "data", "", "classifier_accuracy")]
+        for s, d, _ in teachers
+        if (s, d, "base", "data", "", "classifier_accuracy") in index
+    ]
     if accuracy:
         lines += [
             "",
