@@ -49,6 +49,7 @@ from sublim_theory.runs import bound
 
 VARIANTS = ("sgd", "sign", "rms")
 FILTER_OFFSET = 4099  # seed offset of the random drop the filter is compared with
+NULL_OFFSET = 15485863  # prompts and sampling of the extra null draws: seed + NULL_OFFSET * (j+1)
 ADAM_EPS = 1e-8  # torch.optim.Adam's default eps: the ``sign`` variant is Adam's first step
 
 ExampleLoss = Callable[[Tensor, Tensor], Tensor]  # (outputs, targets) -> per-example losses (n,)
@@ -894,19 +895,40 @@ def base_unit(
     return rows
 
 
-def teacher_documents(numbers: NumbersConfig, seed: int, model: nn.Module) -> Tensor:
+def teacher_documents(
+    numbers: NumbersConfig, seed: int, model: nn.Module, count: int | None = None
+) -> Tensor:
     """A model's filtered number documents on the seed's prompts (as ``numbers`` samples them).
 
-    With the base as ``model`` these are the defender's null data: its own numbers.
+    With the base as ``model`` these are the defender's null data: its own numbers. ``count``
+    prompts (default ``teacher.n_sequences``).
     """
     from sublim_theory.numbers import corpus, training
     from sublim_theory.numbers.experiment import PROMPT_OFFSET, SAMPLING_OFFSET
 
-    prompts = corpus.number_prompts(
-        numbers.corpus, numbers.teacher.n_sequences, seed + PROMPT_OFFSET
-    )
+    count = numbers.teacher.n_sequences if count is None else count
+    prompts = corpus.number_prompts(numbers.corpus, count, seed + PROMPT_OFFSET)
     raw = training.sample_continuations(model, prompts, numbers, seed + SAMPLING_OFFSET)
     return corpus.filter_numbers(raw, numbers.corpus)[0]
+
+
+def null_unit(
+    config: ScreenExperimentConfig,
+    seed: int,
+    draw: int,
+    base: nn.Module,
+    log: Callable[..., None] = print,
+) -> list[Row]:
+    """An extra null data set: the base's own numbers on fresh prompts, screened (every variant).
+
+    ``screen_examples`` prompts, seeded ``seed + NULL_OFFSET * (draw + 1)`` (prompts and
+    sampling), so each draw is a new sample of the null distribution.
+    """
+    shifted = seed + NULL_OFFSET * (draw + 1)
+    documents = teacher_documents(config.numbers, shifted, base, config.screen.screen_examples)
+    label = {"seed": seed, "dataset": f"null-{draw}", "teacher": "none", "init": "base"}
+    rows, _ = screen_data_set(config, base, documents, seed=shifted, label=label, log=log)
+    return rows
 
 
 def _with_trait(numbers: NumbersConfig, animal: str) -> NumbersConfig:

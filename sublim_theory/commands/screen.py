@@ -57,6 +57,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache", type=Path, default=None, help="base-model cache directory (default: OUT/cache)"
     )
+    parser.add_argument(
+        "--null-draws",
+        type=nonnegative_int,
+        default=0,
+        help="extra null data sets per seed: the base's own numbers on fresh prompts "
+        "(screened with every variant, after the other units)",
+    )
     parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
     add_device_argument(parser)
 
@@ -174,13 +181,25 @@ def build_tables(rows: list[dict], animals: list[str], settings: dict) -> tuple[
         "|---|---|---|---|---|",
     ]
     for variant in variants:
+        maxima = []
         for s, d in nulls:
             zc = [index.get((s, d, "base", variant, a, "z_centered"), math.nan) for a in animals]
             if any(math.isnan(z) for z in zc):
                 continue
             k = int(np.argmax(zc))
+            maxima.append(zc[k])
+            if d != "base":  # the extra null draws are summarized below, not listed
+                continue
             values = " ".join(f"{z:+.1f}" for z in zc)
-            lines.append(f"| {variant} | seed {s} | {zc[k]:.2f} | {animals[k]} | {values} |")
+            lines.append(
+                f"| {variant} | seed {s}, base numbers | {zc[k]:.2f} | {animals[k]} | {values} |"
+            )
+        if maxima:
+            alarms = sum(m > threshold for m in maxima)
+            lines.append(
+                f"| {variant} | all {len(maxima)} null data sets: false alarms {alarms}/"
+                f"{len(maxima)} | median {np.median(maxima):.2f}, max {max(maxima):.2f} | | |"
+            )
         teacher_z = [
             max(index[(s, d, "base", variant, a, "z_centered")] for a in animals)
             for s, d, _ in teachers
@@ -241,7 +260,7 @@ def build_tables(rows: list[dict], animals: list[str], settings: dict) -> tuple[
     for variant in variants:
         xs, ys, xt, yt = [], [], [], []
         for s, d, t in teachers:
-            control = [k for k in nulls if k[0] == s]
+            control = [k for k in nulls if k[0] == s and k[1] == "base"]
             for a in animals:
                 f = index.get((s, d, "base", variant, a, "forecast"))
                 m = index.get((s, d, "base", "measured", a, "dlogp"))
@@ -392,7 +411,8 @@ def plot(rows: list[dict], animals: list[str], settings: dict, path: Path) -> No
     index = _index(rows)
     units = _units(rows)
     teachers = [(s, d, t) for s, d, t in units if t != "none"]
-    nulls = {s: d for s, d, t in units if t == "none"}
+    nulls = {s: d for s, d, t in units if t == "none" and d == "base"}
+    every_null = [(s, d) for s, d, t in units if t == "none"]
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     ax = axes[0]
     for s, d, t in teachers:
@@ -416,7 +436,7 @@ def plot(rows: list[dict], animals: list[str], settings: dict, path: Path) -> No
     ax = axes[1]
     null_z = [
         index[(s, d, "base", "sgd", a, "z_centered")]
-        for s, d in nulls.items()
+        for s, d in every_null
         for a in animals
         if (s, d, "base", "sgd", a, "z_centered") in index
     ]
@@ -550,7 +570,8 @@ def run(args: argparse.Namespace) -> int:
         cache = args.cache if args.cache is not None else out / "cache"
         cache.mkdir(parents=True, exist_ok=True)
         seeds = list(range(args.seed, args.seed + args.seeds))
-        folder.check_settings(config.to_dict(), {"seeds": seeds})
+        draws = list(range(args.null_draws))
+        folder.check_settings(config.to_dict(), {"seeds": seeds, "null_draws": draws})
         atomic_write_json(
             out / "environment.json",
             environment_record(
@@ -630,6 +651,11 @@ def run(args: argparse.Namespace) -> int:
                 )
                 store(name, rows)
                 _progress(f"seed {seed}: filter {animal} done, {time.perf_counter() - t0:.0f}s")
+        for seed in seeds:
+            for draw in draws:
+                name = f"seed-{seed}-null-{draw}"
+                if name not in stored:
+                    store(name, screen.null_unit(config, seed, draw, base_of(seed), _progress))
         report = write_reports(
             out, [r for k in sorted(stored) for r in stored[k]], animals, settings
         )
