@@ -806,13 +806,17 @@ def filter_unit(
     base: nn.Module,
     documents: Tensor | None = None,
     log: Callable[..., None] = print,
+    runner_up: bool = False,
 ) -> list[Row]:
     """The filter defense for one teacher's numbers: drop the top q by attribution, or random q.
 
     The ``filter_variant`` attributions toward the flagged trait (the forecast's first) are
     computed on every document; for each q in ``drop_fractions`` a student is trained on the
     rest, and on the rest after dropping a random q. ``documents`` (the teacher's numbers) are
-    recomputed when not given.
+    recomputed when not given. With ``runner_up`` (the specificity control) the documents are
+    ranked by their attribution toward the forecast's *second* trait instead, and no random
+    drop is trained (the filter unit has it): if that lowers the teacher's trait as much, the
+    filter is not specific to the flagged trait.
     """
     from sublim_theory.numbers import training
     from sublim_theory.numbers.experiment import STUDENT_OFFSET
@@ -840,14 +844,18 @@ def filter_unit(
         variants=(settings.filter_variant,),
         log=log,
     )
-    rows += screened
+    if not runner_up:  # the control's screen repeats the filter unit's rows exactly
+        rows += screened
     # the filter: drop the documents pushing hardest toward the flagged trait, or a random share
     flagged_result = results[settings.filter_variant]
-    flagged = flagged_result.ranking[0]
+    flagged = flagged_result.ranking[1 if runner_up else 0]
     attributions = flagged_result.attributions[:, names.index(flagged)]
-    put("filter", "flagged_is_teacher", float(flagged == animal), flagged)
-    for q, share in concentration(attributions, settings.drop_fractions).items():
-        put("filter", f"concentration_{q:g}", share, flagged)
+    if runner_up:
+        put("filter", "runner_up_is_teacher", float(flagged == animal), flagged)
+    else:
+        put("filter", "flagged_is_teacher", float(flagged == animal), flagged)
+        for q, share in concentration(attributions, settings.drop_fractions).items():
+            put("filter", f"concentration_{q:g}", share, flagged)
     order = torch.argsort(attributions, descending=True, stable=True)
     generator = torch.Generator().manual_seed(seed + FILTER_OFFSET)
     shuffled = torch.randperm(documents.shape[0], generator=generator)
@@ -855,7 +863,8 @@ def filter_unit(
     base_logp = _log_probabilities(base, numbers)
     for q in settings.drop_fractions:
         drop = round(q * documents.shape[0])
-        for kind, kept in (("top", order[drop:]), ("random", shuffled[drop:])):
+        kinds = [("runner_up", order[drop:])] if runner_up else [("top", order[drop:])]
+        for kind, kept in kinds + ([] if runner_up else [("random", shuffled[drop:])]):
             run = training.train_student(
                 base, documents[kept.sort().values], numbers, seed + STUDENT_OFFSET
             )

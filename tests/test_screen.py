@@ -265,14 +265,17 @@ def test_command_on_the_tiny_config_writes_its_tables_and_resumes(tmp_path, caps
     text = TINY.read_text().replace("drop_fractions = [0.1, 0.5]", "drop_fractions = [0.5]")
     config.write_text(text + "cross_init = false\n")
     args = ["screen", "--config", str(config), "--out", str(out), "--threads", "1"]
-    args += ["--null-draws", "1"]
+    args += ["--null-draws", "1", "--runner-up-drops"]
     assert main(args) == 0
     for name in ("rows.csv", "ranking.csv", "table.md", "screen.png", "run.json"):
         assert (out / name).is_file(), name
     units = sorted(p.name for p in (out / "units").iterdir())
     assert units == [
         f"seed-0-{kind}.json"
-        for kind in ("base", "filter-fox", "filter-owl", "null-0", "teacher-fox", "teacher-owl")
+        for kind in (
+            *("base", "control-fox", "control-owl", "filter-fox", "filter-owl"),
+            *("null-0", "teacher-fox", "teacher-owl"),
+        )
     ]
     table = (out / "table.md").read_text()
     assert "### Detection" in table and "### Filtering" in table

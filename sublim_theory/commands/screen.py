@@ -64,6 +64,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="extra null data sets per seed: the base's own numbers on fresh prompts "
         "(screened with every variant, after the other units)",
     )
+    parser.add_argument(
+        "--runner-up-drops",
+        action="store_true",
+        help="the filter's specificity control: also drop the top q toward the forecast's "
+        "second trait and train on the rest (after the other units)",
+    )
     parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
     add_device_argument(parser)
 
@@ -299,8 +305,9 @@ def build_tables(rows: list[dict], animals: list[str], settings: dict) -> tuple[
             )[:2]
         ),
         "",
-        "| q | drop top q | drop random q | top - random | share of the attribution in the top q | n |",
-        "|---|---|---|---|---|---|",
+        "| q | drop top q | drop random q | top - random | drop top q toward the runner-up "
+        "trait | share of the attribution in the top q | n |",
+        "|---|---|---|---|---|---|---|",
     ]
     for q in fractions:
         top = [index.get((s, d, "base", "filter", t, f"dlogp_top_{q:g}")) for s, d, t in teachers]
@@ -308,6 +315,9 @@ def build_tables(rows: list[dict], animals: list[str], settings: dict) -> tuple[
             index.get((s, d, "base", "filter", t, f"dlogp_random_{q:g}")) for s, d, t in teachers
         ]
         pairs = [(a, b) for a, b in zip(top, rnd) if a is not None and b is not None]
+        runner = [
+            index.get((s, d, "base", "filter", t, f"dlogp_runner_up_{q:g}")) for s, d, t in teachers
+        ]
         shares = [
             index[(s, d, "base", "filter", flagged_of[(s, d)], f"concentration_{q:g}")]
             for s, d, _ in teachers
@@ -319,6 +329,8 @@ def build_tables(rows: list[dict], animals: list[str], settings: dict) -> tuple[
             f"| {q:g} | {_fmt(*mean_interval(a for a, _ in pairs)[:2])} | "
             f"{_fmt(*mean_interval(b for _, b in pairs)[:2])} | "
             f"{_fmt(*mean_interval(a - b for a, b in pairs)[:2])} | "
+            f"{_fmt(*mean_interval(v for v in runner if v is not None)[:2])} "
+            f"(n={sum(v is not None for v in runner)}) | "
             f"{_fmt(*mean_interval(shares)[:2])} | {len(pairs)} |"
         )
     hits = [
@@ -571,7 +583,10 @@ def run(args: argparse.Namespace) -> int:
         cache.mkdir(parents=True, exist_ok=True)
         seeds = list(range(args.seed, args.seed + args.seeds))
         draws = list(range(args.null_draws))
-        folder.check_settings(config.to_dict(), {"seeds": seeds, "null_draws": draws})
+        controls = ["runner_up"] if args.runner_up_drops else []
+        folder.check_settings(
+            config.to_dict(), {"seeds": seeds, "null_draws": draws, "controls": controls}
+        )
         atomic_write_json(
             out / "environment.json",
             environment_record(
@@ -656,6 +671,16 @@ def run(args: argparse.Namespace) -> int:
                 name = f"seed-{seed}-null-{draw}"
                 if name not in stored:
                     store(name, screen.null_unit(config, seed, draw, base_of(seed), _progress))
+        for seed in seeds if controls else []:
+            if seed not in config.screen.filter_seeds:
+                continue
+            for animal in config.screen.teachers:
+                name = f"seed-{seed}-control-{animal}"
+                if name not in stored:
+                    rows = screen.filter_unit(
+                        config, seed, animal, base_of(seed), None, _progress, runner_up=True
+                    )
+                    store(name, rows)
         report = write_reports(
             out, [r for k in sorted(stored) for r in stored[k]], animals, settings
         )
