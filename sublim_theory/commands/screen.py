@@ -477,7 +477,7 @@ def plot(rows: list[dict], animals: list[str], settings: dict, path: Path) -> No
     ax.legend(fontsize=7)
     ax = axes[2]
     fractions = list(settings["drop_fractions"])
-    for kind, color in (("top", "C3"), ("random", "0.5")):
+    for kind, color in (("top", "C3"), ("random", "0.5"), ("runner_up", "C0")):
         means, halves = [], []
         for q in fractions:
             values = [
@@ -487,13 +487,16 @@ def plot(rows: list[dict], animals: list[str], settings: dict, path: Path) -> No
             mean, half, _ = mean_interval(v for v in values if v is not None)
             means.append(mean)
             halves.append(half)
+        if all(math.isnan(m) for m in means):
+            continue
         ax.errorbar(
             fractions,
             means,
             yerr=halves,
             marker="o",
             color=color,
-            label=f"drop {kind} q",
+            label=f"drop {kind.replace('_', '-')} q"
+            + (" (toward #2)" if kind == "runner_up" else ""),
             capsize=3,
         )
     full = [index.get((s, d, "base", "measured", t, "dlogp")) for s, d, t in teachers]
