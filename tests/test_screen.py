@@ -289,7 +289,9 @@ def test_command_on_the_tiny_config_writes_its_tables_and_resumes(tmp_path, caps
         forecast, measured = sgd_step[(animal, "forecast")], sgd_step[(animal, "measured")]
         assert abs(measured - forecast) < 0.05 * abs(forecast) + 1e-9
     capsys.readouterr()
-    assert main(args) == 0  # every unit stored: nothing recomputed
+    written = {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()}
+    assert main(args) == 0  # every unit stored: nothing recomputed, no unit rewritten
+    assert written == {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()}
     assert "seed 0: detection units stored" in capsys.readouterr().err
 
 
@@ -299,3 +301,28 @@ def test_command_refuses_a_bad_config_in_one_line(tmp_path, capsys):
     assert main(["screen", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "teachers" in err
+
+
+def test_command_boundaries_are_one_line_errors(tmp_path, capsys):
+    from sublim_theory.runs import OutputFolder
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out = ["--out", str(tmp_path / "o")]
+    cases = [
+        ["--out", str(blocker / "sub")],  # a part of the path is a file
+        [*out, "--cache", str(blocker)],  # the cache is a file
+    ]
+    if not torch.cuda.is_available():
+        cases.append([*out, "--device", "cuda"])
+    for extra in cases:
+        assert main(["screen", "--config", str(TINY), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "error" in err, err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: more threads than CPUs
+        main(["screen", *out, "--threads", "100000"])
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    with OutputFolder(tmp_path / "busy", "screen"):  # another run holds the folder
+        assert main(["screen", "--config", str(TINY), "--out", str(tmp_path / "busy")]) == 2
+    assert "in use" in capsys.readouterr().err
