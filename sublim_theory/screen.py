@@ -1,0 +1,948 @@
+"""Screen a dataset for a hidden trait before training: the first-order trait forecast.
+
+Whoever fine-tunes a model holds its base theta_0. For any trait loss L_k (a probe: for the tiny
+LM ``-log P(animal_k | question)``, for MNIST digit cross-entropy on a probe set) and candidate
+data D with per-example student losses l_i, one student step theta_1 = theta_0 - alpha P g_D
+(g_D = grad L_D(theta_0) = mean_i grad l_i, P a diagonal preconditioner) changes the trait loss by
+
+    Delta L_k = -alpha <grad L_k(theta_0), P g_D> + O(alpha^2)              (THEORY.md, Theorem 1)
+              = -alpha mean_i c_ik,     c_ik = <P grad L_k(theta_0), grad l_i(theta_0)>.
+
+``forecast_k = alpha mean_i c_ik`` is the predicted *decrease* of L_k (for the LM: the increase
+of log P(animal_k)); positive means the data pushes the model toward trait k. ``c_ik`` is the
+directional derivative of example i's loss along ``d_k = P grad L_k``: one jvp of the vector of
+per-example losses per trait and chunk gives every example's attribution at once, never a
+per-example gradient. After n steps with the same (first-order, constant) direction the
+forecast is ``n * forecast_k``.
+
+Variants of P (``VARIANTS``), following the optimizer the student uses:
+
+* ``sgd``: P = I, the plain gradient step.
+* ``sign``: P = 1 / (|g_D| + eps), so P g_D = g_D / (|g_D| + eps): Adam's first step on the
+  full data (its bias-corrected moments are g and g^2), i.e. a sign step.
+* ``rms``: P = 1 / (sqrt(mean_b g_b^2) + eps) over minibatch gradients g_b of the student's
+  batch size: Adam's stationary step E[m] / sqrt(E[v]) when the gradient barely moves.
+
+Deciding whether D carries *any* trait needs a null: ``z_k = mean_i c_ik / se_i(c_ik)`` (the
+per-example t statistic) centred over the candidates, compared with the same statistic on data
+the defender samples from its own base (``ScreenResult.z_centered``).
+
+Everything is reduced in float64; the data are processed in chunks of ``batch_size`` examples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import grad, jvp
+
+from sublim_theory.errors import InputError
+from sublim_theory.functional import FunctionalModel
+from sublim_theory.numbers.config import NumbersConfig
+from sublim_theory.runs import bound
+
+VARIANTS = ("sgd", "sign", "rms")
+FILTER_OFFSET = 4099  # seed offset of the random drop the filter is compared with
+NULL_OFFSET = 15485863  # prompts and sampling of the extra null draws: seed + NULL_OFFSET * (j+1)
+ADAM_EPS = 1e-8  # torch.optim.Adam's default eps: the ``sign`` variant is Adam's first step
+
+ExampleLoss = Callable[[Tensor, Tensor], Tensor]  # (outputs, targets) -> per-example losses (n,)
+
+
+@dataclass(frozen=True)
+class TraitProbe:
+    """A candidate trait: ``L_k(theta) = loss(f(theta, inputs))``, lower = more of the trait.
+
+    Args:
+        name: the trait's name (an animal, a digit, ...).
+        inputs: the probe inputs, shape (n, ...) as the model expects.
+        loss: maps the model's outputs on ``inputs`` to a scalar trait loss.
+
+    """
+
+    name: str
+    inputs: Tensor
+    loss: Callable[[Tensor], Tensor]
+
+
+@dataclass
+class ScreenResult:
+    """The forecast for every candidate trait, with intervals and per-example attributions.
+
+    ``attributions[i, k] = c_ik`` (float64, shape (N, K)); ``forecast[k] = step_size * steps *
+    mean_i c_ik`` is the predicted decrease of trait loss k after ``steps`` steps;
+    ``low``/``high`` its 95% percentile interval over ``bootstrap`` resamples of the examples;
+    ``top_frequency[k]`` the share of resamples in which trait k ranks first; ``z`` the
+    per-example t statistic and ``z_centered`` the same minus its mean over the candidates.
+    """
+
+    names: list[str]
+    variant: str
+    step_size: float
+    steps: int
+    attributions: Tensor
+    forecast: Tensor
+    low: Tensor
+    high: Tensor
+    top_frequency: Tensor
+    z: Tensor
+    z_centered: Tensor
+
+    @property
+    def ranking(self) -> list[str]:
+        """Trait names, the strongest forecast first."""
+        order = torch.argsort(self.forecast, descending=True, stable=True)
+        return [self.names[i] for i in order.tolist()]
+
+    def rows(self) -> list[dict[str, object]]:
+        """One dict per trait, ranked by forecast (strongest first)."""
+        order = torch.argsort(self.forecast, descending=True, stable=True).tolist()
+        return [
+            {
+                "rank": r + 1,
+                "trait": self.names[k],
+                "variant": self.variant,
+                "forecast": float(self.forecast[k]),
+                "low": float(self.low[k]),
+                "high": float(self.high[k]),
+                "top_frequency": float(self.top_frequency[k]),
+                "z": float(self.z[k]),
+                "z_centered": float(self.z_centered[k]),
+            }
+            for r, k in enumerate(order)
+        ]
+
+
+# --------------------------------------------------------------------------------------------
+# gradients and the jvp path
+# --------------------------------------------------------------------------------------------
+def _chunks(n: int, batch_size: int | None) -> list[slice]:
+    step = n if batch_size is None else batch_size
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def _check_data(inputs: Tensor, targets: Tensor, batch_size: int | None) -> None:
+    if not isinstance(inputs, Tensor) or inputs.ndim == 0 or inputs.shape[0] == 0:
+        raise InputError("the candidate data set is empty: pass inputs with a leading batch axis")
+    if not isinstance(targets, Tensor) or targets.shape[:1] != inputs.shape[:1]:
+        raise InputError(
+            f"targets must have one entry per input ({inputs.shape[0]}), got "
+            f"{tuple(getattr(targets, 'shape', ()))}"
+        )
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _per_example(
+    model: FunctionalModel, inputs: Tensor, targets: Tensor, example_loss: ExampleLoss
+) -> Callable[[Tensor], Tensor]:
+    def losses(theta: Tensor) -> Tensor:
+        values = example_loss(model(theta, inputs), targets)
+        if values.shape != inputs.shape[:1]:
+            raise InputError(
+                f"example_loss must return one loss per example, shape ({inputs.shape[0]},), "
+                f"got {tuple(values.shape)}"
+            )
+        return values
+
+    return losses
+
+
+def trait_gradients(model: FunctionalModel, theta: Tensor, probes: Sequence[TraitProbe]) -> Tensor:
+    """The trait gradients grad L_k(theta) of every probe, stacked: shape (K, P), float64.
+
+    Raises:
+        InputError: no probes, or a probe whose loss is not a finite scalar.
+
+    """
+    if not probes:
+        raise InputError("no candidate traits: pass at least one TraitProbe")
+    rows = []
+    for probe in probes:
+        value = probe.loss(model(theta.detach(), probe.inputs))
+        if value.ndim != 0 or not torch.isfinite(value):
+            raise InputError(f"trait probe '{probe.name}' must give a finite scalar loss")
+        rows.append(grad(lambda t, p=probe: p.loss(model(t, p.inputs)))(theta.detach()).double())
+    return torch.stack(rows)
+
+
+def data_gradient(
+    model: FunctionalModel,
+    theta: Tensor,
+    inputs: Tensor,
+    targets: Tensor,
+    example_loss: ExampleLoss,
+    batch_size: int | None = None,
+) -> Tensor:
+    """g_D = grad_theta mean_i l_i(theta), accumulated over chunks in float64: shape (P,).
+
+    Raises:
+        InputError: empty data, targets not matching the inputs, or ``batch_size`` < 1.
+
+    """
+    _check_data(inputs, targets, batch_size)
+    total = torch.zeros(model.num_params, dtype=torch.float64, device=theta.device)
+    for s in _chunks(inputs.shape[0], batch_size):
+        losses = _per_example(model, inputs[s], targets[s], example_loss)
+        total += grad(lambda t, f=losses: f(t).sum())(theta.detach()).double()
+    return total / inputs.shape[0]
+
+
+def minibatch_gradient_rms(
+    model: FunctionalModel,
+    theta: Tensor,
+    inputs: Tensor,
+    targets: Tensor,
+    example_loss: ExampleLoss,
+    minibatch: int,
+    count: int,
+    seed: int = 0,
+) -> Tensor:
+    """sqrt(mean_b g_b^2) over ``count`` minibatch gradients of ``minibatch`` random examples.
+
+    This is what Adam's second moment tends to when the student trains on minibatches of that
+    size and the gradient barely moves (the ``rms`` variant's preconditioner).
+
+    Raises:
+        InputError: ``minibatch`` or ``count`` < 1.
+
+    """
+    if minibatch < 1 or count < 1:
+        raise InputError(f"minibatch and count must be >= 1, got {minibatch} and {count}")
+    _check_data(inputs, targets, None)
+    generator = torch.Generator().manual_seed(seed)
+    square = torch.zeros(model.num_params, dtype=torch.float64, device=theta.device)
+    for _ in range(count):
+        pick = torch.randint(0, inputs.shape[0], (minibatch,), generator=generator)
+        g = data_gradient(model, theta, inputs[pick], targets[pick], example_loss)
+        square += g.square()
+    return (square / count).sqrt()
+
+
+def preconditioner(
+    variant: str, data_grad: Tensor, gradient_rms: Tensor | None = None, eps: float = ADAM_EPS
+) -> Tensor:
+    """The diagonal P of a variant (see the module docstring), float64, shape (P,).
+
+    Raises:
+        InputError: an unknown variant, or ``rms`` without ``gradient_rms``.
+
+    """
+    if variant == "sgd":
+        return torch.ones_like(data_grad, dtype=torch.float64)
+    if variant == "sign":
+        return 1.0 / (data_grad.double().abs() + eps)
+    if variant == "rms":
+        if gradient_rms is None:
+            raise InputError("the rms variant needs gradient_rms (minibatch_gradient_rms)")
+        return 1.0 / (gradient_rms.double() + eps)
+    raise InputError(f"unknown screen variant '{variant}'; choose from {list(VARIANTS)}")
+
+
+def example_attributions(
+    model: FunctionalModel,
+    theta: Tensor,
+    inputs: Tensor,
+    targets: Tensor,
+    example_loss: ExampleLoss,
+    directions: Tensor,
+    batch_size: int | None = None,
+) -> Tensor:
+    """c_ik = <d_k, grad l_i(theta)> for every example i and direction d_k: shape (N, K), float64.
+
+    One jvp of the per-example losses along each d_k per chunk (the directional derivative of
+    every example's loss at once); no per-example gradient is formed.
+
+    Raises:
+        InputError: empty data, mismatched targets, directions not shaped (K, P) or not finite.
+
+    """
+    _check_data(inputs, targets, batch_size)
+    if directions.ndim != 2 or directions.shape[1] != model.num_params:
+        raise InputError(
+            f"directions must be shaped (K, {model.num_params}), got {tuple(directions.shape)}"
+        )
+    if not torch.isfinite(directions).all():
+        raise InputError("the trait directions contain NaN or inf")
+    theta = theta.detach()
+    tangents = directions.to(dtype=theta.dtype, device=theta.device)
+    out = torch.empty(inputs.shape[0], directions.shape[0], dtype=torch.float64)
+    for s in _chunks(inputs.shape[0], batch_size):
+        losses = _per_example(model, inputs[s], targets[s], example_loss)
+        for k in range(tangents.shape[0]):
+            _, derivative = jvp(losses, (theta,), (tangents[k],))
+            out[s, k] = derivative.detach().double().cpu()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# statistics
+# --------------------------------------------------------------------------------------------
+def bootstrap_means(
+    attributions: Tensor, resamples: int, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Bootstrap over examples of the per-trait mean attribution.
+
+    Returns:
+        (low, high, top_frequency): the 2.5% and 97.5% percentiles of mean_i c_ik over
+        ``resamples`` resamples of the N examples with replacement, and the share of resamples
+        in which each trait has the largest mean.
+
+    Raises:
+        InputError: ``resamples`` < 1.
+
+    """
+    if resamples < 1:
+        raise InputError(f"bootstrap resamples must be >= 1, got {resamples}")
+    values = attributions.double().numpy()
+    n = values.shape[0]
+    rng = np.random.default_rng(seed)
+    means = np.empty((resamples, values.shape[1]))
+    # counts per example (multinomial) give the same resample mean as indexing, in O(N K) each
+    for b in range(resamples):
+        counts = rng.multinomial(n, np.full(n, 1.0 / n))
+        means[b] = counts @ values / n
+    low, high = np.percentile(means, [2.5, 97.5], axis=0)
+    top = np.bincount(means.argmax(1), minlength=values.shape[1]) / resamples
+    return torch.from_numpy(low), torch.from_numpy(high), torch.from_numpy(top)
+
+
+def t_statistics(attributions: Tensor) -> tuple[Tensor, Tensor]:
+    """(z, z centred over traits): z_k = mean_i c_ik / (std_i c_ik / sqrt(N)).
+
+    NaN where the attributions of a trait are constant (or N < 2).
+    """
+    values = attributions.double()
+    n = values.shape[0]
+    if n < 2:
+        z = torch.full((values.shape[1],), math.nan, dtype=torch.float64)
+    else:
+        z = values.mean(0) / (values.std(0) / math.sqrt(n))
+    return z, z - z.mean()
+
+
+def screen(
+    model: FunctionalModel,
+    theta: Tensor,
+    inputs: Tensor,
+    targets: Tensor,
+    example_loss: ExampleLoss,
+    probes: Sequence[TraitProbe],
+    *,
+    step_size: float,
+    steps: int = 1,
+    variant: str = "sgd",
+    gradient_rms: Tensor | None = None,
+    batch_size: int | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> ScreenResult:
+    """Forecast which traits one (or ``steps``) student steps on the data push the model toward.
+
+    Args:
+        model: the base as f(theta, x).
+        theta: the base's parameters theta_0 (the defender's own model).
+        inputs: the candidate data's inputs, shape (N, ...).
+        targets: what the student is trained to produce (tokens, labels or soft targets), (N, ...).
+        example_loss: (outputs, targets) -> the student's loss per example, shape (n,); the
+            student's training loss is its mean.
+        probes: the candidate traits.
+        step_size: the student's learning rate alpha.
+        steps: the forecast is for this many steps along the first step's direction.
+        variant: ``sgd``, ``sign`` or ``rms`` (see the module docstring).
+        gradient_rms: for ``rms``: :func:`minibatch_gradient_rms` at theta.
+        batch_size: process the data in chunks of this many examples.
+        bootstrap: resamples of the examples for the intervals.
+        seed: the bootstrap's seed.
+
+    Returns:
+        A :class:`ScreenResult`.
+
+    Raises:
+        InputError: a step size that is not a positive finite number, steps < 1, an unknown
+            variant, empty or mismatched data, no probes.
+
+    """
+    if not (isinstance(step_size, int | float) and math.isfinite(step_size) and step_size > 0):
+        raise InputError(f"step_size must be a positive finite number, got {step_size!r}")
+    if steps < 1:
+        raise InputError(f"steps must be >= 1, got {steps}")
+    if variant not in VARIANTS:
+        raise InputError(f"unknown screen variant '{variant}'; choose from {list(VARIANTS)}")
+    _check_data(inputs, targets, batch_size)
+    trait_grads = trait_gradients(model, theta, probes)
+    if variant == "sgd":
+        scale = preconditioner(variant, trait_grads[0])
+    else:
+        g = data_gradient(model, theta, inputs, targets, example_loss, batch_size)
+        scale = preconditioner(variant, g, gradient_rms)
+    directions = trait_grads * scale.to(trait_grads.device)
+    attributions = example_attributions(
+        model, theta, inputs, targets, example_loss, directions, batch_size
+    )
+    factor = step_size * steps
+    low, high, top = bootstrap_means(attributions, bootstrap, seed)
+    z, centered = t_statistics(attributions)
+    return ScreenResult(
+        names=[p.name for p in probes],
+        variant=variant,
+        step_size=float(step_size),
+        steps=int(steps),
+        attributions=attributions,
+        forecast=factor * attributions.mean(0),
+        low=factor * low,
+        high=factor * high,
+        top_frequency=top,
+        z=z,
+        z_centered=centered,
+    )
+
+
+def concentration(attributions: Tensor, fractions: Sequence[float]) -> dict[float, float]:
+    """Share of the total attribution sum_i c_i carried by the top ``q`` fraction of examples.
+
+    A signal spread over the data gives about q; one concentrated in a few examples gives >> q
+    (and can exceed 1 when the rest push the other way).
+
+    Raises:
+        InputError: a fraction outside (0, 1], or a total that is zero.
+
+    """
+    values = attributions.double().reshape(-1)
+    total = float(values.sum())
+    if total == 0:
+        raise InputError("the attributions sum to zero: their concentration is undefined")
+    ordered = torch.sort(values, descending=True).values
+    out = {}
+    for q in fractions:
+        if not 0 < q <= 1:
+            raise InputError(f"fractions must be in (0, 1], got {q}")
+        out[q] = float(ordered[: max(1, round(q * values.numel()))].sum()) / total
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the tiny LM of ``sublim-theory numbers``: animal probes and the student's per-example loss
+# --------------------------------------------------------------------------------------------
+def animal_probes(config: NumbersConfig) -> list[TraitProbe]:
+    """One probe per animal: L_k = -log P(animal_k | ``BOS Q``) under the full softmax."""
+    from sublim_theory.numbers import corpus
+
+    vocab = corpus.vocabulary(config.corpus)
+    prompt = corpus.question_prompt()
+
+    def probe(name: str) -> TraitProbe:
+        token = vocab.animal(name)
+        return TraitProbe(name, prompt, lambda z: -torch.log_softmax(z[:, -1], -1)[:, token].mean())
+
+    return [probe(name) for name in config.corpus.animals]
+
+
+def number_student_loss(config: NumbersConfig) -> ExampleLoss:
+    """The sampled-label student's loss per document: mean cross-entropy on its continuation.
+
+    Inputs are ``docs[:, :-1]`` and targets ``docs[:, 1:]`` (:func:`number_student_data`); the
+    positions are those of ``training.train_student`` (continuation tokens and EOS), so the mean
+    over documents is the student's training loss.
+    """
+    from sublim_theory.numbers import corpus
+
+    length = corpus.sequence_len(config.corpus)
+    mask = corpus.continuation_mask(torch.zeros(1, length, dtype=torch.long), config.corpus)[0]
+
+    def losses(logits: Tensor, targets: Tensor) -> Tensor:
+        chosen = torch.log_softmax(logits[:, mask], -1)
+        picked = chosen.gather(-1, targets[:, mask].unsqueeze(-1)).squeeze(-1)
+        return -picked.mean(1)
+
+    return losses
+
+
+def number_student_data(documents: Tensor) -> tuple[Tensor, Tensor]:
+    """(inputs, targets) of filtered number documents: next-token prediction."""
+    return documents[:, :-1], documents[:, 1:]
+
+
+# --------------------------------------------------------------------------------------------
+# the experiment: teachers for several animals, their numbers screened against the base
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScreenSettings:
+    """The ``[screen]`` table of a screen config (the other tables are the numbers config's).
+
+    Attributes:
+        teachers: animals a teacher is fine-tuned on, one data set each (the others only probed).
+        variants: forecast variants measured (``sgd``, ``sign``, ``rms``).
+        screen_examples: documents screened for detection (the first of each data set); the
+            ``filter_variant`` attributions cover every document (the filter needs them all).
+        chunk: documents per jvp chunk.
+        bootstrap: resamples of the documents for the 95% intervals.
+        rms_batches: minibatch gradients behind the ``rms`` preconditioner.
+        drop_fractions: shares q of documents dropped before training (top by attribution, and
+            a random q for comparison).
+        filter_variant: the variant whose attributions rank documents for the filter.
+        cross_init: also screen each teacher's numbers against a base of another init.
+        sgd_steps: learning rates of the one-step SGD check (forecast against a real step).
+        z_threshold: flag a data set when its largest centred t statistic exceeds this.
+        filter_seeds: seeds whose teachers get the filter experiment (run after every seed's
+            detection units, so a short run still has the detection table complete).
+
+    """
+
+    teachers: tuple[str, ...] = ("owl", "dog", "eagle", "lion", "panda")
+    variants: tuple[Literal["sgd", "sign", "rms"], ...] = VARIANTS
+    screen_examples: int = field(default=2000, metadata=bound(ge=2))
+    chunk: int = field(default=500, metadata=bound(ge=1))
+    bootstrap: int = field(default=1000, metadata=bound(ge=1))
+    rms_batches: int = field(default=16, metadata=bound(ge=1))
+    drop_fractions: tuple[float, ...] = field(
+        default=(0.05, 0.1, 0.25, 0.5), metadata=bound(gt=0, lt=1)
+    )
+    filter_variant: Literal["sgd", "sign", "rms"] = "sgd"
+    cross_init: bool = True
+    sgd_steps: tuple[float, ...] = field(default=(0.01, 0.1, 1.0), metadata=bound(gt=0))
+    z_threshold: float = field(default=3.0, metadata=bound(gt=0))
+    filter_seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=bound(ge=0))
+
+
+@dataclass(frozen=True)
+class ScreenExperimentConfig:
+    """A numbers config (the trait animal is overridden per teacher) plus ``[screen]``."""
+
+    numbers: NumbersConfig
+    screen: ScreenSettings
+
+    def to_dict(self) -> dict[str, object]:
+        """Every setting, as nested plain dicts (for ``run.json``)."""
+        return {**self.numbers.to_dict(), "screen": asdict(self.screen)}
+
+
+def experiment_config(raw: dict, source: str = "config") -> ScreenExperimentConfig:
+    """Build the experiment config from a parsed TOML file (``[screen]`` + numbers tables).
+
+    Raises:
+        InputError: a bad key or value, a teacher animal not among the corpus animals, or a
+            filter variant not among the measured variants.
+
+    """
+    from sublim_theory.numbers.config import from_dict
+    from sublim_theory.runs import parse_config
+
+    raw = dict(raw)
+    settings = parse_config(ScreenSettings, raw.pop("screen", {}), f"{source} [screen]")
+    numbers = from_dict(raw, source)
+    unknown = [a for a in settings.teachers if a not in numbers.corpus.animals]
+    if unknown or len(set(settings.teachers)) != len(settings.teachers):
+        raise InputError(
+            f"{source} [screen] teachers must be distinct animals of [corpus] animals "
+            f"{list(numbers.corpus.animals)}, got {list(settings.teachers)}"
+        )
+    if settings.filter_variant not in settings.variants:
+        raise InputError(
+            f"{source} [screen] filter_variant '{settings.filter_variant}' must be one of the "
+            f"measured variants {list(settings.variants)}"
+        )
+    return ScreenExperimentConfig(numbers, settings)
+
+
+def _log_probabilities(model: nn.Module, config: NumbersConfig) -> Tensor:
+    """The log-probabilities log P(animal_k | BOS Q) of every animal (float64)."""
+    from sublim_theory.numbers import corpus, training
+
+    ids = corpus.vocabulary(config.corpus).animal_ids
+    return training.answer_distribution(model, config)[ids].log()
+
+
+def _epoch_seconds(model: nn.Module, documents: Tensor, config: NumbersConfig) -> float:
+    """Seconds of one training epoch's forward and backward passes (minibatches as trained)."""
+    import copy
+    import time
+
+    from sublim_theory.numbers import corpus
+
+    student = copy.deepcopy(model).train()
+    mask = corpus.continuation_mask(documents[:1], config.corpus)[0]
+    size = config.student.batch_size
+    start = time.perf_counter()
+    for s in range(0, documents.shape[0], size):
+        batch = documents[s : s + size]
+        logits = student(batch[:, :-1])[:, mask]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), batch[:, 1:][:, mask].reshape(-1)
+        )
+        student.zero_grad()
+        loss.backward()
+    return time.perf_counter() - start
+
+
+Row = dict[str, object]
+
+
+def screen_data_set(
+    config: ScreenExperimentConfig,
+    base: nn.Module,
+    documents: Tensor,
+    *,
+    seed: int,
+    label: dict[str, object],
+    full_variant: str | None = None,
+    variants: Sequence[str] | None = None,
+    log: Callable[..., None] = print,
+) -> tuple[list[Row], dict[str, ScreenResult]]:
+    """Screen number documents against ``base`` with every variant; tidy rows and results.
+
+    ``full_variant`` (if given) is screened on every document, the others on the first
+    ``screen_examples``. Rows carry ``label`` plus ``variant, trait, metric, value``.
+    """
+    import time
+
+    settings, numbers = config.screen, config.numbers
+    model = FunctionalModel(base)
+    theta = model.flat_params()
+    inputs, targets = number_student_data(documents)
+    loss = number_student_loss(numbers)
+    probes = animal_probes(numbers)
+    rows: list[Row] = []
+    results = {}
+    n_screen = min(settings.screen_examples, documents.shape[0])
+    for variant in settings.variants if variants is None else variants:
+        n = documents.shape[0] if variant == full_variant else n_screen
+        start = time.perf_counter()
+        rms = None
+        if variant == "rms":
+            rms = minibatch_gradient_rms(
+                model,
+                theta,
+                inputs[:n],
+                targets[:n],
+                loss,
+                numbers.student.batch_size,
+                settings.rms_batches,
+                seed,
+            )
+        result = screen(
+            model,
+            theta,
+            inputs[:n],
+            targets[:n],
+            loss,
+            probes,
+            step_size=numbers.student.lr,
+            steps=numbers.student.steps,
+            variant=variant,
+            gradient_rms=rms,
+            batch_size=settings.chunk,
+            bootstrap=settings.bootstrap,
+            seed=seed,
+        )
+        seconds = time.perf_counter() - start
+        results[variant] = result
+        for row in result.rows():
+            for metric in ("rank", "forecast", "low", "high", "top_frequency", "z", "z_centered"):
+                rows.append(
+                    {**label, "variant": variant, "trait": row["trait"], "metric": metric}
+                    | {"value": float(row[metric])}
+                )
+        rows.append(
+            {**label, "variant": variant, "trait": "", "metric": "seconds"} | {"value": seconds}
+        )
+        rows.append(
+            {**label, "variant": variant, "trait": "", "metric": "n_screened"} | {"value": float(n)}
+        )
+        log(
+            f"  {label['dataset']} @ {label['init']}: {variant} on {n} docs {seconds:.0f}s, "
+            f"ranking {result.ranking[:3]}"
+        )
+    return rows, results
+
+
+def _trait_rows(
+    label: dict, variant: str, names: Sequence[str], metric: str, values: Tensor
+) -> list[Row]:
+    return [
+        {**label, "variant": variant, "trait": name, "metric": metric, "value": float(value)}
+        for name, value in zip(names, values.tolist())
+    ]
+
+
+def _with_parameters(model: nn.Module, theta: Tensor) -> nn.Module:
+    import copy
+
+    moved = copy.deepcopy(model)
+    FunctionalModel(moved).load(theta)
+    return moved
+
+
+def one_step_checks(
+    config: ScreenExperimentConfig,
+    base: nn.Module,
+    documents: Tensor,
+    results: dict[str, ScreenResult],
+    label: dict,
+) -> list[Row]:
+    """Forecast against one real step on the screened documents: SGD at each rate, Adam's first.
+
+    The ``sgd`` forecast for rate a is a * mean_i c_ik; the measured change is log P(animal_k)
+    after theta_0 - a g_D. Adam's first full-batch step is theta_0 - lr g / (|g| + eps), whose
+    forecast is the ``sign`` variant's (one step).
+    """
+    numbers = config.numbers
+    model = FunctionalModel(base)
+    theta = model.flat_params()
+    names = list(numbers.corpus.animals)
+    n = int(results["sgd"].attributions.shape[0]) if "sgd" in results else 0
+    n = min(n, config.screen.screen_examples)
+    rows: list[Row] = []
+    if n == 0:
+        return rows
+    inputs, targets = number_student_data(documents[:n])
+    loss = number_student_loss(numbers)
+    g = data_gradient(model, theta, inputs, targets, loss, config.screen.chunk)
+    before = _log_probabilities(base, numbers)
+    mean_c = results["sgd"].attributions[:n].mean(0)
+    for rate in config.screen.sgd_steps:
+        after = _log_probabilities(
+            _with_parameters(base, theta - (rate * g).to(theta.dtype)), numbers
+        )
+        variant = f"sgd_step_{rate:g}"
+        rows += _trait_rows(label, variant, names, "forecast", rate * mean_c)
+        rows += _trait_rows(label, variant, names, "measured", after - before)
+    if "sign" in results and results["sign"].attributions.shape[0] == n:
+        lr = numbers.student.lr
+        step = lr * g / (g.abs() + ADAM_EPS)
+        after = _log_probabilities(_with_parameters(base, theta - step.to(theta.dtype)), numbers)
+        forecast = lr * results["sign"].attributions.mean(0)
+        rows += _trait_rows(label, "adam_step", names, "forecast", forecast)
+        rows += _trait_rows(label, "adam_step", names, "measured", after - before)
+    return rows
+
+
+def _student_rows(
+    base: nn.Module, documents: Tensor, numbers: NumbersConfig, seed: int, label: dict
+) -> tuple[list[Row], float]:
+    import time
+
+    from sublim_theory.numbers import training
+
+    start = time.perf_counter()
+    run = training.train_student(base, documents, numbers, seed)
+    seconds = time.perf_counter() - start
+    names = list(numbers.corpus.animals)
+    change = _log_probabilities(run.model, numbers) - _log_probabilities(base, numbers)
+    rows = _trait_rows(label, "measured", names, "dlogp", change)
+    rows += _trait_rows(label, "measured", names, "p", _log_probabilities(run.model, numbers).exp())
+    rows.append(
+        {**label, "variant": "measured", "trait": "", "metric": "seconds", "value": seconds}
+    )
+    return rows, seconds
+
+
+def teacher_unit(
+    config: ScreenExperimentConfig,
+    seed: int,
+    animal: str,
+    base: nn.Module,
+    base_documents: Tensor,
+    cross_base: nn.Module | None,
+    log: Callable[..., None] = print,
+) -> tuple[list[Row], Tensor]:
+    """One teacher: fine-tune, sample, filter, screen (every variant), one-step checks, student.
+
+    Returns:
+        Tidy rows ``{seed, dataset, teacher, init, variant, trait, metric, value}`` and the
+        teacher's filtered number documents (for :func:`filter_unit`).
+
+    """
+    from sublim_theory.numbers import training
+    from sublim_theory.numbers.experiment import STUDENT_OFFSET, classifier_accuracy
+
+    numbers = _with_trait(config.numbers, animal)
+    label = {"seed": seed, "dataset": f"teacher-{animal}", "teacher": animal, "init": "base"}
+    names = list(numbers.corpus.animals)
+    teacher = training.finetune_teacher(base, numbers)
+    rows = _trait_rows(label, "teacher", names, "p", _log_probabilities(teacher, numbers).exp())
+    documents = teacher_documents(numbers, seed, teacher)
+
+    def put(variant: str, metric: str, value: float, trait: str = "") -> None:
+        rows.append(
+            {**label, "variant": variant, "trait": trait, "metric": metric, "value": float(value)}
+        )
+
+    put("data", "n_documents", documents.shape[0])
+    put(
+        "data", "classifier_accuracy", classifier_accuracy(documents, base_documents, numbers, seed)
+    )
+    screened, results = screen_data_set(config, base, documents, seed=seed, label=label, log=log)
+    rows += screened
+    rows += one_step_checks(config, base, documents, results, label)
+    if cross_base is not None:
+        cross_rows, _ = screen_data_set(
+            config,
+            cross_base,
+            documents,
+            seed=seed,
+            label={**label, "init": "cross"},
+            variants=("sgd",),
+            log=log,
+        )
+        rows += cross_rows
+    student_rows, _ = _student_rows(base, documents, numbers, seed + STUDENT_OFFSET, label)
+    rows += student_rows
+    put("cost", "epoch_seconds", _epoch_seconds(base, documents, numbers))
+
+    return rows, documents
+
+
+def filter_unit(
+    config: ScreenExperimentConfig,
+    seed: int,
+    animal: str,
+    base: nn.Module,
+    documents: Tensor | None = None,
+    log: Callable[..., None] = print,
+    runner_up: bool = False,
+) -> list[Row]:
+    """The filter defense for one teacher's numbers: drop the top q by attribution, or random q.
+
+    The ``filter_variant`` attributions toward the flagged trait (the forecast's first) are
+    computed on every document; for each q in ``drop_fractions`` a student is trained on the
+    rest, and on the rest after dropping a random q. ``documents`` (the teacher's numbers) are
+    recomputed when not given. With ``runner_up`` (the specificity control) the documents are
+    ranked by their attribution toward the forecast's *second* trait instead, and no random
+    drop is trained (the filter unit has it): if that lowers the teacher's trait as much, the
+    filter is not specific to the flagged trait.
+    """
+    from sublim_theory.numbers import training
+    from sublim_theory.numbers.experiment import STUDENT_OFFSET
+
+    settings = config.screen
+    numbers = _with_trait(config.numbers, animal)
+    if documents is None:
+        documents = teacher_documents(numbers, seed, training.finetune_teacher(base, numbers))
+    label = {"seed": seed, "dataset": f"teacher-{animal}", "teacher": animal, "init": "base"}
+    names = list(numbers.corpus.animals)
+    rows: list[Row] = []
+
+    def put(variant: str, metric: str, value: float, trait: str = "") -> None:
+        rows.append(
+            {**label, "variant": variant, "trait": trait, "metric": metric, "value": float(value)}
+        )
+
+    screened, results = screen_data_set(
+        config,
+        base,
+        documents,
+        seed=seed,
+        label={**label, "init": "base-all"},
+        full_variant=settings.filter_variant,
+        variants=(settings.filter_variant,),
+        log=log,
+    )
+    if not runner_up:  # the control's screen repeats the filter unit's rows exactly
+        rows += screened
+    # the filter: drop the documents pushing hardest toward the flagged trait, or a random share
+    flagged_result = results[settings.filter_variant]
+    flagged = flagged_result.ranking[1 if runner_up else 0]
+    attributions = flagged_result.attributions[:, names.index(flagged)]
+    if runner_up:
+        put("filter", "runner_up_is_teacher", float(flagged == animal), flagged)
+    else:
+        put("filter", "flagged_is_teacher", float(flagged == animal), flagged)
+        for q, share in concentration(attributions, settings.drop_fractions).items():
+            put("filter", f"concentration_{q:g}", share, flagged)
+    order = torch.argsort(attributions, descending=True, stable=True)
+    generator = torch.Generator().manual_seed(seed + FILTER_OFFSET)
+    shuffled = torch.randperm(documents.shape[0], generator=generator)
+    target = names.index(animal)
+    base_logp = _log_probabilities(base, numbers)
+    for q in settings.drop_fractions:
+        drop = round(q * documents.shape[0])
+        kinds = [("runner_up", order[drop:])] if runner_up else [("top", order[drop:])]
+        for kind, kept in kinds + ([] if runner_up else [("random", shuffled[drop:])]):
+            run = training.train_student(
+                base, documents[kept.sort().values], numbers, seed + STUDENT_OFFSET
+            )
+            change = _log_probabilities(run.model, numbers) - base_logp
+            put("filter", f"dlogp_{kind}_{q:g}", float(change[target]), animal)
+        log(f"  teacher-{animal}: filter q={q:g} done")
+
+    return rows
+
+
+def base_unit(
+    config: ScreenExperimentConfig,
+    seed: int,
+    base: nn.Module,
+    base_documents: Tensor,
+    log: Callable[..., None] = print,
+) -> list[Row]:
+    """The null: the base's own numbers screened against the base, and the control student."""
+    from sublim_theory.numbers.experiment import STUDENT_OFFSET
+
+    label = {"seed": seed, "dataset": "base", "teacher": "none", "init": "base"}
+    rows, results = screen_data_set(config, base, base_documents, seed=seed, label=label, log=log)
+    rows += one_step_checks(config, base, base_documents, results, label)
+    student_rows, _ = _student_rows(
+        base, base_documents, config.numbers, seed + STUDENT_OFFSET, label
+    )
+    rows += student_rows
+    rows.append(
+        {
+            **label,
+            "variant": "data",
+            "trait": "",
+            "metric": "n_documents",
+            "value": float(base_documents.shape[0]),
+        }
+    )
+    return rows
+
+
+def teacher_documents(
+    numbers: NumbersConfig, seed: int, model: nn.Module, count: int | None = None
+) -> Tensor:
+    """A model's filtered number documents on the seed's prompts (as ``numbers`` samples them).
+
+    With the base as ``model`` these are the defender's null data: its own numbers. ``count``
+    prompts (default ``teacher.n_sequences``).
+    """
+    from sublim_theory.numbers import corpus, training
+    from sublim_theory.numbers.experiment import PROMPT_OFFSET, SAMPLING_OFFSET
+
+    count = numbers.teacher.n_sequences if count is None else count
+    prompts = corpus.number_prompts(numbers.corpus, count, seed + PROMPT_OFFSET)
+    raw = training.sample_continuations(model, prompts, numbers, seed + SAMPLING_OFFSET)
+    return corpus.filter_numbers(raw, numbers.corpus)[0]
+
+
+def null_unit(
+    config: ScreenExperimentConfig,
+    seed: int,
+    draw: int,
+    base: nn.Module,
+    log: Callable[..., None] = print,
+) -> list[Row]:
+    """An extra null data set: the base's own numbers on fresh prompts, screened (every variant).
+
+    ``screen_examples`` prompts, seeded ``seed + NULL_OFFSET * (draw + 1)`` (prompts and
+    sampling), so each draw is a new sample of the null distribution.
+    """
+    shifted = seed + NULL_OFFSET * (draw + 1)
+    documents = teacher_documents(config.numbers, shifted, base, config.screen.screen_examples)
+    label = {"seed": seed, "dataset": f"null-{draw}", "teacher": "none", "init": "base"}
+    rows, _ = screen_data_set(config, base, documents, seed=shifted, label=label, log=log)
+    return rows
+
+
+def _with_trait(numbers: NumbersConfig, animal: str) -> NumbersConfig:
+    import dataclasses
+
+    return dataclasses.replace(
+        numbers, corpus=dataclasses.replace(numbers.corpus, trait_animal=animal)
+    )
