@@ -38,7 +38,7 @@ def test_experiment_commands_share_out_and_device(command):
     assert tuple(options["--device"].choices) == ("auto", "cpu", "cuda")
 
 
-@pytest.mark.parametrize("command", ["mnist", "numbers", "demo", "sweep"])
+@pytest.mark.parametrize("command", ["mnist", "numbers", "demo", "sweep", "screen"])
 def test_config_takes_a_path_or_a_packaged_name_and_refuses_anything_else(command, tmp_path):
     parse = _options(command)["--config"].type
     assert parse("init_distance_tiny") == CONFIG_DIR / "init_distance_tiny.toml"

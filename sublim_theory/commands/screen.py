@@ -25,7 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sublim_theory.cli import add_device_argument, nonnegative_int, positive_int, thread_count
+from sublim_theory.cli import (
+    add_config_argument,
+    add_device_argument,
+    nonnegative_int,
+    positive_int,
+    thread_count,
+)
 from sublim_theory.errors import InputError
 from sublim_theory.records import environment_record, mean_interval, restore_nan
 from sublim_theory.runs import (
@@ -42,13 +48,7 @@ UNITS_FOLDER = "units"  # one JSON file per finished (seed, data set): the unit 
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``screen`` flags to ``parser``."""
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="TOML config: the numbers tables plus [screen] (default: built-in defaults, "
-        "identical to experiments/configs/screen_default.toml)",
-    )
+    add_config_argument(parser)  # the numbers tables plus [screen]; default = screen_default
     parser.add_argument("--seeds", type=positive_int, default=1, help="number of seeds")
     parser.add_argument(
         "--seed", "--first-seed", dest="seed", type=nonnegative_int, default=0, help="first seed"
