@@ -224,7 +224,9 @@ def test_float32_report_has_a_noise_floor_and_agrees_with_float64():
     module32 = build_model("mlp", 5, width=8, depth=2, seed=7, in_features=3, dtype=torch.float32)
     model32 = FunctionalModel(module32)
     r64 = alignment_report(model64, v, inputs, LOSSES["softmax_ce"], 1e-2)
-    r32 = alignment_report(model32, v.float(), inputs.float(), LOSSES["softmax_ce"], 1e-2, noise_floor=True)
+    r32 = alignment_report(
+        model32, v.float(), inputs.float(), LOSSES["softmax_ce"], 1e-2, noise_floor=True
+    )
     assert r64.cosine_noise_floor is None
     assert 0 < r32.cosine_noise_floor < 1e-2
     assert abs(r32.cos_exact_teacher - r64.cos_exact_teacher) < 10 * r32.cosine_noise_floor + 1e-6
