@@ -190,17 +190,70 @@ def imitation_objective(
     return loss.value(model(theta, inputs), targets).mean()
 
 
+def _outside_transforms() -> bool:
+    """True when no torch.func transform (vmap, grad, jvp...) is active around the caller.
+
+    There the kernels use plain autograd and dual tensors, which skip the transforms' per-op
+    dispatch; inside one they use torch.func, which composes. Both give the same numbers.
+
+    Returns:
+        Whether the plain autograd path may be used.
+
+    """
+    try:
+        return torch._C._functorch.peek_interpreter_stack() is None
+    except AttributeError:  # a torch without the functorch interpreter stack
+        return False
+
+
+def _dual_forward(
+    model: FunctionalModel, theta: Tensor, inputs: Tensor, tangent: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(f(theta, x), J tangent) from one forward pass with dual tensors.
+
+    Returns:
+        z0 (with theta's autograd graph when theta requires grad) and u = J tangent.
+
+    """
+    with fwad.dual_level():
+        dual = fwad.unpack_dual(model(fwad.make_dual(theta, tangent), inputs))
+    u = dual.tangent if dual.tangent is not None else torch.zeros_like(dual.primal)
+    return dual.primal, u
+
+
 def student_update_kernel(
     model: FunctionalModel, theta: Tensor, inputs: Tensor, targets: Tensor, loss: ImitationLoss
 ) -> Tensor:
     """dtheta_S = -grad L_S(theta) on one batch."""
+    if _outside_transforms():
+        t = theta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (gradient,) = torch.autograd.grad(
+                imitation_objective(model, t, inputs, targets, loss), t
+            )
+        return -gradient
     return -torch.func.grad(lambda t: imitation_objective(model, t, inputs, targets, loss))(theta)
 
 
 def gauss_newton_kernel(
     model: FunctionalModel, theta: Tensor, inputs: Tensor, loss: ImitationLoss, vector: Tensor
 ) -> Tensor:
-    """K q = E_x[J^T M J] q on one batch: one jvp (J q), M in closed form, one vjp."""
+    """K q = E_x[J^T M J] q on one batch: one jvp (J q), M in closed form, one vjp.
+
+    Outside torch.func transforms the jvp and the vjp share one forward pass (dual tensors
+    recorded for reverse mode); inside them (e.g. vmap over seeds) they run as torch.func's.
+
+    Returns:
+        K q over this batch, in theta's dtype.
+
+    """
+    if _outside_transforms():
+        t = theta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            z0, u = _dual_forward(model, t, inputs, vector)
+            curvature = loss.hessian_vector_product(z0.detach(), u.detach())
+            (product,) = torch.autograd.grad(z0, t, curvature)
+        return product / _positions(z0)
     f = model.as_function(inputs)
     z0, u = jvp(f, (theta,), (vector,))
     _, pullback = vjp(f, theta)
@@ -212,7 +265,11 @@ def first_order_kernel(
     model: FunctionalModel, theta: Tensor, inputs: Tensor, loss: ImitationLoss, v: Tensor
 ) -> Tensor:
     """A = E_x[u^T M u], u = J v, on one batch (one jvp); reduced in float64."""
-    z0, u = jvp(model.as_function(inputs), (theta,), (v,))
+    if _outside_transforms():
+        with torch.no_grad():
+            z0, u = _dual_forward(model, theta.detach(), inputs, v)
+    else:
+        z0, u = jvp(model.as_function(inputs), (theta,), (v,))
     curvature = loss.hessian_vector_product(z0, u)
     return (u.double() * curvature.double()).sum() / _positions(z0)
 
@@ -750,10 +807,8 @@ def _report_kernel(
     """
     t = theta.detach().requires_grad_(True)
     with torch.enable_grad():
-        with explicit_normalization(), _explicit_softmax(), fwad.dual_level():
-            dual = fwad.unpack_dual(model(fwad.make_dual(t, v), inputs))
-        z0 = dual.primal
-        u = dual.tangent if dual.tangent is not None else torch.zeros_like(z0)
+        with explicit_normalization(), _explicit_softmax():
+            z0, u = _dual_forward(model, t, inputs, v)
         positions = _positions(z0)
         outputs, tangent = z0.detach(), u.detach()
         curvature = loss.hessian_vector_product(outputs, tangent)

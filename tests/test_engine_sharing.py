@@ -200,3 +200,26 @@ def test_transformer_takes_the_shared_pass_not_the_fallback(monkeypatch):
 
     monkeypatch.setattr(alignment, "_report_kernel_nested", refuse)
     alignment_report(model, v, inputs, LOSSES["softmax_ce"], 1e-2, theta0=theta0)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "transformer"])
+def test_kernels_give_the_same_numbers_inside_and_outside_vmap(arch):
+    """Outside torch.func transforms the kernels use dual tensors and plain autograd."""
+    model, theta0, inputs, v = _problem(arch, "tanh" if arch == "mlp" else None)
+    loss = LOSSES["kl"]
+    targets = distillation_targets(model, theta0 + 1e-2 * v, inputs)
+    thetas, vs = torch.stack([theta0, theta0]), torch.stack([v, -v])
+    outputs = distillation_targets(model, theta0, inputs)
+    gamma = 64 * (model.num_params + outputs.numel()) * U
+    kernels = {
+        "gauss_newton": lambda t, d: alignment.gauss_newton_kernel(model, t, inputs, loss, d),
+        "first_order": lambda t, d: alignment.first_order_kernel(model, t, inputs, loss, d),
+        "gradient": lambda t, d: alignment.student_update_kernel(model, t, inputs, targets, loss),
+    }
+    for name, kernel in kernels.items():
+        batched = torch.func.vmap(kernel)(thetas, vs)
+        for i in range(2):
+            direct = kernel(thetas[i], vs[i])
+            error = float(torch.linalg.vector_norm((direct - batched[i]).reshape(-1)))
+            size = float(torch.linalg.vector_norm(direct.reshape(-1)))
+            assert error <= gamma * size, (name, i, error, size)
