@@ -360,15 +360,15 @@ def _students_forward(params: Params, images: Tensor, n_groups: int) -> Tensor:
         weight, bias = params[2 * layer], params[2 * layer + 1]
         if layer == 0:  # (N, G * width, 784) @ (N, 784, B): all G students of model i at once
             width = weight.shape[1]
-            hidden = torch.baddbmm(
-                bias.reshape(n_models, n_groups * width, 1),
-                weight.reshape(n_models, n_groups * width, -1),
-                hidden,
-            ).view(n_models * n_groups, width, batch)
-        else:
-            hidden = torch.baddbmm(bias.unsqueeze(-1), weight, hidden)
+            weight = weight.reshape(n_models, n_groups * width, -1)
+            bias = bias.reshape(n_models, n_groups * width)
+        hidden = torch.baddbmm(bias.unsqueeze(-1), weight, hidden)
         if layer < n_layers - 1:
-            hidden = torch.relu_(hidden)  # in place: baddbmm's backward does not need it
+            # in place (baddbmm's backward does not need its output), and before any view:
+            # an in-place op on a view would make autograd copy the base in the backward
+            hidden = torch.relu_(hidden)
+        if layer == 0:
+            hidden = hidden.view(n_models * n_groups, width, batch)
     return hidden.view(n_models, n_groups, -1, batch).transpose(-1, -2)
 
 
@@ -436,7 +436,7 @@ def train_students(
             if len(all_index):
                 every = student_logits.index_select(1, all_index)
                 loss = loss + distillation_loss(every, target, config.temperature).sum()
-            optimizer.zero_grad(set_to_none=False)
+            optimizer.zero_grad(set_to_none=True)  # backward's gradients become .grad
             loss.backward()  # sum over models: each model's gradient is its own loss's
             optimizer.step()
         if on_epoch is not None:
