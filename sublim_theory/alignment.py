@@ -945,6 +945,15 @@ def alignment_report(
 ) -> AlignmentReport:
     """Measure one distillation step against the teacher's direction and the theorem's prediction.
 
+    Cost at the shared init (``student_init`` None or equal to theta0), per chunk: one forward
+    for the targets, one forward carrying u = J v (dual numbers) recorded for reverse mode, three
+    reverse passes from it (the exact update, K (eps v), and <v, H_c v> for B), and one forward
+    of the teacher at eps* when B < 0 (phi(eps*) = -E[grad_z l(z0, y_eps*)^T u] needs no
+    backward). It keeps z0 and u of every chunk (twice the size of the targets) until eps* is
+    known. Each key equals its stand-alone function's value up to rounding
+    (tests/test_engine_sharing.py). A different ``student_init`` adds one student gradient and
+    one Gauss-Newton product at theta0.
+
     Args:
         model: the network (see :class:`FunctionalModel`).
         direction: v, the teacher's update (``TeacherTask.update``) or any direction.
