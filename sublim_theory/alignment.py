@@ -1023,9 +1023,8 @@ def alignment_report(
     # every reduction of the three vectors from one float64 copy of them
     stacked = torch.stack([exact, first, v]).double()
     norm_exact, norm_first, norm_v = batched_norm(stacked).tolist()
-    inner_exact, inner_first, inner_both = batched_dot(
-        stacked[[0, 1, 0]], stacked[[2, 2, 1]]
-    ).tolist()
+    gram = (stacked @ stacked.T).tolist()  # one pass over the three vectors
+    inner_exact, inner_first, inner_both = gram[0][2], gram[1][2], gram[0][1]
 
     def cos(inner: float, n1: float, n2: float) -> float:
         return inner / (n1 * n2) if n1 * n2 > 0 else math.nan
