@@ -1,6 +1,6 @@
 """Ours (``sublim_theory.mnist.experiment``) against the straightforward baseline, same machine.
 
-Usage (repository root): ``python benchmarks/mnist_compare.py OUT_DIR [--rounds 1]
+Usage (repository root): ``python benchmarks/mnist_compare.py OUT_DIR [--rounds 1] [--ours-first]
 [--teacher-epochs 5] [--student-epochs 5] [--noise-images 60000] [--models 10]``.
 
 Each round runs the baseline (``benchmarks/mnist_baseline.py``) and ours in fresh processes, one
@@ -66,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--ours-first", action="store_true", help="run ours first in round 1")
     parser.add_argument("--models", type=int, default=10)
     parser.add_argument("--teacher-epochs", type=int, default=5)
     parser.add_argument("--student-epochs", type=int, default=5)
@@ -79,6 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(args.rounds):
             order = ["baseline", "ours"] if round_index % 2 == 0 else ["ours", "baseline"]
+            order = order[::-1] if args.ours_first else order
             for name in order:
                 result_path = os.path.join(scratch, f"{name}-{round_index}.json")
                 if name == "ours":
