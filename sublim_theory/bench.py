@@ -577,11 +577,14 @@ def run_benchmarks(
     n_seeds: int = 32,
     mnist_models: int = 10,
     runs: int = 2,
+    threads: int = 0,
 ) -> list[Path]:
     """Run every benchmark ``runs`` times; write bench.json, environment.json and bench.md.
 
     The runs follow one another (each one round-robin inside); bench.json keeps every run's rows
     and the combined verdicts, bench.md shows each run's ratio and the verdict over all runs.
+    ``threads`` > 0 sets torch's CPU threads for the run (1 is steadier on a loaded machine,
+    where a second thread waits on a descheduled one); 0 keeps torch's default.
 
     Every argument and the output folder (created, probed, locked: ``runs.OutputFolder``) are
     checked before the first benchmark runs; the files are written atomically.
@@ -605,15 +608,22 @@ def run_benchmarks(
         raise InputError("--seeds and --mnist-models must be >= 0 (0 skips that benchmark)")
     if runs < 1:
         raise InputError(f"--runs must be >= 1, got {runs}")
+    if threads < 0:
+        raise InputError(f"--threads must be >= 0 (0: torch's default), got {threads}")
     device = resolve_device(device).type  # "cpu" or "cuda"; refuses CUDA when there is none
     with OutputFolder(out_dir, "bench") as folder:
         rows: list[dict[str, Any]] = []
-        for run in range(1, runs + 1):
-            rows += [
-                {**row, "run": run}
-                for row in _one_run(size, device, dtypes, archs, n_seeds, mnist_models)
-            ]
-        env = environment_record(device)
+        default_threads = torch.get_num_threads()
+        torch.set_num_threads(threads or default_threads)
+        try:
+            for run in range(1, runs + 1):
+                rows += [
+                    {**row, "run": run}
+                    for row in _one_run(size, device, dtypes, archs, n_seeds, mnist_models)
+                ]
+            env = environment_record(device)  # records torch_threads as used
+        finally:
+            torch.set_num_threads(default_threads)
         paths = [folder.path / name for name in ("bench.json", "environment.json", "bench.md")]
         record = {"rows": rows, "verdicts": verdicts(rows), "combined": combine_runs(rows)}
         atomic_write_json(paths[0], record)

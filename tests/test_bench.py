@@ -65,7 +65,10 @@ def test_a_target_is_met_only_when_every_run_meets_it():
 
 
 def test_two_runs_give_one_table_row_per_measurement(tmp_path):
-    paths = run_benchmarks(tmp_path, "tiny", "cpu", ("float64",), ("mlp",), 0, 0, runs=2)
+    threads = torch.get_num_threads()
+    paths = run_benchmarks(tmp_path, "tiny", "cpu", ("float64",), ("mlp",), 0, 0, 2, threads=1)
+    assert json.loads(paths[1].read_text())["torch_threads"] == 1
+    assert torch.get_num_threads() == threads  # restored
     table = paths[2].read_text()
     report = [line for line in table.splitlines() if "| report |" in line]
     assert len(report) == 1 and "<= 4.0" in report[0]

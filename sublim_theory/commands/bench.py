@@ -44,6 +44,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="runs one after the other; a target is met only if met in every run",
     )
+    parser.add_argument(
+        "--threads",
+        type=nonnegative_int,
+        default=0,
+        help="torch CPU threads for the run (0: torch's default; 1 is steadier on a busy machine)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         args.seeds,
         args.mnist_models,
         args.runs,
+        args.threads,
     )
     print(paths[2].read_text())
     for path in paths:
