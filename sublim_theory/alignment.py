@@ -33,7 +33,6 @@ import torch
 import torch.autograd.forward_ad as fwad
 from torch import Tensor
 from torch.func import jvp, vjp
-from torch.overrides import TorchFunctionMode
 
 from sublim_theory.errors import InputError
 from sublim_theory.forward_ad import explicit_normalization
@@ -753,22 +752,23 @@ def _softmax(x: Tensor, dim: int, dtype: torch.dtype | None = None) -> Tensor:
     return e / e.sum(dim, keepdim=True)
 
 
-class _explicit_softmax(TorchFunctionMode):  # noqa: N801 (used as a context manager)
-    """softmax from exp and sum while active.
+class _explicit_softmax(explicit_normalization):  # noqa: N801 (used as a context manager)
+    """Layer/instance norm (``explicit_normalization``) and softmax from elementary ops.
 
     Reverse mode through the forward derivative of torch's fused softmax fails (that derivative
-    overwrites a tensor the backward saved); through exp and sum it is exact.
+    overwrites a tensor the backward saved); through exp and sum it is exact. One mode for both
+    replacements: every op of the forward passes through one Python hook, not two.
     """
 
     _FUNCS = (torch.softmax, torch.nn.functional.softmax, Tensor.softmax)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
-        kwargs = dict(kwargs or {})
         if func in self._FUNCS:
+            kwargs = kwargs or {}
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
             if isinstance(dim, int):
                 return _softmax(args[0], dim, kwargs.get("dtype"))
-        return func(*args, **kwargs)
+        return super().__torch_function__(func, types, args, kwargs)
 
 
 @dataclass
@@ -807,7 +807,7 @@ def _report_kernel(
     """
     t = theta.detach().requires_grad_(True)
     with torch.enable_grad():
-        with explicit_normalization(), _explicit_softmax():
+        with _explicit_softmax():
             z0, u = _dual_forward(model, t, inputs, v)
         positions = _positions(z0)
         outputs, tangent = z0.detach(), u.detach()
