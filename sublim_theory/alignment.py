@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.autograd.forward_ad as fwad
 from torch import Tensor
 from torch.func import jvp, vjp
 
@@ -188,17 +189,70 @@ def imitation_objective(
     return loss.value(model(theta, inputs), targets).mean()
 
 
+def _outside_transforms() -> bool:
+    """True when no torch.func transform (vmap, grad, jvp...) is active around the caller.
+
+    There the kernels use plain autograd and dual tensors, which skip the transforms' per-op
+    dispatch; inside one they use torch.func, which composes. Both give the same numbers.
+
+    Returns:
+        Whether the plain autograd path may be used.
+
+    """
+    try:
+        return torch._C._functorch.peek_interpreter_stack() is None
+    except AttributeError:  # a torch without the functorch interpreter stack
+        return False
+
+
+def _dual_forward(
+    model: FunctionalModel, theta: Tensor, inputs: Tensor, tangent: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(f(theta, x), J tangent) from one forward pass with dual tensors.
+
+    Returns:
+        z0 (with theta's autograd graph when theta requires grad) and u = J tangent.
+
+    """
+    with fwad.dual_level():
+        dual = fwad.unpack_dual(model(fwad.make_dual(theta, tangent), inputs))
+    u = dual.tangent if dual.tangent is not None else torch.zeros_like(dual.primal)
+    return dual.primal, u
+
+
 def student_update_kernel(
     model: FunctionalModel, theta: Tensor, inputs: Tensor, targets: Tensor, loss: ImitationLoss
 ) -> Tensor:
     """dtheta_S = -grad L_S(theta) on one batch."""
+    if _outside_transforms():
+        t = theta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (gradient,) = torch.autograd.grad(
+                imitation_objective(model, t, inputs, targets, loss), t
+            )
+        return -gradient
     return -torch.func.grad(lambda t: imitation_objective(model, t, inputs, targets, loss))(theta)
 
 
 def gauss_newton_kernel(
     model: FunctionalModel, theta: Tensor, inputs: Tensor, loss: ImitationLoss, vector: Tensor
 ) -> Tensor:
-    """K q = E_x[J^T M J] q on one batch: one jvp (J q), M in closed form, one vjp."""
+    """K q = E_x[J^T M J] q on one batch: one jvp (J q), M in closed form, one vjp.
+
+    Outside torch.func transforms the jvp and the vjp share one forward pass (dual tensors
+    recorded for reverse mode); inside them (e.g. vmap over seeds) they run as torch.func's.
+
+    Returns:
+        K q over this batch, in theta's dtype.
+
+    """
+    if _outside_transforms():
+        t = theta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            z0, u = _dual_forward(model, t, inputs, vector)
+            curvature = loss.hessian_vector_product(z0.detach(), u.detach())
+            (product,) = torch.autograd.grad(z0, t, curvature)
+        return product / _positions(z0)
     f = model.as_function(inputs)
     z0, u = jvp(f, (theta,), (vector,))
     _, pullback = vjp(f, theta)
@@ -210,7 +264,11 @@ def first_order_kernel(
     model: FunctionalModel, theta: Tensor, inputs: Tensor, loss: ImitationLoss, v: Tensor
 ) -> Tensor:
     """A = E_x[u^T M u], u = J v, on one batch (one jvp); reduced in float64."""
-    z0, u = jvp(model.as_function(inputs), (theta,), (v,))
+    if _outside_transforms():
+        with torch.no_grad():
+            z0, u = _dual_forward(model, theta.detach(), inputs, v)
+    else:
+        z0, u = jvp(model.as_function(inputs), (theta,), (v,))
     curvature = loss.hessian_vector_product(z0, u)
     return (u.double() * curvature.double()).sum() / _positions(z0)
 
@@ -550,6 +608,20 @@ def critical_step_check(
         The residual, whether it is within ``EPS_STAR_TOLERANCE``, and a one-line note.
 
     """
+
+    def exact_alignment(eps_star: float) -> float | None:
+        targets = distillation_targets(model, theta0 + eps_star * v, inputs, batch_size)
+        if not torch.isfinite(targets).all():
+            return None
+        return dot(student_update(model, theta0, inputs, targets, loss, batch_size), v)
+
+    return _judge_critical_step(a, b, exact_alignment)
+
+
+def _judge_critical_step(
+    a: float, b: float, exact_alignment: Callable[[float], float | None]
+) -> CriticalStepCheck:
+    """The verdict of :func:`critical_step_check`, given phi(eps) (None: the targets overflow)."""
     if not b < 0:
         return CriticalStepCheck(
             math.nan,
@@ -568,11 +640,8 @@ def critical_step_check(
         "the teacher's outputs or the student's update overflow at eps*: eps* is far outside "
         "the quadratic's range",
     )
-    targets = distillation_targets(model, theta0 + eps_star * v, inputs, batch_size)
-    if not torch.isfinite(targets).all():
-        return overflow
-    exact = dot(student_update(model, theta0, inputs, targets, loss, batch_size), v)
-    if not math.isfinite(exact):
+    exact = exact_alignment(eps_star)
+    if exact is None or not math.isfinite(exact):
         return overflow
     residual = exact / (eps_star * a)
     if abs(residual) <= EPS_STAR_TOLERANCE:
@@ -616,7 +685,9 @@ class AlignmentReport:
         teacher_loss_change_exact: L_T(theta_S0 + alpha dtheta_S) - L_T(theta_S0) (needs a teacher task).
         teacher_loss_change_first_order: alpha <grad L_T(theta_S0), K(eps v - Delta)>.
         cosine_noise_floor: for float32 models, ||dtheta_S(float32) - dtheta_S(float64)|| /
-            ||dtheta_S(float64)||: cosines closer than this are not resolved. None in float64.
+            ||dtheta_S(float64)||: cosines closer than this are not resolved. Computed only
+            when asked (``alignment_report(..., noise_floor=True)``); None otherwise and in
+            float64.
     """
 
     eps: float
@@ -673,6 +744,191 @@ def _float64_update(
     return student_update(double, theta_student.double(), x, targets, loss, batch_size)
 
 
+def _softmax(x: Tensor, dim: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Softmax from elementary ops (shifted by the max, which leaves it unchanged)."""
+    if dtype is not None:
+        x = x.to(dtype)
+    e = torch.exp(x - x.amax(dim, keepdim=True))
+    return e / e.sum(dim, keepdim=True)
+
+
+class _explicit_softmax(explicit_normalization):  # noqa: N801 (used as a context manager)
+    """Layer/instance norm (``explicit_normalization``) and softmax from elementary ops.
+
+    Reverse mode through the forward derivative of torch's fused softmax fails (that derivative
+    overwrites a tensor the backward saved); through exp and sum it is exact. One mode for both
+    replacements: every op of the forward passes through one Python hook, not two.
+    """
+
+    _FUNCS = (torch.softmax, torch.nn.functional.softmax, Tensor.softmax)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        if func in self._FUNCS:
+            kwargs = kwargs or {}
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            if isinstance(dim, int):
+                return _softmax(args[0], dim, kwargs.get("dtype"))
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+@dataclass
+class _Chunk:
+    """What one chunk of the report's inputs gives at theta_0 (see :func:`_report_kernel`)."""
+
+    outputs: Tensor  # z0 = f(theta_0, x), detached
+    tangent: Tensor  # u = J v, detached
+    coefficients: Tensor  # float64 [A, B] over this chunk
+    exact: Tensor | None  # -grad L_S(theta_0), when the student starts at theta_0
+    first: Tensor | None  # K (eps v), when the student starts at theta_0
+
+
+def _report_kernel(
+    model: FunctionalModel,
+    theta: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    v: Tensor,
+    targets: Tensor | None,
+    eps: float,
+) -> _Chunk:
+    """A, B, and (given the targets) the exact update and K (eps v) on one batch, sharing work.
+
+    One forward pass carries the tangent v (dual numbers), giving z0 and u = J v, and is recorded
+    for reverse mode. Reverse passes then give the exact update J^T (-grad_z L) and the
+    first-order update J^T M (eps u) / n from z0, and H_c v = D(J^T c)[v] from u with c = M u,
+    so that u^T M w = <c, D^2 f[v, v]> = <v, H_c v> (reverse over forward: no second forward).
+    The same quantities as :func:`taylor_kernel`, :func:`student_update_kernel` and
+    :func:`gauss_newton_kernel` (with q = eps v), up to rounding.
+
+    Returns:
+        z0 and u (detached), [A, B] over this batch, and the exact and first-order updates
+        (None when ``targets`` is None).
+
+    """
+    t = theta.detach().requires_grad_(True)
+    with torch.enable_grad():
+        with _explicit_softmax():
+            z0, u = _dual_forward(model, t, inputs, v)
+        positions = _positions(z0)
+        outputs, tangent = z0.detach(), u.detach()
+        curvature = loss.hessian_vector_product(outputs, tangent)
+        u64 = tangent.double()
+        a = (u64 * curvature.double()).sum()
+        b = -(u64 * loss.target_curvature(outputs, tangent).double()).sum()
+        exact = first = None
+        if targets is not None:
+            leaf = outputs.clone().requires_grad_(True)
+            (output_gradient,) = torch.autograd.grad(loss.value(leaf, targets).mean(), leaf)
+            (exact,) = torch.autograd.grad(z0, t, -output_gradient, retain_graph=True)
+            (first,) = torch.autograd.grad(z0, t, eps * curvature, retain_graph=True)
+            first = first / positions
+        if u.requires_grad:
+            (mixed,) = torch.autograd.grad(u, t, curvature, allow_unused=True)
+            if mixed is not None:  # None: u does not depend on theta (f linear in theta)
+                b = b + (mixed.double() * v.double()).sum()
+    return _Chunk(outputs, tangent, torch.stack([a, 0.5 * b]) / positions, exact, first)
+
+
+def _report_kernel_nested(
+    model: FunctionalModel,
+    theta: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    v: Tensor,
+    targets: Tensor | None,
+    eps: float,
+) -> _Chunk:
+    """:func:`_report_kernel` from the separate kernels (for models reverse mode cannot cross)."""
+    z0, u = jvp(model.as_function(inputs), (theta,), (v,))
+    coefficients = taylor_kernel(model, theta, inputs, loss, v)
+    exact = first = None
+    if targets is not None:
+        exact = student_update_kernel(model, theta, inputs, targets, loss)
+        first = gauss_newton_kernel(model, theta, inputs, loss, eps * v)
+    return _Chunk(z0.detach(), u.detach(), coefficients, exact, first)
+
+
+@dataclass
+class _Shared:
+    """The report's per-input work at theta_0, accumulated over chunks."""
+
+    coefficients: tuple[float, float]
+    exact: Tensor | None
+    first: Tensor | None
+    chunks: list[tuple[slice, Tensor, Tensor]]  # (inputs, z0, u) per chunk, for phi(eps*)
+
+
+def _shared_pass(
+    model: FunctionalModel,
+    theta0: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    v: Tensor,
+    targets: Tensor | None,
+    eps: float,
+    batch_size: int | None,
+) -> _Shared:
+    """Run :func:`_report_kernel` on every chunk and average as :func:`_accumulate` does."""
+    kernel = _report_kernel
+    totals: dict[str, Tensor] = {}
+    chunks, count = [], 0
+    for s in _chunks(inputs, batch_size):
+        y = None if targets is None else targets[s]
+        try:
+            part = kernel(model, theta0, inputs[s], loss, v, y, eps)
+        except RuntimeError:
+            # an operator whose forward derivative reverse mode cannot cross: separate passes
+            kernel = _report_kernel_nested
+            part = kernel(model, theta0, inputs[s], loss, v, y, eps)
+        n = s.stop - s.start
+        for name in ("coefficients", "exact", "first"):
+            value = getattr(part, name)
+            if value is not None:
+                value = value.double() * n
+                totals[name] = value if name not in totals else totals[name] + value
+        chunks.append((s, part.outputs, part.tangent))
+        count += n
+    a, b = (totals["coefficients"] / count).tolist()
+    exact, first = (
+        (totals[k] / count).to(theta0.dtype) if k in totals else None for k in ("exact", "first")
+    )
+    return _Shared((a, b), exact, first, chunks)
+
+
+def _exact_alignment_from(
+    model: FunctionalModel,
+    theta0: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    v: Tensor,
+    shared: _Shared,
+) -> Callable[[float], float | None]:
+    """phi(eps) = <dtheta_S(eps), v> at the shared init = -E_x[grad_z l(z0, y_eps)^T u].
+
+    Reuses z0 and u = J v of the shared pass: one forward of the teacher per eps, no backward.
+
+    Returns:
+        eps -> phi(eps), or None when the teacher's outputs at eps overflow.
+
+    """
+
+    def exact_alignment(eps: float) -> float | None:
+        theta_teacher = theta0 + eps * v
+        total = torch.zeros((), dtype=torch.float64, device=theta0.device)
+        for s, outputs, tangent in shared.chunks:
+            with torch.no_grad():
+                targets = _forward(model, theta_teacher, inputs[s])
+            if not torch.isfinite(targets).all():
+                return None
+            leaf = outputs.clone().requires_grad_(True)
+            with torch.enable_grad():
+                (gradient,) = torch.autograd.grad(loss.value(leaf, targets).mean(), leaf)
+            total = total - (gradient.double() * tangent.double()).sum() * (s.stop - s.start)
+        return float(total) / int(inputs.shape[0])
+
+    return exact_alignment
+
+
 def alignment_report(
     model: FunctionalModel,
     direction: Tensor,
@@ -685,9 +941,18 @@ def alignment_report(
     teacher: TeacherTask | None = None,
     student_lr: float = 1.0,
     batch_size: int | None = None,
-    noise_floor: bool = True,
+    noise_floor: bool = False,
 ) -> AlignmentReport:
     """Measure one distillation step against the teacher's direction and the theorem's prediction.
+
+    Cost at the shared init (``student_init`` None or equal to theta0), per chunk: one forward
+    for the targets, one forward carrying u = J v (dual numbers) recorded for reverse mode, three
+    reverse passes from it (the exact update, K (eps v), and <v, H_c v> for B), and one forward
+    of the teacher at eps* when B < 0 (phi(eps*) = -E[grad_z l(z0, y_eps*)^T u] needs no
+    backward). It keeps z0 and u of every chunk (twice the size of the targets) until eps* is
+    known. Each key equals its stand-alone function's value up to rounding
+    (tests/test_engine_sharing.py). A different ``student_init`` adds one student gradient and
+    one Gauss-Newton product at theta0.
 
     Args:
         model: the network (see :class:`FunctionalModel`).
@@ -700,7 +965,9 @@ def alignment_report(
         teacher: the trait task; enables the teacher-loss rows.
         student_lr: alpha, the student's step size for the teacher-loss change.
         batch_size: process inputs in chunks of this many samples.
-        noise_floor: for float32 models, also compute the update on a float64 copy.
+        noise_floor: for float32 models, also compute the update on a float64 copy (the
+            ``cosine_noise_floor`` key; about one more student gradient in float64). Off by
+            default: the key is then None.
 
     Returns:
         An :class:`AlignmentReport` (its docstring and the README list every key).
@@ -725,11 +992,18 @@ def alignment_report(
     theta_teacher = theta0 + eps * v
     targets = distillation_targets(model, theta_teacher, inputs, batch_size)
     _check_finite("teacher outputs", targets)
-    exact = student_update(model, theta_s0, inputs, targets, loss, batch_size)
     offset = theta_s0 - theta0
-    first = gauss_newton_product(model, theta0, inputs, loss, eps * v - offset, batch_size)
-    a, b = taylor_coefficients(model, theta0, inputs, loss, v, batch_size)
-    star = critical_step_check(model, theta0, inputs, loss, v, a, b, batch_size)
+    shared_init = student_init is None or bool(torch.equal(theta_s0, theta0))
+    shared = _shared_pass(
+        model, theta0, inputs, loss, v, targets if shared_init else None, eps, batch_size
+    )
+    if shared_init:
+        exact, first = shared.exact, shared.first
+    else:
+        exact = student_update(model, theta_s0, inputs, targets, loss, batch_size)
+        first = gauss_newton_product(model, theta0, inputs, loss, eps * v - offset, batch_size)
+    a, b = shared.coefficients
+    star = _judge_critical_step(a, b, _exact_alignment_from(model, theta0, inputs, loss, v, shared))
 
     change_exact = change_first = None
     if teacher is not None:
@@ -746,6 +1020,18 @@ def alignment_report(
             floor = norm(exact.double() - reference) / max(norm(reference), 1e-300)
 
     distance = norm(offset)
+    # every reduction of the three vectors from one float64 copy of them
+    stacked = torch.stack([exact, first, v]).double()
+    norm_exact, norm_first, norm_v = batched_norm(stacked).tolist()
+    gram = (stacked @ stacked.T).tolist()  # one pass over the three vectors
+    inner_exact, inner_first, inner_both = gram[0][2], gram[1][2], gram[0][1]
+
+    def cos(inner: float, n1: float, n2: float) -> float:
+        return inner / (n1 * n2) if n1 * n2 > 0 else math.nan
+
+    residual = (
+        float(batched_norm(stacked[0] - stacked[1])) / norm_exact if norm_exact > 0 else math.nan
+    )
     return AlignmentReport(
         eps=float(eps),
         student_lr=float(student_lr),
@@ -755,18 +1041,16 @@ def alignment_report(
         loss=loss.describe(),
         init_distance_abs=distance,
         init_distance_rel=distance / max(norm(theta0), 1e-300),
-        inner_exact=dot(exact, v),
-        inner_first_order=dot(first, v),
+        inner_exact=inner_exact,
+        inner_first_order=inner_first,
         inner_second_order=eps * a + eps**2 * b,
-        cos_exact_teacher=cosine(exact, v),
-        cos_first_order_teacher=cosine(first, v),
-        cos_exact_first_order=cosine(exact, first),
-        norm_exact=norm(exact),
-        norm_first_order=norm(first),
-        norm_teacher=norm(v),
-        taylor_residual=norm(exact.double() - first.double()) / norm(exact)
-        if norm(exact) > 0
-        else math.nan,
+        cos_exact_teacher=cos(inner_exact, norm_exact, norm_v),
+        cos_first_order_teacher=cos(inner_first, norm_first, norm_v),
+        cos_exact_first_order=cos(inner_both, norm_exact, norm_first),
+        norm_exact=norm_exact,
+        norm_first_order=norm_first,
+        norm_teacher=norm_v,
+        taylor_residual=residual,
         A=a,
         B=b,
         eps_star=critical_step(a, b),

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from sublim_theory.alignment import gauss_newton_product
-from sublim_theory.bench import SIZES, _curvlinops_matvec, build_case, run_benchmarks, verdicts
+from sublim_theory.bench import (
+    SIZES,
+    _curvlinops_matvec,
+    build_case,
+    combine_runs,
+    run_benchmarks,
+    verdicts,
+)
 from sublim_theory.errors import InputError
 from sublim_theory.losses import SoftCrossEntropy
 from sublim_theory.testing import assert_allclose
@@ -12,7 +19,7 @@ from sublim_theory.testing import assert_allclose
 
 def test_tiny_benchmark_writes_tables_with_ratios(tmp_path):
     paths = run_benchmarks(
-        tmp_path, "tiny", "cpu", ("float64",), ("mlp", "transformer"), n_seeds=4, mnist_models=2
+        tmp_path, "tiny", "cpu", ("float64",), ("mlp", "transformer"), 4, 2, runs=1
     )
     record = json.loads(paths[0].read_text())
     rows = {(r["arch"], r["path"]): r for r in record["rows"]}
@@ -34,6 +41,40 @@ def test_tiny_benchmark_writes_tables_with_ratios(tmp_path):
 def test_verdicts_mark_targets_honestly():
     rows = [{"path": "first_order", "ratio": 1.3}, {"path": "seeds_loop_over_vmap", "ratio": 3.5}]
     assert [v["met"] for v in verdicts(rows)] == [False, True]
+    assert [v["met"] for v in verdicts([{"path": "report", "ratio": r} for r in (3.9, 4.1)])] == [
+        True,
+        False,
+    ]
+
+
+def test_a_target_is_met_only_when_every_run_meets_it():
+    base = {"arch": "mlp", "dtype": "float32", "batch": 8, "seconds": 1.0, "load": 0.5}
+    rows = [
+        {**base, "path": "gauss_newton", "ratio": 1.7, "run": 1},
+        {**base, "path": "gauss_newton", "ratio": 1.9, "run": 2},
+        {**base, "path": "first_order", "ratio": 1.0, "run": 1},
+        {**base, "path": "first_order", "ratio": 1.1, "run": 2},
+        {**base, "path": "report", "ratio": 4.5, "run": 1},
+        {**base, "path": "report", "ratio": 4.2, "run": 2},
+    ]
+    combined = {entry["path"]: entry for entry in combine_runs(rows)}
+    assert combined["gauss_newton"]["met"] == "mixed (1/2)"
+    assert combined["gauss_newton"]["ratio"] == [1.7, 1.9]
+    assert combined["first_order"]["met"] == "yes"
+    assert combined["report"]["met"] == "NO"
+
+
+def test_two_runs_give_one_table_row_per_measurement(tmp_path):
+    threads = torch.get_num_threads()
+    paths = run_benchmarks(tmp_path, "tiny", "cpu", ("float64",), ("mlp",), 0, 0, 2, threads=1)
+    assert json.loads(paths[1].read_text())["torch_threads"] == 1
+    assert torch.get_num_threads() == threads  # restored
+    table = paths[2].read_text()
+    report = [line for line in table.splitlines() if "| report |" in line]
+    assert len(report) == 1 and "<= 4.0" in report[0]
+    ratios = report[0].split("|")[8]
+    assert len(ratios.split(" / ")) == 2
+    assert "load" in table
 
 
 def test_bad_benchmark_arguments(tmp_path):
@@ -49,7 +90,9 @@ def test_bad_benchmark_arguments(tmp_path):
 
 
 def test_each_seed_measurement_is_one_row(tmp_path):
-    paths = run_benchmarks(tmp_path, "tiny", "cpu", ("float64",), (), n_seeds=2, mnist_models=0)
+    paths = run_benchmarks(
+        tmp_path, "tiny", "cpu", ("float64",), (), n_seeds=2, mnist_models=0, runs=1
+    )
     rows = json.loads(paths[0].read_text())["rows"]
     assert [r["path"] for r in rows] == ["seeds_vmap[2]", "seeds_loop_over_vmap"]
     # no second row repeating a measurement under another name

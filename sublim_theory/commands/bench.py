@@ -38,6 +38,18 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=10,
         help="models for the MNIST step benchmark (0 skips)",
     )
+    parser.add_argument(
+        "--runs",
+        type=nonnegative_int,
+        default=2,
+        help="runs one after the other; a target is met only if met in every run",
+    )
+    parser.add_argument(
+        "--threads",
+        type=nonnegative_int,
+        default=0,
+        help="torch CPU threads for the run (0: torch's default; 1 is steadier on a busy machine)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         tuple(args.archs),
         args.seeds,
         args.mnist_models,
+        args.runs,
+        args.threads,
     )
     print(paths[2].read_text())
     for path in paths:
