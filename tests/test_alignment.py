@@ -325,7 +325,10 @@ def test_float32_cosine_is_within_the_noise_floor_of_float64(arch):
         targets = distillation_targets(model, teacher, x)
         updates.append(student_update(model, theta, x, targets, loss).double())
     expected = float(torch.linalg.vector_norm(updates[0] - updates[1]) / updates[1].norm())
-    assert_within_rounding(floor, expected, expected, "cosine_noise_floor", steps=64)
+    # The report's float32 update comes from its shared pass, a different sequence of float32
+    # operations than student_update's: the two floors are two draws of float32 rounding of the
+    # same update, equal in size (each ~ kappa u32), not in value.
+    assert expected / 2 <= floor <= 2 * expected, f"floor {floor} vs recomputed {expected}"
     # and the floor is not vacuous: the float32 cosine is not the float64 one
     assert r32.cos_exact_teacher != r64.cos_exact_teacher
 

@@ -36,7 +36,7 @@ LOSSES = {
     "squared": SquaredError(scale=0.5),
     "aux": SoftCrossEntropy(outputs=[3, 4]),
 }
-SIZES = dict(in_features=3, image_size=5, vocab_size=7, seq_len=4)
+SIZES = dict(in_features=3, vocab_size=7, seq_len=4)
 
 
 def _problem(arch, activation=None, n=6, seed=0, dtype=torch.float64):
