@@ -18,14 +18,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from sublim_theory.alignment import (
-    alignment_report,
-    first_order_kernel,
-    gauss_newton_kernel,
-    student_update_kernel,
-)
+from sublim_theory.alignment import first_order_kernel, gauss_newton_kernel, student_update_kernel
 from sublim_theory.bench import SIZES, Case, build_case
 from sublim_theory.losses import SoftCrossEntropy
+from sublim_theory.report import alignment_report
 
 
 def _paths(case: Case) -> dict[str, Callable[[], object]]:

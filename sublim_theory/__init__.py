@@ -1,11 +1,8 @@
 """sublim-theory: verify the subliminal-learning alignment theorem numerically and symbolically."""
 
 from sublim_theory.alignment import (
-    AlignmentReport,
     TeacherTask,
-    alignment_report,
     cosine,
-    critical_step,
     distillation_targets,
     first_order_coefficient,
     gauss_newton_product,
@@ -18,6 +15,7 @@ from sublim_theory.architectures import build_model, make_inputs
 from sublim_theory.errors import InputError
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import KLDivergence, SoftCrossEntropy, SquaredError, make_loss
+from sublim_theory.report import AlignmentReport, alignment_report, critical_step
 
 __version__ = "0.1.0"
 

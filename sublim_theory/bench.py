@@ -32,9 +32,7 @@ high-water mark for the whole run, so it is reported once, not per path).
 
 from __future__ import annotations
 
-import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -47,17 +45,14 @@ import torch
 from torch import Tensor, nn
 
 from sublim_theory import reference
-from sublim_theory.alignment import (
-    alignment_report,
-    first_order_kernel,
-    gauss_newton_kernel,
-    student_update_kernel,
-)
+from sublim_theory.alignment import first_order_kernel, gauss_newton_kernel, student_update_kernel
 from sublim_theory.architectures import MLP, TinyTransformer, build_model, make_inputs
+from sublim_theory.bench_report import combine_runs, markdown, verdicts
 from sublim_theory.errors import InputError
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import SoftCrossEntropy
 from sublim_theory.records import environment_record
+from sublim_theory.report import alignment_report
 from sublim_theory.runs import (
     DTYPES,
     OutputFolder,
@@ -66,14 +61,18 @@ from sublim_theory.runs import (
     resolve_device,
 )
 
-TARGETS = {
-    "report": ("<=", 4.0),
-    "first_order": ("<=", 1.2),
-    "gauss_newton": ("<=", 1.8),
-    "gauss_newton_vs_curvlinops": ("<=", 0.75),
-    "seeds_loop_over_vmap": (">=", 3.0),
-    "mnist_step_batched": ("<=", 1.0),
-}
+__all__ = [
+    "curvlinops_matvec",
+    "SIZES",
+    "Case",
+    "bench_case",
+    "bench_mnist_training",
+    "bench_seeds",
+    "build_case",
+    "run_benchmarks",
+    "time_paths",
+]
+
 
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     # name -> architecture -> (constructor kwargs, batch); "tiny" is what the tests run.
@@ -217,7 +216,7 @@ class _FlatOutputs(nn.Module):
         return out.reshape(-1, out.shape[-1])
 
 
-def _curvlinops_matvec(case: Case, v: Tensor) -> Callable[[], Any] | None:
+def curvlinops_matvec(case: Case, v: Tensor) -> Callable[[], Any] | None:
     """Curvlinops' GGN matvec for softmax cross-entropy on the same batch, or None if absent."""
     try:
         from curvlinops import GGNLinearOperator
@@ -268,7 +267,7 @@ def bench_case(case: Case, device: str) -> list[dict[str, Any]]:
             model, v, inputs, loss, 1e-3, theta0=theta, noise_floor=False
         ),
     }
-    curvlinops = _curvlinops_matvec(case, v)
+    curvlinops = curvlinops_matvec(case, v)
     if curvlinops is not None:
         paths["curvlinops_ggn"] = curvlinops
 
@@ -460,83 +459,6 @@ def bench_mnist_training(
             "baseline": "mnist_step_loop",
         },
     ]
-
-
-def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each targeted row with its target and whether it was met."""
-    out = []
-    for row in rows:
-        target = TARGETS.get(row["path"])
-        if target is None:
-            continue
-        op, bound = target
-        met = row["ratio"] <= bound if op == "<=" else row["ratio"] >= bound
-        out.append({**row, "target": f"{op} {bound}", "met": bool(met)})
-    return out
-
-
-def _key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row["arch"], row["dtype"], row["path"], row["batch"])
-
-
-def combine_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per measurement with its ratios over the runs and the verdict over all of them.
-
-    ``met`` is "yes" when every run meets the target, "NO" when none does, and "mixed (k/n)"
-    otherwise; untargeted entries have no verdict.
-    """
-    grouped: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in rows:
-        entry = grouped.setdefault(
-            _key(row), {**row, "seconds": [], "ratio": [], "load": [], "met_runs": []}
-        )
-        entry["seconds"].append(row["seconds"])
-        entry["ratio"].append(row["ratio"])
-        entry["load"].append(row.get("load"))
-    out = []
-    for entry in grouped.values():
-        target = TARGETS.get(entry["path"])
-        entry["target"], entry["met"] = "", ""
-        if target is not None:
-            marks = [v["met"] for v in verdicts([{**entry, "ratio": r} for r in entry["ratio"]])]
-            entry["target"] = f"{target[0]} {target[1]}"
-            met, n = sum(marks), len(marks)
-            entry["met"] = "yes" if met == n else "NO" if met == 0 else f"mixed ({met}/{n})"
-        del entry["met_runs"]
-        entry.pop("run", None)
-        out.append(entry)
-    return out
-
-
-def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
-    combined = combine_runs(rows)
-    runs = max((len(entry["ratio"]) for entry in combined), default=0)
-    lines = [
-        "# Benchmark: cost of alignment measurement relative to one student gradient",
-        "",
-        f"Environment: {json.dumps(env)}",
-        "",
-        f"{runs} run(s), one after the other; per run: seconds (median, round-robin) and the "
-        "ratio to the baseline in that run; `met` over all runs; `load` is the 1-minute load "
-        "average at the start of the case in each run.",
-        "",
-        "| arch | dtype | device | params | batch | path | seconds | ratio | baseline | target "
-        "| met | load |",
-        "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | --- | --- | --- | ---: |",
-    ]
-
-    def joined(values: list[Any], spec: str) -> str:
-        return " / ".join("-" if x is None else format(x, spec) for x in values)
-
-    for r in combined:
-        lines.append(
-            f"| {r['arch']} | {r['dtype']} | {r['device']} | {r['num_params']} | {r['batch']} | "
-            f"{r['path']} | {joined(r['seconds'], '.4g')} | {joined(r['ratio'], '.3f')} | "
-            f"{r['baseline']} | {r['target']} | {r['met']} | {joined(r['load'], '.2f')} |"
-        )
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    lines += ["", f"Peak process RSS over the whole run: {rss:.0f} MiB."]
-    return "\n".join(lines) + "\n"
 
 
 def _one_run(

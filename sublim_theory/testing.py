@@ -20,7 +20,6 @@ from torch import Tensor
 from torch.func import jvp
 
 from sublim_theory.alignment import (
-    critical_step,
     distillation_targets,
     dot,
     first_order_coefficient,
@@ -30,6 +29,7 @@ from sublim_theory.alignment import (
 from sublim_theory.forward_ad import explicit_normalization
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import ImitationLoss
+from sublim_theory.report import critical_step
 
 __all__ = [
     "ROUNDING_STEPS",

@@ -30,61 +30,99 @@ IGNORED = (".git", ".venv", "out", "results", ".pytest_cache", ".ruff_cache", ".
 
 
 @dataclass(frozen=True)
-class Mutation:
-    name: str
+class Edit:
     path: str
     old: str
     new: str
+    count: int = 1  # how many times ``old`` occurs (every occurrence is replaced)
 
 
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    edits: tuple[Edit, ...]
+
+    @property
+    def paths(self) -> str:
+        return ", ".join(sorted({edit.path for edit in self.edits}))
+
+
+ENGINE, REPORT = "sublim_theory/alignment.py", "sublim_theory/report.py"
+# Each bug is planted in every code path that computes the quantity: the kernels (torch.func,
+# used inside vmap, and dual tensors outside it) and the report's shared pass.
 MUTATIONS = (
     Mutation(
         "flip the sign of G in B",
-        "sublim_theory/alignment.py",
-        "b = b - (u64 * loss.target_curvature(z0, u).double()).sum()",
-        "b = b + (u64 * loss.target_curvature(z0, u).double()).sum()",
+        (
+            Edit(
+                ENGINE,
+                "b = b - (u64 * loss.target_curvature(z0, u).double()).sum()",
+                "b = b + (u64 * loss.target_curvature(z0, u).double()).sum()",
+            ),
+            Edit(
+                REPORT,
+                "b = -(u64 * loss.target_curvature(outputs, tangent).double()).sum()",
+                "b = +(u64 * loss.target_curvature(outputs, tangent).double()).sum()",
+            ),
+        ),
     ),
     Mutation(
         "drop the 1/2 in B",
-        "sublim_theory/alignment.py",
-        "torch.stack([a, 0.5 * b])",
-        "torch.stack([a, b])",
+        (
+            Edit(ENGINE, "torch.stack([a, 0.5 * b])", "torch.stack([a, b])"),
+            Edit(REPORT, "torch.stack([a, 0.5 * b])", "torch.stack([a, b])"),
+        ),
     ),
     Mutation(
         "use the fused layer_norm in the nested jvp",
-        "sublim_theory/forward_ad.py",
-        "    F.layer_norm: _layer_norm,\n    torch.layer_norm: _layer_norm,\n",
-        "",
+        (
+            Edit(
+                "sublim_theory/forward_ad.py",
+                "    F.layer_norm: _layer_norm,\n    torch.layer_norm: _layer_norm,\n",
+                "",
+            ),
+        ),
     ),
     Mutation(
         "drop the 1/tau^2 of KL",
-        "sublim_theory/losses.py",
-        "/ self.temperature**2",
-        "",
+        (
+            Edit(
+                "sublim_theory/losses.py",
+                "_softmax_first_derivative(torch.softmax(z0 / tau, -1), u) / tau**2",
+                "_softmax_first_derivative(torch.softmax(z0 / tau, -1), u)",
+            ),
+        ),
     ),
     Mutation(
         "forget the subset restriction",
-        "sublim_theory/losses.py",
-        "return z if index is None else z.index_select(-1, index)",
-        "return z",
+        (
+            Edit(
+                "sublim_theory/losses.py",
+                "return z if index is None else z.index_select(-1, index)",
+                "return z",
+            ),
+        ),
     ),
     Mutation(
         "average over samples but not sequence positions",
-        "sublim_theory/alignment.py",
-        "return outputs.numel() // outputs.shape[-1]",
-        "return outputs.shape[0]",
+        (Edit(ENGINE, "return outputs.numel() // outputs.shape[-1]", "return outputs.shape[0]"),),
     ),
     Mutation(
         "reuse the teacher's seed stream for placement noise",
-        "sublim_theory/sweep/problems.py",
-        "NOISE_SEED_OFFSET = 4_000_037",
-        "NOISE_SEED_OFFSET = 3_000_017",
+        (
+            Edit(
+                "sublim_theory/sweep/problems.py",
+                "NOISE_SEED_OFFSET = 4_000_037",
+                "NOISE_SEED_OFFSET = TEACHER_DATA_SEED_OFFSET",
+            ),
+        ),
     ),
     Mutation(
         "sum instead of mean in K",
-        "sublim_theory/alignment.py",
-        "return product / _positions(z0)",
-        "return product",
+        (
+            Edit(ENGINE, "return product / _positions(z0)", "return product", count=2),
+            Edit(REPORT, "first = first / positions", "first = first"),
+        ),
     ),
 )
 
@@ -94,20 +132,22 @@ def scratch_copy(destination: Path) -> None:
     shutil.copytree(ROOT, destination, ignore=shutil.ignore_patterns(*IGNORED), symlinks=True)
 
 
-def check_source(mutation: Mutation, text: str) -> None:
-    count = text.count(mutation.old)
-    if count != 1:
-        raise SystemExit(
-            f"mutation '{mutation.name}': the text to replace occurs {count} times in "
-            f"{mutation.path}; update tests/mutations.py to the current source"
-        )
+def check_source(mutation: Mutation, tree: Path = ROOT) -> None:
+    """Each edit's text must occur exactly as often as stated, or the mutation tests nothing."""
+    for edit in mutation.edits:
+        count = (tree / edit.path).read_text().count(edit.old)
+        if count != edit.count:
+            raise SystemExit(
+                f"mutation '{mutation.name}': the text to replace occurs {count} times in "
+                f"{edit.path}, expected {edit.count}; update tests/mutations.py to the source"
+            )
 
 
 def apply(mutation: Mutation, tree: Path) -> None:
-    path = tree / mutation.path
-    text = path.read_text()
-    check_source(mutation, text)
-    path.write_text(text.replace(mutation.old, mutation.new))
+    check_source(mutation, tree)
+    for edit in mutation.edits:
+        path = tree / edit.path
+        path.write_text(path.read_text().replace(edit.old, edit.new))
 
 
 def run_suite(mutation: Mutation | None, python: str) -> dict[str, object]:
@@ -130,7 +170,7 @@ def run_suite(mutation: Mutation | None, python: str) -> dict[str, object]:
         summary = [line for line in output.splitlines() if re.search(r"\d+ (passed|failed)", line)]
         return {
             "mutation": None if mutation is None else mutation.name,
-            "path": None if mutation is None else mutation.path,
+            "path": None if mutation is None else mutation.paths,
             "failed_tests": failed,
             "summary": summary[-1] if summary else output[-500:],
             "exit_code": result.returncode,
@@ -147,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     chosen = [m for m in MUTATIONS if not args.only or any(word in m.name for word in args.only)]
     for mutation in chosen:  # fail fast on stale source text, before any suite runs
-        check_source(mutation, (ROOT / mutation.path).read_text())
+        check_source(mutation)
     # the unmutated suite runs too: a failure there would make every row meaningless
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         baseline, *results = pool.map(lambda m: run_suite(m, args.python), [None, *chosen])

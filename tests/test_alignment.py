@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from sublim_theory import reference
 from sublim_theory.alignment import (
     TeacherTask,
-    alignment_report,
     distillation_targets,
     dot,
     first_order_coefficient,
@@ -27,6 +26,7 @@ from sublim_theory.architectures import build_model, make_inputs
 from sublim_theory.errors import InputError
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import KLDivergence, SoftCrossEntropy, SquaredError
+from sublim_theory.report import alignment_report
 from sublim_theory.strategies import alignment_cases
 from sublim_theory.testing import (
     ROUNDING_STEPS,

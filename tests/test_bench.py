@@ -4,14 +4,8 @@ import pytest
 import torch
 
 from sublim_theory.alignment import gauss_newton_product
-from sublim_theory.bench import (
-    SIZES,
-    _curvlinops_matvec,
-    build_case,
-    combine_runs,
-    run_benchmarks,
-    verdicts,
-)
+from sublim_theory.bench import SIZES, build_case, curvlinops_matvec, run_benchmarks
+from sublim_theory.bench_report import combine_runs, verdicts
 from sublim_theory.errors import InputError
 from sublim_theory.losses import SoftCrossEntropy
 from sublim_theory.testing import assert_allclose
@@ -105,7 +99,7 @@ def test_curvlinops_ggn_equals_our_gauss_newton_product():
     case = build_case("mlp", SIZES["tiny"]["mlp"], torch.float64, "cpu")
     theta = case.model.flat_params()
     v = torch.randn(theta.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    theirs = _curvlinops_matvec(case, v)()
+    theirs = curvlinops_matvec(case, v)()
     theirs = (
         torch.cat([torch.as_tensor(t).reshape(-1) for t in theirs])
         if isinstance(theirs, list)

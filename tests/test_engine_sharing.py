@@ -15,10 +15,8 @@ import pytest
 import torch
 
 import sublim_theory.alignment as alignment
+import sublim_theory.report as report_module
 from sublim_theory.alignment import (
-    alignment_report,
-    critical_step,
-    critical_step_check,
     distillation_targets,
     gauss_newton_product,
     student_update,
@@ -28,6 +26,7 @@ from sublim_theory.architectures import build_model, make_inputs
 from sublim_theory.forward_ad import explicit_normalization
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import KLDivergence, SoftCrossEntropy, SquaredError
+from sublim_theory.report import alignment_report, critical_step, critical_step_check
 
 U = 2.0**-53
 LOSSES = {
@@ -147,7 +146,7 @@ def test_fallback_without_reverse_over_forward_gives_the_same_report(monkeypatch
     def refuse(*args, **kwargs):
         raise RuntimeError("an operator reverse mode cannot cross")
 
-    monkeypatch.setattr(alignment, "_report_kernel", refuse)
+    monkeypatch.setattr(report_module, "_report_kernel", refuse)
     report = alignment_report(model, v, inputs, loss, eps, theta0=theta0)
     _assert_same_report(report, model, theta0, inputs, loss, v, eps)
 
@@ -198,7 +197,7 @@ def test_transformer_takes_the_shared_pass_not_the_fallback(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("fell back to the separate passes")
 
-    monkeypatch.setattr(alignment, "_report_kernel_nested", refuse)
+    monkeypatch.setattr(report_module, "_report_kernel_nested", refuse)
     alignment_report(model, v, inputs, LOSSES["softmax_ce"], 1e-2, theta0=theta0)
 
 

@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from sublim_theory import reference
 from sublim_theory.alignment import (
     TeacherTask,
-    alignment_report,
     distillation_targets,
     dot,
     gauss_newton_product,
@@ -24,6 +23,7 @@ from sublim_theory.alignment import (
 from sublim_theory.architectures import ARCHITECTURES, build_model, make_inputs
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import SoftCrossEntropy
+from sublim_theory.report import alignment_report
 from sublim_theory.strategies import alignment_cases
 from sublim_theory.testing import (
     assert_within_rounding,

@@ -15,6 +15,7 @@ from torch import nn
 from torch.func import grad
 
 from sublim_theory import screen as S
+from sublim_theory import screen_study
 from sublim_theory.architectures import TinyTransformer
 from sublim_theory.cli import main
 from sublim_theory.errors import InputError
@@ -254,9 +255,9 @@ def test_bad_input_is_one_clear_error():
     with pytest.raises(InputError, match="one loss per example"):
         S.screen(model, theta, inputs, targets, lambda z, y: soft_loss(z, y).mean(), probes, **call)
     with pytest.raises(InputError, match="teachers"):
-        S.experiment_config({"screen": {"teachers": ["unicorn"]}})
+        screen_study.experiment_config({"screen": {"teachers": ["unicorn"]}})
     with pytest.raises(InputError, match="filter_variant"):
-        S.experiment_config({"screen": {"variants": ["sgd"], "filter_variant": "rms"}})
+        screen_study.experiment_config({"screen": {"variants": ["sgd"], "filter_variant": "rms"}})
 
 
 def test_command_on_the_tiny_config_writes_its_tables_and_resumes(tmp_path, capsys):

@@ -13,15 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sublim_theory.alignment import (
-    AlignmentReport,
-    TeacherTask,
-    alignment_report,
-    gauss_newton_product,
-)
+from sublim_theory.alignment import TeacherTask, gauss_newton_product
 from sublim_theory.cli import main
 from sublim_theory.errors import InputError
 from sublim_theory.losses import make_loss
+from sublim_theory.report import AlignmentReport, alignment_report
 from sublim_theory.sweep import (
     COLUMNS,
     ENVIRONMENT_NAME,

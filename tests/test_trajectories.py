@@ -4,16 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sublim_theory.alignment import (
-    TeacherTask,
-    alignment_report,
-    batched_cosine,
-    distillation_targets,
-)
+from sublim_theory.alignment import TeacherTask, batched_cosine, distillation_targets
 from sublim_theory.architectures import build_model, make_inputs
 from sublim_theory.errors import InputError
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import make_loss
+from sublim_theory.report import alignment_report
 from sublim_theory.trajectories import (
     StackedOptimizer,
     map_over_seeds,

@@ -10,6 +10,12 @@ from sublim_theory.bench import SIZES, run_benchmarks
 from sublim_theory.cli import add_device_argument, nonnegative_int
 from sublim_theory.runs import DTYPES
 
+__all__ = [
+    "HELP",
+    "register",
+    "run",
+]
+
 HELP = "benchmark the alignment paths against one student gradient (and curvlinops, vmap vs loop)"
 
 

@@ -9,11 +9,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sublim_theory.alignment import AlignmentReport, TeacherTask, alignment_report
+from sublim_theory.alignment import TeacherTask
 from sublim_theory.architectures import ARCHITECTURES, build_model, make_inputs
 from sublim_theory.errors import InputError
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import LOSSES, make_loss
+from sublim_theory.report import AlignmentReport, alignment_report
 from sublim_theory.runs import DTYPES
 
 __all__ = [

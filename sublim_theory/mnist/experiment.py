@@ -1,6 +1,7 @@
 """The paper's MNIST auxiliary-logit experiment (Cloud et al. 2025, Fig. 10), N models at once.
 
-Setup (THEORY.md section 6; every value is a field of ``MnistConfig``):
+Setup (the official code of Cloud et al. 2025, arXiv 2507.14805; every value is a field of
+``MnistConfig``):
 
 * MLP 784-256-256-(10+m), ReLU; weights N(0, 1/d_in), biases 0 (the *reference* init theta_0^i of
   model i). Pixels in [-1, 1].
@@ -44,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sublim_theory.alignment import batched_cosine
 from sublim_theory.architectures import MLP
 from sublim_theory.errors import InputError
 from sublim_theory.functional import FunctionalModel
@@ -51,6 +53,31 @@ from sublim_theory.losses import KLDivergence
 from sublim_theory.mnist.data import N_CLASSES, N_PIXELS, MnistData
 from sublim_theory.placements import place_student
 from sublim_theory.runs import bound, parse_config
+
+__all__ = [
+    "mixed_seed",
+    "PAPER_TEACHER_STEPS",
+    "STUDENT_KINDS",
+    "ExperimentResult",
+    "MnistConfig",
+    "Params",
+    "StudentGroup",
+    "accuracy",
+    "derangement",
+    "distillation_loss",
+    "flatten",
+    "forward",
+    "layer_sizes",
+    "noise_block",
+    "reference_init",
+    "run_experiment",
+    "stack",
+    "student_groups",
+    "student_inits",
+    "train_students",
+    "train_teachers",
+    "unflatten",
+]
 
 # The paper's teacher sees 5 epochs of 60,000 digits at batch 1024: 5 * ceil(60000/1024) steps.
 PAPER_TEACHER_STEPS = 5 * math.ceil(60_000 / 1024)
@@ -197,14 +224,14 @@ def layer_sizes(config: MnistConfig) -> list[int]:
     return [N_PIXELS, *config.hidden, N_CLASSES + config.aux_logits]
 
 
-def _seed(*parts: int) -> int:
+def mixed_seed(*parts: int) -> int:
     """A 63-bit seed mixing integers (numpy's SeedSequence), stable across runs and platforms."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def reference_init(config: MnistConfig, model_index: int) -> Params:
     """Model ``model_index``'s theta_0: weights N(0, 1/d_in), biases 0 (no model axis)."""
-    generator = torch.Generator().manual_seed(_seed(config.seed, 1, model_index))
+    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 1, model_index))
     sizes = layer_sizes(config)
     params: Params = []
     for d_in, d_out in zip(sizes[:-1], sizes[1:]):
@@ -268,7 +295,7 @@ def noise_block(config: MnistConfig, model_index: int, block: int) -> Tensor:
     """Images ``block * batch ... `` of model ``model_index``'s fixed uniform[-1, 1] noise set."""
     start = block * config.batch_size
     size = min(config.batch_size, config.noise_images - start)
-    generator = torch.Generator().manual_seed(_seed(config.seed, 2, model_index, block))
+    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 2, model_index, block))
     return 2 * torch.rand(size, N_PIXELS, generator=generator) - 1
 
 
@@ -289,7 +316,7 @@ def train_teachers(config: MnistConfig, reference: Params, data: MnistData, epoc
     params = [p.clone().requires_grad_(True) for p in reference]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     n_models, n_train = config.models, len(data.train_labels)
-    generator = torch.Generator().manual_seed(_seed(config.seed, 3))
+    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 3))
     for _ in range(epochs):
         order = torch.rand(n_models, n_train, generator=generator).argsort(dim=1)
         order = order.to(data.train_labels.device)
@@ -322,18 +349,10 @@ def student_inits(
         for i in range(n_models):
             theta0 = flat_reference[perm[i] if group.cross else i]
             if group.noise > 0:
-                seed = _seed(config.seed, 4, group_index, i)
+                seed = mixed_seed(config.seed, 4, group_index, i)
                 theta0 = place_student(shape_model, theta0, "scaled_noise", group.noise, seed)
             rows.append(theta0)
     return unflatten(torch.stack(rows), reference)
-
-
-def _cosines(update: Tensor, direction: Tensor) -> Tensor:
-    """Row-wise cos(update_j, direction_j) in float64; NaN where the update is exactly zero."""
-    update, direction = update.double(), direction.double()
-    norms = update.norm(dim=1) * direction.norm(dim=1)
-    cos = (update * direction).sum(1) / norms
-    return torch.where(norms > 0, cos, torch.full_like(cos, math.nan))
 
 
 def _model_major(p: Tensor, n_groups: int) -> Tensor:
@@ -405,7 +424,7 @@ def train_students(
     aux_index = torch.tensor([i for i, a in enumerate(aux_only) if a], device=device)
     all_index = torch.tensor([i for i, a in enumerate(aux_only) if not a], device=device)
     n_blocks = math.ceil(config.noise_images / config.batch_size)
-    generator = torch.Generator().manual_seed(_seed(config.seed, 5))
+    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 5))
     # drawn on the CPU (its generators), so every device sees the same noise images
     buffer = torch.empty(n_models, min(config.batch_size, config.noise_images), N_PIXELS)
     teacher_logits: dict[int, Tensor] = {}
@@ -419,7 +438,9 @@ def train_students(
             size = min(config.batch_size, config.noise_images - start)
             images = buffer[:, :size]
             for i in range(n_models):  # as noise_block(config, i, block), in place
-                block_generator = torch.Generator().manual_seed(_seed(config.seed, 2, i, block))
+                block_generator = torch.Generator().manual_seed(
+                    mixed_seed(config.seed, 2, i, block)
+                )
                 torch.rand(size, N_PIXELS, generator=block_generator, out=images[i])
             images = images.mul_(2).sub_(1).to(device)
             if block not in teacher_logits:
@@ -461,7 +482,9 @@ def run_experiment(
     n_models = config.models
     teacher_epochs = config.resolved_teacher_epochs(len(data.train_labels))
     perm = (
-        derangement(n_models, _seed(config.seed, 6)) if config.controls else list(range(n_models))
+        derangement(n_models, mixed_seed(config.seed, 6))
+        if config.controls
+        else list(range(n_models))
     )
     clock = time.perf_counter()
     reference_cpu = stack([reference_init(config, i) for i in range(n_models)])
@@ -497,7 +520,9 @@ def run_experiment(
         for g, group in enumerate(groups):
             entry = result.groups[group.name]
             entry["accuracy_per_epoch"].append(accuracies[g].tolist())
-            entry["cosine_per_epoch"].append(_cosines(updates[g], teacher_displacement).tolist())
+            entry["cosine_per_epoch"].append(
+                batched_cosine(updates[g], teacher_displacement).tolist()
+            )
         summary = ", ".join(f"{g.name} {accuracies[i].mean():.3f}" for i, g in enumerate(groups))
         log(f"student epoch {epoch}: {summary} ({time.perf_counter() - clock:.1f}s)")
 

@@ -26,7 +26,6 @@ from torch.func import grad
 
 from sublim_theory.alignment import (
     cosine,
-    critical_step,
     dot,
     gauss_newton_kernel,
     norm,
@@ -36,6 +35,7 @@ from sublim_theory.alignment import (
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import ImitationLoss, make_loss
 from sublim_theory.placements import INDEPENDENT_PLACEMENTS
+from sublim_theory.report import critical_step
 from sublim_theory.sweep.config import wants_trajectory
 from sublim_theory.sweep.problems import prepare_configuration
 from sublim_theory.trajectories import map_over_seeds, student_trajectory

@@ -13,10 +13,10 @@ import torch
 
 from sublim_theory.mnist.experiment import (
     MnistConfig,
-    _seed,
     distillation_loss,
     flatten,
     forward,
+    mixed_seed,
     noise_block,
     reference_init,
     stack,
@@ -34,7 +34,7 @@ def obvious_students(config, teacher, initial, groups):
     params = [p.clone().requires_grad_(True) for p in initial]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     aux_only = torch.tensor([g.aux_only for g in groups])
-    generator = torch.Generator().manual_seed(_seed(config.seed, 5))
+    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 5))
     for _ in range(config.student_epochs):
         n_blocks = math.ceil(config.noise_images / config.batch_size)
         for block in torch.randperm(n_blocks, generator=generator).tolist():

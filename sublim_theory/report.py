@@ -1,0 +1,582 @@
+"""The one-step alignment report: every term of the theorem for one teacher step, and eps*.
+
+``alignment_report`` measures one distillation step against the teacher's direction and the
+theorem's predictions (theory/alignment.md sections 2-5), sharing its passes: one forward that
+carries J v, reused by the backward passes for the exact update, K(eps v) and B. ``critical_step``
+and ``critical_step_check`` give the truncated quadratic's root eps* = A/|B| and whether the
+dropped cubic term is small there. The kernels and the single-quantity functions it is checked
+against live in :mod:`sublim_theory.alignment`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+from torch.func import jvp
+
+from sublim_theory.alignment import (
+    TeacherTask,
+    _check_finite,
+    _check_inputs,
+    _check_vector,
+    _chunks,
+    _dual_forward,
+    _forward,
+    _positions,
+    batched_norm,
+    distillation_targets,
+    dot,
+    gauss_newton_kernel,
+    gauss_newton_product,
+    norm,
+    student_update,
+    student_update_kernel,
+    taylor_kernel,
+)
+from sublim_theory.errors import InputError
+from sublim_theory.forward_ad import explicit_normalization
+from sublim_theory.functional import FunctionalModel
+from sublim_theory.losses import ImitationLoss
+
+__all__ = [
+    "EPS_STAR_TOLERANCE",
+    "AlignmentReport",
+    "CriticalStepCheck",
+    "alignment_report",
+    "critical_step",
+    "critical_step_check",
+]
+
+
+def critical_step(a: float, b: float) -> float:
+    """eps* = A/|B|, the positive root of the TRUNCATED quadratic eps A + eps^2 B (B < 0).
+
+    Returns inf when B >= 0: the quadratic then has no positive root, which is a statement about
+    the truncation only, not a guarantee that the exact alignment stays positive for large eps.
+    Whether the cubic remainder is small at eps* is judged by :func:`critical_step_check`.
+
+    Args:
+        a: A, the first-order coefficient.
+        b: B, the second-order coefficient.
+
+    Returns:
+        A/|B| when B < 0, else inf.
+
+    """
+    return a / abs(b) if b < 0 else math.inf
+
+
+# |phi(eps*)| / (eps* A) above this: eps* lies outside the range where eps A + eps^2 B
+# describes phi. It estimates the relative distance from eps* to the exact sign change (see
+# critical_step_check), so 0.1 means "eps* is right to about 10%".
+EPS_STAR_TOLERANCE = 0.1
+
+
+@dataclass(frozen=True)
+class CriticalStepCheck:
+    """How far the truncated quadratic's root eps* can be trusted (``critical_step_check``).
+
+    Attributes:
+        residual: phi(eps*) / (eps* A), signed, with phi(eps) = <dtheta_S(eps), v> exact; NaN
+            when there is no eps* (B >= 0 or A <= 0) or the teacher's outputs at eps* overflow.
+        trusted: |residual| <= EPS_STAR_TOLERANCE.
+        note: one line saying which case applies.
+
+    """
+
+    residual: float
+    trusted: bool
+    note: str
+
+
+def critical_step_check(
+    model: FunctionalModel,
+    theta0: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    v: Tensor,
+    a: float,
+    b: float,
+    batch_size: int | None = None,
+) -> CriticalStepCheck:
+    """Evaluate the exact alignment phi at eps* = A/|B| to see whether eps* means anything.
+
+    The quadratic vanishes at eps*, so phi(eps*) is exactly the remainder R(eps*) = O(eps*^3)
+    that the truncation drops. Near eps*, phi'(eps*) = A + 2 eps* B + R'(eps*) = -A + R'(eps*),
+    so one Newton step from eps* moves it by R(eps*) / A; the returned ``residual`` is that move
+    relative to eps* (the estimated relative error of eps* as the sign change of phi). Costs one
+    forward pass of the teacher and one student gradient at eps*, at the shared init theta0.
+    It looks at one point: a phi that changes sign twice before eps* would pass unseen.
+
+    Args:
+        model: the network.
+        theta0: the shared init.
+        inputs: the distillation inputs.
+        loss: the imitation loss.
+        v: the teacher's direction.
+        a: A from :func:`taylor_coefficients`.
+        b: B from :func:`taylor_coefficients`.
+        batch_size: process inputs in chunks of this many samples.
+
+    Returns:
+        The residual, whether it is within ``EPS_STAR_TOLERANCE``, and a one-line note.
+
+    """
+
+    def exact_alignment(eps_star: float) -> float | None:
+        targets = distillation_targets(model, theta0 + eps_star * v, inputs, batch_size)
+        if not torch.isfinite(targets).all():
+            return None
+        return dot(student_update(model, theta0, inputs, targets, loss, batch_size), v)
+
+    return _judge_critical_step(a, b, exact_alignment)
+
+
+def _judge_critical_step(
+    a: float, b: float, exact_alignment: Callable[[float], float | None]
+) -> CriticalStepCheck:
+    """The verdict of :func:`critical_step_check`, given phi(eps) (None: the targets overflow)."""
+    if not b < 0:
+        return CriticalStepCheck(
+            math.nan,
+            False,
+            "no root of the quadratic (B >= 0); not a guarantee for large eps: the cubic "
+            "remainder is unbounded",
+        )
+    if not a > 0:
+        return CriticalStepCheck(
+            math.nan, False, "A = 0: no first-order alignment, eps* = 0 has no meaning"
+        )
+    eps_star = a / abs(b)
+    overflow = CriticalStepCheck(
+        math.nan,
+        False,
+        "the teacher's outputs or the student's update overflow at eps*: eps* is far outside "
+        "the quadratic's range",
+    )
+    exact = exact_alignment(eps_star)
+    if exact is None or not math.isfinite(exact):
+        return overflow
+    residual = exact / (eps_star * a)
+    if abs(residual) <= EPS_STAR_TOLERANCE:
+        note = (
+            f"root of the truncated quadratic; exact alignment there is {residual:+.2g} x eps* A, "
+            f"so eps* is the sign change to about {abs(residual):.0%}"
+        )
+        return CriticalStepCheck(residual, True, note)
+    note = (
+        f"root of the truncated quadratic, OUTSIDE its range: exact alignment there is "
+        f"{residual:+.2g} x eps* A (|.| > {EPS_STAR_TOLERANCE:g}); not the sign change"
+    )
+    return CriticalStepCheck(residual, False, note)
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+# --------------------------------------------------------------------------------------------
+@dataclass
+class AlignmentReport:
+    """One-step alignment between the teacher's direction v and the student's distillation update.
+
+    Keys (all floats unless noted; JSON writes inf/NaN as null):
+        eps, student_lr: the teacher step and the student's step size alpha.
+        num_params, num_inputs (int), dtype, loss (str).
+        init_distance_abs, init_distance_rel: ||theta_S0 - theta_0|| and that over ||theta_0||.
+        inner_exact: <dtheta_S, v> for the exact update.
+        inner_first_order: <K(eps v - Delta), v>  (= eps A at the shared init).
+        inner_second_order: eps A + eps^2 B (the shared-init expansion).
+        cos_exact_teacher, cos_first_order_teacher, cos_exact_first_order: cosines of the
+            exact update, the first-order prediction, and the teacher direction.
+        norm_exact, norm_first_order, norm_teacher: Euclidean norms.
+        taylor_residual: ||exact - first order|| / ||exact||.
+        A, B: theory/alignment.md section 4 (shared init): <dtheta_S, v> = eps A + eps^2 B + O(eps^3).
+        eps_star: A/|B|, the root of the truncated quadratic eps A + eps^2 B when B < 0; inf
+            (JSON null) when B >= 0, which is no guarantee for large eps.
+        eps_star_residual: phi(eps*) / (eps* A) with phi the exact alignment at the shared
+            init: the estimated relative error of eps* as phi's sign change (NaN: no eps*).
+        eps_star_trusted (bool): |eps_star_residual| <= EPS_STAR_TOLERANCE (0.1).
+        eps_star_note (str): one line saying which case applies.
+        teacher_loss_change_exact: L_T(theta_S0 + alpha dtheta_S) - L_T(theta_S0) (needs a teacher task).
+        teacher_loss_change_first_order: alpha <grad L_T(theta_S0), K(eps v - Delta)>.
+        cosine_noise_floor: for float32 models, ||dtheta_S(float32) - dtheta_S(float64)|| /
+            ||dtheta_S(float64)||: cosines closer than this are not resolved. Computed only
+            when asked (``alignment_report(..., noise_floor=True)``); None otherwise and in
+            float64.
+    """
+
+    eps: float
+    student_lr: float
+    num_params: int
+    num_inputs: int
+    dtype: str
+    loss: str
+    init_distance_abs: float
+    init_distance_rel: float
+    inner_exact: float
+    inner_first_order: float
+    inner_second_order: float
+    cos_exact_teacher: float
+    cos_first_order_teacher: float
+    cos_exact_first_order: float
+    norm_exact: float
+    norm_first_order: float
+    norm_teacher: float
+    taylor_residual: float
+    A: float
+    B: float
+    eps_star: float
+    eps_star_residual: float
+    eps_star_trusted: bool
+    eps_star_note: str
+    teacher_loss_change_exact: float | None
+    teacher_loss_change_first_order: float | None
+    cosine_noise_floor: float | None
+
+    def to_dict(self) -> dict[str, float | int | str | None]:
+        """Plain dict with non-finite floats as None (valid JSON)."""
+        return {
+            k: (None if isinstance(x, float) and not math.isfinite(x) else x)
+            for k, x in asdict(self).items()
+        }
+
+
+def _float64_update(
+    model: FunctionalModel,
+    theta_student: Tensor,
+    theta_teacher: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    batch_size: int | None,
+) -> Tensor | None:
+    """The exact update recomputed on a float64 copy of the module (for the noise floor)."""
+    try:
+        double = FunctionalModel(copy.deepcopy(model.module).double())
+    except (RuntimeError, TypeError, InputError):
+        return None
+    x = inputs.double() if inputs.is_floating_point() else inputs
+    targets = distillation_targets(double, theta_teacher.double(), x, batch_size)
+    return student_update(double, theta_student.double(), x, targets, loss, batch_size)
+
+
+def _softmax(x: Tensor, dim: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Softmax from elementary ops (shifted by the max, which leaves it unchanged)."""
+    if dtype is not None:
+        x = x.to(dtype)
+    e = torch.exp(x - x.amax(dim, keepdim=True))
+    return e / e.sum(dim, keepdim=True)
+
+
+class _explicit_softmax(explicit_normalization):  # noqa: N801 (used as a context manager)
+    """Layer/instance norm (``explicit_normalization``) and softmax from elementary ops.
+
+    Reverse mode through the forward derivative of torch's fused softmax fails (that derivative
+    overwrites a tensor the backward saved); through exp and sum it is exact. One mode for both
+    replacements: every op of the forward passes through one Python hook, not two.
+    """
+
+    _FUNCS = (torch.softmax, torch.nn.functional.softmax, Tensor.softmax)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        if func in self._FUNCS:
+            kwargs = kwargs or {}
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            if isinstance(dim, int):
+                return _softmax(args[0], dim, kwargs.get("dtype"))
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+@dataclass
+class _Chunk:
+    """What one chunk of the report's inputs gives at theta_0 (see :func:`_report_kernel`)."""
+
+    outputs: Tensor  # z0 = f(theta_0, x), detached
+    tangent: Tensor  # u = J v, detached
+    coefficients: Tensor  # float64 [A, B] over this chunk
+    exact: Tensor | None  # -grad L_S(theta_0), when the student starts at theta_0
+    first: Tensor | None  # K (eps v), when the student starts at theta_0
+
+
+def _report_kernel(
+    model: FunctionalModel,
+    theta: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    v: Tensor,
+    targets: Tensor | None,
+    eps: float,
+) -> _Chunk:
+    """A, B, and (given the targets) the exact update and K (eps v) on one batch, sharing work.
+
+    One forward pass carries the tangent v (dual numbers), giving z0 and u = J v, and is recorded
+    for reverse mode. Reverse passes then give the exact update J^T (-grad_z L) and the
+    first-order update J^T M (eps u) / n from z0, and H_c v = D(J^T c)[v] from u with c = M u,
+    so that u^T M w = <c, D^2 f[v, v]> = <v, H_c v> (reverse over forward: no second forward).
+    The same quantities as :func:`taylor_kernel`, :func:`student_update_kernel` and
+    :func:`gauss_newton_kernel` (with q = eps v), up to rounding.
+
+    Returns:
+        z0 and u (detached), [A, B] over this batch, and the exact and first-order updates
+        (None when ``targets`` is None).
+
+    """
+    t = theta.detach().requires_grad_(True)
+    with torch.enable_grad():
+        with _explicit_softmax():
+            z0, u = _dual_forward(model, t, inputs, v)
+        positions = _positions(z0)
+        outputs, tangent = z0.detach(), u.detach()
+        curvature = loss.hessian_vector_product(outputs, tangent)
+        u64 = tangent.double()
+        a = (u64 * curvature.double()).sum()
+        b = -(u64 * loss.target_curvature(outputs, tangent).double()).sum()
+        exact = first = None
+        if targets is not None:
+            leaf = outputs.clone().requires_grad_(True)
+            (output_gradient,) = torch.autograd.grad(loss.value(leaf, targets).mean(), leaf)
+            (exact,) = torch.autograd.grad(z0, t, -output_gradient, retain_graph=True)
+            (first,) = torch.autograd.grad(z0, t, eps * curvature, retain_graph=True)
+            first = first / positions
+        if u.requires_grad:
+            (mixed,) = torch.autograd.grad(u, t, curvature, allow_unused=True)
+            if mixed is not None:  # None: u does not depend on theta (f linear in theta)
+                b = b + (mixed.double() * v.double()).sum()
+    return _Chunk(outputs, tangent, torch.stack([a, 0.5 * b]) / positions, exact, first)
+
+
+def _report_kernel_nested(
+    model: FunctionalModel,
+    theta: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    v: Tensor,
+    targets: Tensor | None,
+    eps: float,
+) -> _Chunk:
+    """:func:`_report_kernel` from the separate kernels (for models reverse mode cannot cross)."""
+    z0, u = jvp(model.as_function(inputs), (theta,), (v,))
+    coefficients = taylor_kernel(model, theta, inputs, loss, v)
+    exact = first = None
+    if targets is not None:
+        exact = student_update_kernel(model, theta, inputs, targets, loss)
+        first = gauss_newton_kernel(model, theta, inputs, loss, eps * v)
+    return _Chunk(z0.detach(), u.detach(), coefficients, exact, first)
+
+
+@dataclass
+class _Shared:
+    """The report's per-input work at theta_0, accumulated over chunks."""
+
+    coefficients: tuple[float, float]
+    exact: Tensor | None
+    first: Tensor | None
+    chunks: list[tuple[slice, Tensor, Tensor]]  # (inputs, z0, u) per chunk, for phi(eps*)
+
+
+def _shared_pass(
+    model: FunctionalModel,
+    theta0: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    v: Tensor,
+    targets: Tensor | None,
+    eps: float,
+    batch_size: int | None,
+) -> _Shared:
+    """Run :func:`_report_kernel` on every chunk and average as :func:`_accumulate` does."""
+    kernel = _report_kernel
+    totals: dict[str, Tensor] = {}
+    chunks, count = [], 0
+    for s in _chunks(inputs, batch_size):
+        y = None if targets is None else targets[s]
+        try:
+            part = kernel(model, theta0, inputs[s], loss, v, y, eps)
+        except RuntimeError:
+            # an operator whose forward derivative reverse mode cannot cross: separate passes
+            kernel = _report_kernel_nested
+            part = kernel(model, theta0, inputs[s], loss, v, y, eps)
+        n = s.stop - s.start
+        for name in ("coefficients", "exact", "first"):
+            value = getattr(part, name)
+            if value is not None:
+                value = value.double() * n
+                totals[name] = value if name not in totals else totals[name] + value
+        chunks.append((s, part.outputs, part.tangent))
+        count += n
+    a, b = (totals["coefficients"] / count).tolist()
+    exact, first = (
+        (totals[k] / count).to(theta0.dtype) if k in totals else None for k in ("exact", "first")
+    )
+    return _Shared((a, b), exact, first, chunks)
+
+
+def _exact_alignment_from(
+    model: FunctionalModel,
+    theta0: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    v: Tensor,
+    shared: _Shared,
+) -> Callable[[float], float | None]:
+    """phi(eps) = <dtheta_S(eps), v> at the shared init = -E_x[grad_z l(z0, y_eps)^T u].
+
+    Reuses z0 and u = J v of the shared pass: one forward of the teacher per eps, no backward.
+
+    Returns:
+        eps -> phi(eps), or None when the teacher's outputs at eps overflow.
+
+    """
+
+    def exact_alignment(eps: float) -> float | None:
+        theta_teacher = theta0 + eps * v
+        total = torch.zeros((), dtype=torch.float64, device=theta0.device)
+        for s, outputs, tangent in shared.chunks:
+            with torch.no_grad():
+                targets = _forward(model, theta_teacher, inputs[s])
+            if not torch.isfinite(targets).all():
+                return None
+            leaf = outputs.clone().requires_grad_(True)
+            with torch.enable_grad():
+                (gradient,) = torch.autograd.grad(loss.value(leaf, targets).mean(), leaf)
+            total = total - (gradient.double() * tangent.double()).sum() * (s.stop - s.start)
+        return float(total) / int(inputs.shape[0])
+
+    return exact_alignment
+
+
+def alignment_report(
+    model: FunctionalModel,
+    direction: Tensor,
+    inputs: Tensor,
+    loss: ImitationLoss,
+    eps: float,
+    *,
+    theta0: Tensor | None = None,
+    student_init: Tensor | None = None,
+    teacher: TeacherTask | None = None,
+    student_lr: float = 1.0,
+    batch_size: int | None = None,
+    noise_floor: bool = False,
+) -> AlignmentReport:
+    """Measure one distillation step against the teacher's direction and the theorem's prediction.
+
+    Cost at the shared init (``student_init`` None or equal to theta0), per chunk: one forward
+    for the targets, one forward carrying u = J v (dual numbers) recorded for reverse mode, three
+    reverse passes from it (the exact update, K (eps v), and <v, H_c v> for B), and one forward
+    of the teacher at eps* when B < 0 (phi(eps*) = -E[grad_z l(z0, y_eps*)^T u] needs no
+    backward). It keeps z0 and u of every chunk (twice the size of the targets) until eps* is
+    known. Each key equals its stand-alone function's value up to rounding
+    (tests/test_engine_sharing.py). A different ``student_init`` adds one student gradient and
+    one Gauss-Newton product at theta0.
+
+    Args:
+        model: the network (see :class:`FunctionalModel`).
+        direction: v, the teacher's update (``TeacherTask.update``) or any direction.
+        inputs: distillation inputs x ~ D_S, shape (N, ...).
+        loss: the imitation loss l(z, y).
+        eps: the teacher's step: theta_T = theta_0 + eps v; must be > 0.
+        theta0: the shared init (default: the module's current parameters).
+        student_init: theta_S0 (default: theta0, the theorem's setting).
+        teacher: the trait task; enables the teacher-loss rows.
+        student_lr: alpha, the student's step size for the teacher-loss change.
+        batch_size: process inputs in chunks of this many samples.
+        noise_floor: for float32 models, also compute the update on a float64 copy (the
+            ``cosine_noise_floor`` key; about one more student gradient in float64). Off by
+            default: the key is then None.
+
+    Returns:
+        An :class:`AlignmentReport` (its docstring and the README list every key).
+
+    Raises:
+        InputError: eps or student_lr not a finite number > 0, mis-shaped or non-finite
+            inputs/vectors, teacher outputs that overflow, or a model in train mode.
+
+    """
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise InputError(f"eps must be a finite number > 0, got {eps}")
+    if not (math.isfinite(student_lr) and student_lr > 0):
+        raise InputError(f"student_lr must be a finite number > 0, got {student_lr}")
+    _check_inputs(inputs, batch_size)
+    theta0 = model.flat_params() if theta0 is None else theta0.detach()
+    _check_vector(model, "theta0", theta0)
+    _check_vector(model, "direction", direction)
+    theta_s0 = theta0 if student_init is None else student_init.detach()
+    _check_vector(model, "student_init", theta_s0)
+    v = direction.detach().to(theta0.dtype)
+
+    theta_teacher = theta0 + eps * v
+    targets = distillation_targets(model, theta_teacher, inputs, batch_size)
+    _check_finite("teacher outputs", targets)
+    offset = theta_s0 - theta0
+    shared_init = student_init is None or bool(torch.equal(theta_s0, theta0))
+    shared = _shared_pass(
+        model, theta0, inputs, loss, v, targets if shared_init else None, eps, batch_size
+    )
+    if shared_init:
+        exact, first = shared.exact, shared.first
+    else:
+        exact = student_update(model, theta_s0, inputs, targets, loss, batch_size)
+        first = gauss_newton_product(model, theta0, inputs, loss, eps * v - offset, batch_size)
+    a, b = shared.coefficients
+    star = _judge_critical_step(a, b, _exact_alignment_from(model, theta0, inputs, loss, v, shared))
+
+    change_exact = change_first = None
+    if teacher is not None:
+        with torch.no_grad():
+            base = float(teacher.loss(model, theta_s0).double())
+            stepped = float(teacher.loss(model, theta_s0 + student_lr * exact).double())
+        change_exact = stepped - base
+        change_first = student_lr * dot(teacher.gradient(model, theta_s0), first)
+
+    floor = None
+    if model.dtype != torch.float64 and noise_floor:
+        reference = _float64_update(model, theta_s0, theta_teacher, inputs, loss, batch_size)
+        if reference is not None:
+            floor = norm(exact.double() - reference) / max(norm(reference), 1e-300)
+
+    distance = norm(offset)
+    # every reduction of the three vectors from one float64 copy of them
+    stacked = torch.stack([exact, first, v]).double()
+    norm_exact, norm_first, norm_v = batched_norm(stacked).tolist()
+    gram = (stacked @ stacked.T).tolist()  # one pass over the three vectors
+    inner_exact, inner_first, inner_both = gram[0][2], gram[1][2], gram[0][1]
+
+    def cos(inner: float, n1: float, n2: float) -> float:
+        return inner / (n1 * n2) if n1 * n2 > 0 else math.nan
+
+    residual = (
+        float(batched_norm(stacked[0] - stacked[1])) / norm_exact if norm_exact > 0 else math.nan
+    )
+    return AlignmentReport(
+        eps=float(eps),
+        student_lr=float(student_lr),
+        num_params=model.num_params,
+        num_inputs=int(inputs.shape[0]),
+        dtype=str(model.dtype).replace("torch.", ""),
+        loss=loss.describe(),
+        init_distance_abs=distance,
+        init_distance_rel=distance / max(norm(theta0), 1e-300),
+        inner_exact=inner_exact,
+        inner_first_order=inner_first,
+        inner_second_order=eps * a + eps**2 * b,
+        cos_exact_teacher=cos(inner_exact, norm_exact, norm_v),
+        cos_first_order_teacher=cos(inner_first, norm_first, norm_v),
+        cos_exact_first_order=cos(inner_both, norm_exact, norm_first),
+        norm_exact=norm_exact,
+        norm_first_order=norm_first,
+        norm_teacher=norm_v,
+        taylor_residual=residual,
+        A=a,
+        B=b,
+        eps_star=critical_step(a, b),
+        eps_star_residual=star.residual,
+        eps_star_trusted=star.trusted,
+        eps_star_note=star.note,
+        teacher_loss_change_exact=change_exact,
+        teacher_loss_change_first_order=change_first,
+        cosine_noise_floor=floor,
+    )
