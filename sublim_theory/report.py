@@ -44,6 +44,7 @@ from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import ImitationLoss
 
 __all__ = [
+    "update_statistics",
     "EPS_STAR_TOLERANCE",
     "AlignmentReport",
     "CriticalStepCheck",
@@ -448,6 +449,53 @@ def _exact_alignment_from(
     return exact_alignment
 
 
+def update_statistics(
+    exact: Tensor, first: Tensor, v: Tensor, theta0: Tensor, theta_s0: Tensor
+) -> dict[str, float]:
+    """The report's statistics of one student update, its first-order prediction and v.
+
+    One implementation for :func:`alignment_report` and the sweep (which forms the vectors in
+    batches over seeds): every reduction in float64 from one stacked copy of the three vectors.
+
+    Args:
+        exact: the exact update dtheta_S.
+        first: the first-order prediction K(eps v - Delta).
+        v: the teacher's direction.
+        theta0: the shared init.
+        theta_s0: the student's init (Delta = theta_s0 - theta0).
+
+    Returns:
+        ``init_distance_abs``, ``init_distance_rel``, ``inner_exact``, ``inner_first_order``,
+        ``cos_exact_teacher``, ``cos_first_order_teacher``, ``cos_exact_first_order``,
+        ``norm_exact``, ``norm_first_order``, ``norm_teacher`` and ``taylor_residual`` (the
+        report's keys of the same names; NaN where a vector is exactly zero).
+
+    """
+    stacked = torch.stack([exact.reshape(-1), first.reshape(-1), v.reshape(-1)]).double()
+    norm_exact, norm_first, norm_v = batched_norm(stacked).tolist()
+    gram = (stacked @ stacked.T).tolist()  # one pass over the three vectors
+    inner_exact, inner_first, inner_both = gram[0][2], gram[1][2], gram[0][1]
+
+    def cos(inner: float, n1: float, n2: float) -> float:
+        return inner / (n1 * n2) if n1 * n2 > 0 else math.nan
+
+    distance = norm(theta_s0 - theta0)
+    residual = float(batched_norm(stacked[0] - stacked[1]))
+    return {
+        "init_distance_abs": distance,
+        "init_distance_rel": distance / max(norm(theta0), 1e-300),
+        "inner_exact": inner_exact,
+        "inner_first_order": inner_first,
+        "cos_exact_teacher": cos(inner_exact, norm_exact, norm_v),
+        "cos_first_order_teacher": cos(inner_first, norm_first, norm_v),
+        "cos_exact_first_order": cos(inner_both, norm_exact, norm_first),
+        "norm_exact": norm_exact,
+        "norm_first_order": norm_first,
+        "norm_teacher": norm_v,
+        "taylor_residual": residual / norm_exact if norm_exact > 0 else math.nan,
+    }
+
+
 def alignment_report(
     model: FunctionalModel,
     direction: Tensor,
@@ -538,19 +586,6 @@ def alignment_report(
         if reference is not None:
             floor = norm(exact.double() - reference) / max(norm(reference), 1e-300)
 
-    distance = norm(offset)
-    # every reduction of the three vectors from one float64 copy of them
-    stacked = torch.stack([exact, first, v]).double()
-    norm_exact, norm_first, norm_v = batched_norm(stacked).tolist()
-    gram = (stacked @ stacked.T).tolist()  # one pass over the three vectors
-    inner_exact, inner_first, inner_both = gram[0][2], gram[1][2], gram[0][1]
-
-    def cos(inner: float, n1: float, n2: float) -> float:
-        return inner / (n1 * n2) if n1 * n2 > 0 else math.nan
-
-    residual = (
-        float(batched_norm(stacked[0] - stacked[1])) / norm_exact if norm_exact > 0 else math.nan
-    )
     return AlignmentReport(
         eps=float(eps),
         student_lr=float(student_lr),
@@ -558,18 +593,8 @@ def alignment_report(
         num_inputs=int(inputs.shape[0]),
         dtype=str(model.dtype).replace("torch.", ""),
         loss=loss.describe(),
-        init_distance_abs=distance,
-        init_distance_rel=distance / max(norm(theta0), 1e-300),
-        inner_exact=inner_exact,
-        inner_first_order=inner_first,
+        **update_statistics(exact, first, v, theta0, theta_s0),
         inner_second_order=eps * a + eps**2 * b,
-        cos_exact_teacher=cos(inner_exact, norm_exact, norm_v),
-        cos_first_order_teacher=cos(inner_first, norm_first, norm_v),
-        cos_exact_first_order=cos(inner_both, norm_exact, norm_first),
-        norm_exact=norm_exact,
-        norm_first_order=norm_first,
-        norm_teacher=norm_v,
-        taylor_residual=residual,
         A=a,
         B=b,
         eps_star=critical_step(a, b),

@@ -35,7 +35,7 @@ from sublim_theory.alignment import (
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import ImitationLoss, make_loss
 from sublim_theory.placements import INDEPENDENT_PLACEMENTS
-from sublim_theory.report import critical_step
+from sublim_theory.report import critical_step, update_statistics
 from sublim_theory.sweep.config import wants_trajectory
 from sublim_theory.sweep.problems import prepare_configuration
 from sublim_theory.trajectories import map_over_seeds, student_trajectory
@@ -133,7 +133,7 @@ def seed_statistics(
     eps: float,
     student_lr: float,
 ) -> dict[str, float]:
-    """The scalars of seed ``i``: the report's columns as ``alignment_report`` forms them.
+    """The scalars of seed ``i``: the report's columns from the report's own ``update_statistics``.
 
     first = K(eps v - Delta) (= eps K v - K Delta); A, B from one nested jvp; eps* =
     ``critical_step(A, B)``; the expected-offset prediction K(eps v - E[Delta]).
@@ -143,25 +143,13 @@ def seed_statistics(
     first = eps * k_v.double() - k_delta.double()
     expected = eps * k_v.double() - k_mean.double()
     a, b = (float(x) for x in step["taylor"][i])
-    distance, norm_exact = norm(theta_s0[i] - theta0[i]), norm(exact)
     norm_k_v, norm_k_delta = norm(k_v), norm(k_delta)
     start = float(step["teacher_loss_start"][i].double())
     stepped = float(step["teacher_loss_stepped"][i].double())
+    shared = update_statistics(exact, first, v, theta0[i], theta_s0[i])
     return {
-        "init_distance_abs": distance,
-        "init_distance_rel": distance / max(norm(theta0[i]), 1e-300),
-        "delta_over_eps": distance / eps,
-        "cos_exact_teacher": cosine(exact, v),
-        "cos_first_order_teacher": cosine(first, v),
-        "cos_exact_first_order": cosine(exact, first),
-        "inner_exact": dot(exact, v),
-        "inner_first_order": dot(first, v),
-        "norm_exact": norm_exact,
-        "norm_first_order": norm(first),
-        "norm_teacher": norm(v),
-        "taylor_residual": norm(exact.double() - first) / norm_exact
-        if norm_exact > 0
-        else float("nan"),
+        **shared,
+        "delta_over_eps": shared["init_distance_abs"] / eps,
         "A": a,
         "B": b,
         "eps_star": critical_step(a, b),
