@@ -46,6 +46,7 @@ from sublim_theory.functional import FunctionalModel
 from sublim_theory.numbers.config import NumbersConfig
 
 __all__ = [
+    "curvature_norms",
     "ADAM_EPS",
     "FILTER_OFFSET",
     "NULL_OFFSET",
@@ -100,6 +101,13 @@ class ScreenResult:
     ``low``/``high`` its 95% percentile interval over ``bootstrap`` resamples of the examples;
     ``top_frequency[k]`` the share of resamples in which trait k ranks first; ``z`` the
     per-example t statistic and ``z_centered`` the same minus its mean over the candidates.
+
+    ``normalized[k] = forecast[k] / ||d_k||_K`` (``sgd`` variant only, else None), K the
+    Gauss-Newton matrix of the student's loss on the data (:func:`curvature_norms`). When the
+    data were made by a teacher one small step along -grad L_j from the same base, g_D ~ eps K
+    grad L_j, so forecast_k ~ eps <d_k, K d_j> and, by Cauchy-Schwarz in the K inner product,
+    ``normalized`` is largest at k = j: it names the teacher's trait whatever the sizes of the
+    candidates' gradients (the raw forecast favours traits with long gradients).
     """
 
     names: list[str]
@@ -113,11 +121,20 @@ class ScreenResult:
     top_frequency: Tensor
     z: Tensor
     z_centered: Tensor
+    normalized: Tensor | None = None
 
     @property
     def ranking(self) -> list[str]:
         """Trait names, the strongest forecast first."""
         order = torch.argsort(self.forecast, descending=True, stable=True)
+        return [self.names[i] for i in order.tolist()]
+
+    @property
+    def normalized_ranking(self) -> list[str] | None:
+        """Trait names by ``normalized`` (the first-order maximiser first), or None."""
+        if self.normalized is None:
+            return None
+        order = torch.argsort(self.normalized, descending=True, stable=True)
         return [self.names[i] for i in order.tolist()]
 
     def rows(self) -> list[dict[str, object]]:
@@ -134,6 +151,7 @@ class ScreenResult:
                 "top_frequency": float(self.top_frequency[k]),
                 "z": float(self.z[k]),
                 "z_centered": float(self.z_centered[k]),
+                "normalized": None if self.normalized is None else float(self.normalized[k]),
             }
             for r, k in enumerate(order)
         ]
@@ -263,6 +281,48 @@ def preconditioner(
             raise InputError("the rms variant needs gradient_rms (minibatch_gradient_rms)")
         return 1.0 / (gradient_rms.double() + eps)
     raise InputError(f"unknown screen variant '{variant}'; choose from {list(VARIANTS)}")
+
+
+def curvature_norms(
+    model: FunctionalModel,
+    theta: Tensor,
+    inputs: Tensor,
+    targets: Tensor,
+    example_loss: ExampleLoss,
+    directions: Tensor,
+    batch_size: int | None = None,
+) -> Tensor:
+    """||d_k||_K = sqrt(d_k^T K d_k), K = mean_i J_i^T M_i J_i, for every direction: shape (K,).
+
+    M_i = Hess_z l_i at (f(theta, x_i), y_i): the Gauss-Newton matrix of the student's training
+    loss on the data (theory/alignment.md, Lemma 1). Per trait and chunk: one jvp of the network
+    (u = J d_k) and one jvp of the loss's output gradient (M u); negative curvature of a
+    non-convex loss is clipped at 0.
+
+    Raises:
+        InputError: empty data, mismatched targets, directions not shaped (K, P).
+
+    """
+    _check_data(inputs, targets, batch_size)
+    if directions.ndim != 2 or directions.shape[1] != model.num_params:
+        raise InputError(
+            f"directions must be shaped (K, {model.num_params}), got {tuple(directions.shape)}"
+        )
+    theta = theta.detach()
+    tangents = directions.to(dtype=theta.dtype, device=theta.device)
+    sums = torch.zeros(directions.shape[0], dtype=torch.float64)
+    for s in _chunks(inputs.shape[0], batch_size):
+        network = model.as_function(inputs[s])
+        chunk_targets = targets[s]
+
+        def output_gradient(z: Tensor, chunk_targets: Tensor = chunk_targets) -> Tensor:
+            return grad(lambda outputs: example_loss(outputs, chunk_targets).sum())(z)
+
+        for k in range(tangents.shape[0]):
+            z0, u = jvp(network, (theta,), (tangents[k],))
+            _, curvature = jvp(output_gradient, (z0.detach(),), (u.detach(),))
+            sums[k] += float((u.double() * curvature.double()).sum())
+    return (sums / inputs.shape[0]).clamp_min(0).sqrt()
 
 
 def example_attributions(
@@ -409,6 +469,11 @@ def screen(
     factor = step_size * steps
     low, high, top = bootstrap_means(attributions, bootstrap, seed)
     z, centered = t_statistics(attributions)
+    normalized = None
+    if variant == "sgd":
+        norms = curvature_norms(model, theta, inputs, targets, example_loss, directions, batch_size)
+        raw = factor * attributions.mean(0)
+        normalized = torch.where(norms > 0, raw / norms, torch.full_like(raw, math.nan))
     return ScreenResult(
         names=[p.name for p in probes],
         variant=variant,
@@ -421,6 +486,7 @@ def screen(
         top_frequency=top,
         z=z,
         z_centered=centered,
+        normalized=normalized,
     )
 
 

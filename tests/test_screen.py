@@ -176,7 +176,7 @@ def test_tiny_screen_names_the_teachers_trait():
     # never a class. To first order the forecast of trait j is alpha eps <grad L_j, K grad L_k>,
     # which is largest at j = k unless another class's gradient is longer in the K norm; so
     # the teacher's trait is asserted first on most problems, far above chance (1 in 4).
-    firsts, problems = 0, 0
+    firsts, normalized_firsts, problems = 0, 0, 0
     for seed in range(10):
         base = mlp(seed)
         model = FunctionalModel(base)
@@ -193,6 +193,7 @@ def test_tiny_screen_names_the_teachers_trait():
                 model, theta, noise, targets, soft_loss, probes, step_size=0.1, bootstrap=1
             )
             firsts += result.ranking[0] == probe.name
+            normalized_firsts += result.normalized_ranking[0] == probe.name
             problems += 1
         base_targets = model(theta, noise)[:, CLASSES:].detach()
         null = S.screen(
@@ -202,6 +203,10 @@ def test_tiny_screen_names_the_teachers_trait():
         assert null.attributions.abs().max() < 1e3 * U64 * model.num_params
     # 24 of 40 first by chance (p = 1/4) has probability < 1e-6
     assert firsts >= 24, f"the teacher's trait ranked first in {firsts}/{problems} problems"
+    # normalized by the K norm of each trait's direction, the teacher's trait is first on every
+    # problem: forecast_k / ||d_k||_K ~ eps <d_k, K d_j> / ||d_k||_K peaks at k = j
+    # (Cauchy-Schwarz in the K inner product)
+    assert normalized_firsts == problems, f"normalized: first in {normalized_firsts}/{problems}"
 
 
 def test_number_student_loss_is_the_students_training_loss():
@@ -325,3 +330,21 @@ def test_command_boundaries_are_one_line_errors(tmp_path, capsys):
     with OutputFolder(tmp_path / "busy", "screen"):  # another run holds the folder
         assert main(["screen", "--config", str(TINY), "--out", str(tmp_path / "busy")]) == 2
     assert "in use" in capsys.readouterr().err
+
+
+def test_curvature_norms_match_explicit_jacobians_and_output_hessians():
+    model, theta, x, y, probes = problem(seed=3)
+    directions = S.trait_gradients(model, theta, probes)
+    norms = S.curvature_norms(model, theta, x, y, soft_loss, directions, batch_size=7)
+    jacobian = torch.func.jacrev(lambda t: model(t, x))(theta)  # (N, k, P)
+    z0 = model(theta, x).detach()
+    hessians = torch.stack(
+        [
+            torch.func.hessian(lambda z, i=i: soft_loss(z[None], y[i : i + 1]).sum())(z0[i])
+            for i in range(x.shape[0])
+        ]
+    )  # (N, k, k)
+    gauss_newton = torch.einsum("nap,nab,nbq->pq", jacobian, hessians, jacobian) / x.shape[0]
+    expected = torch.einsum("kp,pq,kq->k", directions, gauss_newton, directions).sqrt()
+    scale = float(expected.max())
+    assert torch.allclose(norms, expected, rtol=0, atol=1e3 * U64 * model.num_params * scale)
