@@ -34,7 +34,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 bench: setup
-	$(BIN)/sublim-theory bench --out benchmarks/results/cpu
+	$(BIN)/sublim-theory bench --threads 1 --out benchmarks/results/cpu
 
 # Deliberate bugs in the engine and losses, the whole suite on each (tests/mutations.py).
 mutations: setup
