@@ -26,7 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IGNORED = (".git", ".venv", "out", "results", ".pytest_cache", ".ruff_cache", ".hypothesis")
+# left out of the scratch copy: at the checkout's top level only (experiments/results is needed)
+IGNORED = {
+    ".git",
+    ".venv",
+    "out",
+    "results",
+    "build",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+}
 
 
 @dataclass(frozen=True)
@@ -129,7 +139,12 @@ MUTATIONS = (
 
 def scratch_copy(destination: Path) -> None:
     """The checkout as it is now (uncommitted edits included), without caches and venvs."""
-    shutil.copytree(ROOT, destination, ignore=shutil.ignore_patterns(*IGNORED), symlinks=True)
+
+    def ignored(folder: str, names: list[str]) -> set[str]:
+        caches = {n for n in names if n == "__pycache__"}
+        return caches | (IGNORED & set(names) if Path(folder) == ROOT else set())
+
+    shutil.copytree(ROOT, destination, ignore=ignored, symlinks=True)
 
 
 def check_source(mutation: Mutation, tree: Path = ROOT) -> None:
@@ -166,7 +181,7 @@ def run_suite(mutation: Mutation | None, python: str) -> dict[str, object]:
             text=True,
         )
         output = result.stdout + result.stderr
-        failed = sorted(set(re.findall(r"^FAILED (\S+)", output, flags=re.MULTILINE)))
+        failed = sorted(set(re.findall(r"^(?:FAILED|ERROR) (\S+)", output, flags=re.MULTILINE)))
         summary = [line for line in output.splitlines() if re.search(r"\d+ (passed|failed)", line)]
         return {
             "mutation": None if mutation is None else mutation.name,
@@ -188,12 +203,21 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [m for m in MUTATIONS if not args.only or any(word in m.name for word in args.only)]
     for mutation in chosen:  # fail fast on stale source text, before any suite runs
         check_source(mutation)
-    # the unmutated suite runs too: a failure there would make every row meaningless
+    # the unmutated suite runs first (beside the first mutation): if it fails, every row would
+    # be meaningless, so the mutations not yet started are cancelled
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        baseline, *results = pool.map(lambda m: run_suite(m, args.python), [None, *chosen])
-    if baseline["failed_tests"] or baseline["exit_code"] != 0:
-        print(f"the unmutated suite fails ({baseline['summary']}); fix it first", file=sys.stderr)
-        return 2
+        futures = [pool.submit(run_suite, m, args.python) for m in [None, *chosen]]
+        baseline = futures[0].result()
+        if baseline["failed_tests"] or baseline["exit_code"] != 0:
+            for future in futures[1:]:
+                future.cancel()
+            failed = ", ".join(baseline["failed_tests"]) or "see the summary"
+            print(
+                f"the unmutated suite fails ({baseline['summary']}: {failed}); fix it first",
+                file=sys.stderr,
+            )
+            return 2
+        results = [future.result() for future in futures[1:]]
     print(f"unmutated suite: {baseline['summary']}\n")
     print("| mutation | file | tests that caught it | suite |")
     print("| --- | --- | --- | --- |")
