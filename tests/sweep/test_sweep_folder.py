@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from sublim_theory.cli import main
 from sublim_theory.errors import InputError
+from sublim_theory.runs import LOCK_NAME
 from sublim_theory.sweep import TABLE_NAME, read_table, run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,28 +51,35 @@ def _lines(table):
     return table.read_text().splitlines()
 
 
-def test_a_second_run_on_the_same_folder_is_refused_at_once(tmp_path):
+def test_a_second_run_on_the_same_folder_is_refused_at_once(tmp_path, capsys):
     """Two sweeps into one --out: the second stops in one line while the first still runs."""
     scales = "[0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]"
     config = _config(tmp_path, architectures='["mlp", "resmlp", "cnn"]', scales=scales)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "sublim_theory.cli", "sweep", "--config", str(config)]
-    command += ["--out", str(out), "--device", "cpu", "--quiet"]
+    arguments = ["sweep", "--config", str(config), "--out", str(out), "--device", "cpu", "--quiet"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "sublim_theory.cli", *arguments]
     first = subprocess.Popen(command, env=environment, cwd=REPO)
     try:
-        deadline = time.monotonic() + 60
-        while not (out / TABLE_NAME).exists() and time.monotonic() < deadline:
+        # Wait until the first sweep holds the folder (its pid in the lock file), however slow
+        # the machine, then try the second run in this process at once: a second process's
+        # start-up raced the first sweep's end and made this test flaky.
+        lock, deadline = out / LOCK_NAME, time.monotonic() + 300
+        while time.monotonic() < deadline and not (
+            lock.exists() and lock.read_text().strip() == str(first.pid)
+        ):
             time.sleep(0.01)
-        second = subprocess.run(command, env=environment, cwd=REPO, capture_output=True, text=True)
+        status = main(arguments)
         assert first.poll() is None, "the first sweep finished before the second was refused"
     finally:
         first.kill()
         first.wait()
-    assert second.returncode == 2, second.stdout
-    assert "is in use by another sublim-theory run" in second.stderr
-    assert second.stderr.strip().count("\n") == 0
-    complete_lines = (out / TABLE_NAME).read_text().split("\n")[:-1]
+    err = capsys.readouterr().err.strip()
+    assert status == 2, err
+    assert f"is in use by another sublim-theory run (pid {first.pid})" in err
+    assert err.count("\n") == 0
+    table = out / TABLE_NAME
+    complete_lines = table.read_text().split("\n")[:-1] if table.exists() else []
     assert len(set(complete_lines)) == len(complete_lines)  # no row written twice
 
 
