@@ -283,6 +283,15 @@ def preconditioner(
     raise InputError(f"unknown screen variant '{variant}'; choose from {list(VARIANTS)}")
 
 
+def _check_directions(model: FunctionalModel, directions: Tensor) -> None:
+    if directions.ndim != 2 or directions.shape[1] != model.num_params:
+        raise InputError(
+            f"directions must be shaped (K, {model.num_params}), got {tuple(directions.shape)}"
+        )
+    if not torch.isfinite(directions).all():
+        raise InputError("the trait directions contain NaN or inf")
+
+
 def curvature_norms(
     model: FunctionalModel,
     theta: Tensor,
@@ -300,14 +309,11 @@ def curvature_norms(
     non-convex loss is clipped at 0.
 
     Raises:
-        InputError: empty data, mismatched targets, directions not shaped (K, P).
+        InputError: empty data, mismatched targets, directions not shaped (K, P) or not finite.
 
     """
     _check_data(inputs, targets, batch_size)
-    if directions.ndim != 2 or directions.shape[1] != model.num_params:
-        raise InputError(
-            f"directions must be shaped (K, {model.num_params}), got {tuple(directions.shape)}"
-        )
+    _check_directions(model, directions)
     theta = theta.detach()
     tangents = directions.to(dtype=theta.dtype, device=theta.device)
     sums = torch.zeros(directions.shape[0], dtype=torch.float64)
@@ -344,12 +350,7 @@ def example_attributions(
 
     """
     _check_data(inputs, targets, batch_size)
-    if directions.ndim != 2 or directions.shape[1] != model.num_params:
-        raise InputError(
-            f"directions must be shaped (K, {model.num_params}), got {tuple(directions.shape)}"
-        )
-    if not torch.isfinite(directions).all():
-        raise InputError("the trait directions contain NaN or inf")
+    _check_directions(model, directions)
     theta = theta.detach()
     tangents = directions.to(dtype=theta.dtype, device=theta.device)
     out = torch.empty(inputs.shape[0], directions.shape[0], dtype=torch.float64)
