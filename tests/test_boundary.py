@@ -20,9 +20,9 @@ import sublim_theory.commands.mnist as mnist_command
 from sublim_theory.cli import main
 from sublim_theory.mnist.data import IDX_FILES, write_idx
 from sublim_theory.numbers import experiment as numbers_experiment
-from sublim_theory.runs import OutputFolder
+from sublim_theory.runs import CONFIG_DIR, OutputFolder
 
-CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+CONFIGS = CONFIG_DIR
 MNIST_TINY = CONFIGS / "mnist_tiny.toml"
 NUMBERS_TINY = CONFIGS / "numbers_tiny.toml"
 

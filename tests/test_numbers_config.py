@@ -1,12 +1,12 @@
 import math
-from pathlib import Path
 
 import pytest
 
 from sublim_theory.errors import InputError
 from sublim_theory.numbers.config import NumbersConfig, from_dict, load_config
+from sublim_theory.runs import CONFIG_DIR
 
-CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+CONFIGS = CONFIG_DIR
 
 
 def test_default_file_matches_builtin_defaults():

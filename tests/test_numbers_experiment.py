@@ -1,5 +1,4 @@
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,8 +7,9 @@ from sublim_theory.cli import main
 from sublim_theory.numbers import corpus, training
 from sublim_theory.numbers.config import load_config
 from sublim_theory.numbers.report import interval, read_csv
+from sublim_theory.runs import CONFIG_DIR
 
-TINY = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "numbers_tiny.toml"
+TINY = CONFIG_DIR / "numbers_tiny.toml"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -6,7 +6,6 @@ it found. Different settings in the same folder are refused before any training.
 """
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +13,9 @@ import torch
 from sublim_theory.cli import main
 from sublim_theory.numbers import experiment
 from sublim_theory.numbers.report import read_csv
+from sublim_theory.runs import CONFIG_DIR
 
-TINY = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "numbers_tiny.toml"
+TINY = CONFIG_DIR / "numbers_tiny.toml"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,8 +14,6 @@ numbers and distributions). Measured over seeds 0-7 on this machine:
 The sampled-label student's cosine is within +-0.06 of its control's here: no claim is made.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -23,8 +21,9 @@ import torch
 from sublim_theory.numbers.config import load_config
 from sublim_theory.numbers.experiment import run_seed
 from sublim_theory.records import mean_interval
+from sublim_theory.runs import CONFIG_DIR
 
-TINY = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "numbers_tiny.toml"
+TINY = CONFIG_DIR / "numbers_tiny.toml"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,5 +1,4 @@
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +11,10 @@ from sublim_theory.plotting import (
     plot_sweep,
     trajectory_curves,
 )
-from sublim_theory.runs import OutputFolder
+from sublim_theory.runs import CONFIG_DIR, OutputFolder
 from sublim_theory.sweep import TABLE_NAME, run_sweep
 
-TINY = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "init_distance_tiny.toml"
+TINY = CONFIG_DIR / "init_distance_tiny.toml"
 
 
 @pytest.fixture(scope="module")

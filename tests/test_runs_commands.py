@@ -18,7 +18,7 @@ from sublim_theory.cli import build_parser, main
 from sublim_theory.numbers import experiment as numbers_experiment
 from sublim_theory.runs import CONFIG_DIR, OutputFolder
 
-CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+CONFIGS = CONFIG_DIR
 
 
 def _options(command):

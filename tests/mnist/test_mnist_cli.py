@@ -8,6 +8,7 @@ import pytest
 from sublim_theory.cli import main
 from sublim_theory.mnist.data import IDX_FILES, write_idx
 from sublim_theory.records import mean_interval
+from sublim_theory.runs import CONFIG_DIR
 
 
 def write_mnist(directory, n_train=6, n_test=4, compress=False):
@@ -23,7 +24,7 @@ def write_mnist(directory, n_train=6, n_test=4, compress=False):
     write_idx(directory / (IDX_FILES["test_labels"] + suffix), rng.integers(0, 10, n_test))
 
 
-CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+CONFIGS = CONFIG_DIR
 ROWS = ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")
 
 
@@ -72,7 +73,9 @@ def test_sweeps_from_flags_on_idx_files(tmp_path):
     # m = 1: the aux-only student is its reference, model for model
     assert first["student_aux@s=0"]["per_model"] == first["reference"]["per_model"]
     assert results["data"]["n_train"] == 40
-    sweeps = runpy.run_path(str(CONFIGS.parent / "mnist_sweeps.py"))
+    sweeps = runpy.run_path(
+        str(Path(__file__).resolve().parents[2] / "experiments" / "mnist_sweeps.py")
+    )
     lines = sweeps["compare"](str(out / "table.csv")).splitlines()
     assert lines[0].split()[0] == "aux_logits" and len(lines) == 3  # header, m = 1, m = 2
 

@@ -5,7 +5,6 @@ refused before any training (issue 11, case 4).
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,9 @@ import pytest
 import sublim_theory.commands.mnist as mnist_command
 from sublim_theory.cli import main
 from sublim_theory.mnist.data import IDX_FILES, write_idx
+from sublim_theory.runs import CONFIG_DIR
 
-CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+CONFIGS = CONFIG_DIR
 
 
 @pytest.fixture(scope="module")

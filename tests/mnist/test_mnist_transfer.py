@@ -15,7 +15,6 @@ on one machine; the margins leave room for other CPUs' rounding to change traini
 """
 
 import tomllib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +23,9 @@ import torch
 from sublim_theory.mnist.data import load_embedded
 from sublim_theory.mnist.experiment import MnistConfig, run_experiment
 from sublim_theory.records import mean_interval
+from sublim_theory.runs import CONFIG_DIR
 
-TINY = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "mnist_tiny.toml"
+TINY = CONFIG_DIR / "mnist_tiny.toml"
 
 
 @pytest.fixture(scope="module", autouse=True)
