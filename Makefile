@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 OUT ?= out
 # torch 2.13.0 is pinned so pip takes the local CPU build instead of a multi-GB CUDA wheel.
 TORCH ?= torch==2.13.0
-EXTRAS ?= test,mnist,gpt2,ray
+EXTRAS ?= test,mnist,gpt2,lora,ray
 
 .PHONY: setup run test lint format bench mutations clean
 
