@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -42,6 +42,8 @@ from sublim_theory.errors import InputError
 from sublim_theory.forward_ad import explicit_normalization
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import ImitationLoss
+from sublim_theory.rule_report import RuleReport, StudentGradients, report_rule
+from sublim_theory.update_rules import State, UpdateRule
 
 __all__ = [
     "update_statistics",
@@ -237,12 +239,15 @@ class AlignmentReport:
     teacher_loss_change_exact: float | None
     teacher_loss_change_first_order: float | None
     cosine_noise_floor: float | None
+    rule: RuleReport | None = field(default=None, repr=False)  # alignment_report(rule=...)
 
     def to_dict(self) -> dict[str, float | int | str | None]:
-        """Plain dict with non-finite floats as None (valid JSON)."""
+        """Plain dict with non-finite floats as None (valid JSON); ``rule_*`` keys with a rule."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rule"}
+        values |= {f"rule_{k}": x for k, x in self.rule.to_dict().items()} if self.rule else {}
         return {
             k: (None if isinstance(x, float) and not math.isfinite(x) else x)
-            for k, x in asdict(self).items()
+            for k, x in values.items()
         }
 
 
@@ -509,6 +514,8 @@ def alignment_report(
     student_lr: float = 1.0,
     batch_size: int | None = None,
     noise_floor: bool = False,
+    rule: UpdateRule | None = None,
+    rule_state: State | None = None,
 ) -> AlignmentReport:
     """Measure one distillation step against the teacher's direction and the theorem's prediction.
 
@@ -535,6 +542,8 @@ def alignment_report(
         noise_floor: for float32 models, also compute the update on a float64 copy (the
             ``cosine_noise_floor`` key; about one more student gradient in float64). Off by
             default: the key is then None.
+        rule, rule_state: a student update rule and its state (default fresh): sets ``.rule``
+            to its :class:`sublim_theory.rule_report.RuleReport` (``rule_*`` keys in to_dict).
 
     Returns:
         An :class:`AlignmentReport` (its docstring and the README list every key).
@@ -586,7 +595,13 @@ def alignment_report(
         if reference is not None:
             floor = norm(exact.double() - reference) / max(norm(reference), 1e-300)
 
+    rule_rows = None
+    if rule is not None:  # the rule acts on this report's exact and first-order updates
+        k_v = first / eps if shared_init else gauss_newton_product(model, theta0, inputs, loss, v)
+        gradients = StudentGradients(model, theta0, theta_s0, v, float(eps), -exact, -first, k_v)
+        rule_rows = report_rule(gradients, rule, rule_state, teacher)
     return AlignmentReport(
+        rule=rule_rows,
         eps=float(eps),
         student_lr=float(student_lr),
         num_params=model.num_params,

@@ -313,6 +313,27 @@ def make_rule(name: str, lr: float, **options: object) -> UpdateRule:
         raise InputError(f"update rule '{name}' does not take these options: {error}") from error
 
 
+def warmed_state(
+    rule: UpdateRule, parameters: Tensor, gradients: list[Tensor] | tuple[Tensor, ...]
+) -> State:
+    """The rule's state after one step on each of ``gradients`` at FIXED ``parameters``.
+
+    A state a run would carry in (moments of earlier, unrelated gradients) while the parameters
+    stay where the theorem looks (theta_S0): the "warmed" Adam of the one-step sweep.
+
+    Returns:
+        The state after the last gradient.
+
+    Raises:
+        InputError: a gradient that is not a flat vector of the parameters' size.
+
+    """
+    state = rule.init(parameters)
+    for gradient in gradients:
+        _, state = rule(gradient, parameters, state)
+    return state
+
+
 __all__ = [
     "RULES",
     "SGD",
@@ -323,4 +344,5 @@ __all__ = [
     "State",
     "UpdateRule",
     "make_rule",
+    "warmed_state",
 ]
