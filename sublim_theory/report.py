@@ -598,7 +598,8 @@ def alignment_report(
     rule_rows = None
     if rule is not None:  # the rule acts on this report's exact and first-order updates
         k_v = first / eps if shared_init else gauss_newton_product(model, theta0, inputs, loss, v)
-        gradients = StudentGradients(model, theta0, theta_s0, v, float(eps), -exact, -first, k_v)
+        control = torch.zeros_like(exact) if shared_init else None  # grad_z l(y, y) = 0
+        gradients = StudentGradients(model, theta0, theta_s0, v, eps, -exact, -first, k_v, control)
         rule_rows = report_rule(gradients, rule, rule_state, teacher)
     return AlignmentReport(
         rule=rule_rows,

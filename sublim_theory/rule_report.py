@@ -118,6 +118,8 @@ class StudentGradients:
         gradient: the exact student gradient g at theta_S0.
         first_order_gradient: ``-K(eps v - Delta)``, or None when the student's base differs.
         k_v: K v at theta_0.
+        control_gradient: the student's gradient toward the base's own outputs f(theta_0, x)
+            (eps = 0, the paper's control; exactly 0 at the shared init), or None.
 
     """
 
@@ -129,6 +131,7 @@ class StudentGradients:
     gradient: Tensor
     first_order_gradient: Tensor | None
     k_v: Tensor
+    control_gradient: Tensor | None = None
 
 
 def student_gradients(
@@ -183,6 +186,13 @@ def student_gradients(
     targets = distillation_targets(model, theta0 + eps * v, inputs, batch_size)
     _check_finite("teacher outputs", targets)
     gradient = -student_update(student, theta_s0, inputs, targets, loss, batch_size)
+    if student_model is None and bool(torch.equal(theta_s0, theta0)):
+        # grad_z l(y, y) = 0 (l minimized at z = y): exactly 0, not rounding noise, which a
+        # sign step or a fresh Adam step would blow up to a full step
+        control = torch.zeros_like(gradient)
+    else:
+        own = distillation_targets(model, theta0, inputs, batch_size)
+        control = -student_update(student, theta_s0, inputs, own, loss, batch_size)
     k_v = gauss_newton_product(model, theta0, inputs, loss, v, batch_size)
     first = None
     if student_model is None:
@@ -193,7 +203,7 @@ def student_gradients(
             else torch.zeros_like(k_v)
         )
         first = -(eps * k_v - k_offset)
-    return StudentGradients(student, theta0, theta_s0, v, float(eps), gradient, first, k_v)
+    return StudentGradients(student, theta0, theta_s0, v, float(eps), gradient, first, k_v, control)
 
 
 @dataclass(frozen=True, eq=False)
@@ -211,6 +221,12 @@ class RuleReport:
             s1 != 0.
         teacher_loss_change_exact: L_T(theta_S0 + s) - L_T(theta_S0) (needs a teacher task).
         teacher_loss_change_first_order: <grad L_T(theta_S0), s1>.
+        teacher_loss_change_control: the same change for the control step s0 = rule(g0, state),
+            g0 the gradient toward the base's own outputs (eps = 0): what the rule's state
+            (warm moments) and the init do without any teacher. 0 for fresh rules at the shared
+            init. NaN without a control gradient.
+        teacher_loss_change_vs_control: exact minus control: the teacher's share of the change.
+        cos_signal_teacher, cos_signal_K_v: cosines of the teacher-induced part s - s0.
     The tensors ``step``, ``prediction`` and ``state`` (the rule's state after the step) are
     attributes, not keys.
     """
@@ -233,6 +249,10 @@ class RuleReport:
     sign_agreement: float
     teacher_loss_change_exact: float | None
     teacher_loss_change_first_order: float | None
+    teacher_loss_change_control: float | None
+    teacher_loss_change_vs_control: float | None
+    cos_signal_teacher: float
+    cos_signal_K_v: float
     step: Tensor
     prediction: Tensor | None
     state: State
@@ -292,6 +312,9 @@ def report_rule(
     state = rule.init(theta_s0) if state is None else state
     try:
         step, new_state = rule(gradients.gradient, theta_s0, state)
+        control = None
+        if gradients.control_gradient is not None:
+            control, _ = rule(gradients.control_gradient, theta_s0, state)
         prediction = None
         if gradients.first_order_gradient is not None:
             prediction, _ = rule(gradients.first_order_gradient, theta_s0, state)
@@ -302,7 +325,8 @@ def report_rule(
         ) from error
     missing = torch.full_like(step, math.nan)
     predicted = missing if prediction is None else prediction
-    norms, cos = _cosines([step, predicted, gradients.direction, gradients.k_v])
+    signal = step - control if control is not None else missing
+    norms, cos = _cosines([step, predicted, gradients.direction, gradients.k_v, signal])
     residual = math.nan
     agreement = math.nan
     if prediction is not None:
@@ -311,13 +335,17 @@ def report_rule(
         if bool(decided.any()):
             same = torch.sign(step[decided]) == torch.sign(prediction[decided])
             agreement = float(same.double().mean())
-    change_exact = change_first = None
+    change_exact = change_first = change_control = change_vs_control = None
     if teacher is not None:
         model = gradients.model
         with torch.no_grad():
             base = float(teacher.loss(model, theta_s0).double())
             stepped = float(teacher.loss(model, theta_s0 + step).double())
+            change_control = math.nan
+            if control is not None:
+                change_control = float(teacher.loss(model, theta_s0 + control).double()) - base
         change_exact = stepped - base
+        change_vs_control = stepped - base - change_control
         change_first = (
             dot(teacher.gradient(model, theta_s0), prediction)
             if prediction is not None
@@ -342,6 +370,10 @@ def report_rule(
         sign_agreement=agreement,
         teacher_loss_change_exact=change_exact,
         teacher_loss_change_first_order=change_first,
+        teacher_loss_change_control=change_control,
+        teacher_loss_change_vs_control=change_vs_control,
+        cos_signal_teacher=cos[4][2],
+        cos_signal_K_v=cos[4][3],
         step=step,
         prediction=prediction,
         state=new_state,

@@ -332,3 +332,31 @@ def test_bad_input_is_an_input_error():
     small = FunctionalModel(build_model("mlp", 3, in_features=4, width=2, depth=1))
     with pytest.raises(InputError, match="same layout"):
         rule_report(model, v, inputs, loss, 1e-3, make_rule("sgd", 0.1), student_model=small)
+
+
+def test_control_step_is_zero_fresh_and_the_warm_part_warmed():
+    """Control s0 = rule(g0) with g0 = 0 at the shared init: fresh rules move 0 (so the change
+    vs control is the exact change); warmed heavy ball: s - s0 = -lr g, the sgd step."""
+    model, theta, inputs, loss, task = make_problem()
+    v, eps = task.update(model, theta), 1e-3
+    for name in ("sgd", "adam", "signsgd"):
+        report = rule_report(model, v, inputs, loss, eps, make_rule(name, 0.1), teacher=task)
+        assert report.teacher_loss_change_control == 0.0
+        assert report.teacher_loss_change_vs_control == report.teacher_loss_change_exact
+    generator = torch.Generator().manual_seed(11)
+    warm = [torch.randn(theta.numel(), generator=generator, dtype=torch.float64)] * 2
+    momentum = make_rule("momentum", 0.1, momentum=0.9)
+    warmed = rule_report(
+        model,
+        v,
+        inputs,
+        loss,
+        eps,
+        momentum,
+        state=warmed_state(momentum, theta, warm),
+        teacher=task,
+    )
+    sgd = rule_report(model, v, inputs, loss, eps, make_rule("sgd", 0.1), teacher=task)
+    assert warmed.teacher_loss_change_control != 0.0
+    assert warmed.cos_signal_K_v == pytest.approx(sgd.cos_step_K_v, rel=1e-9)
+    assert warmed.cos_signal_teacher == pytest.approx(sgd.cos_step_teacher, rel=1e-9)
