@@ -1,4 +1,4 @@
-"""LoRA adapters on any module's ``nn.Linear`` layers, through the ``peft`` package.
+"""LoRA adapters on any module's ``nn.Linear`` (or GPT-2 ``Conv1D``) layers, through ``peft``.
 
 Each adapted layer computes ``W_0 x + (alpha / r) B A x`` with ``W_0`` (and the bias) frozen,
 ``A`` (r x d_in) drawn from peft's Kaiming-uniform init and ``B`` (d_out x r) zero: the adapted
@@ -40,9 +40,22 @@ __all__ = [
 _ADAPTER = "default"
 
 
+def _is_conv1d(sub: nn.Module) -> bool:
+    """Whether ``sub`` is transformers' ``Conv1D`` (GPT-2): a Linear layer storing W transposed."""
+    return type(sub).__name__ == "Conv1D" and type(sub).__module__.startswith("transformers")
+
+
 def linear_layers(module: nn.Module) -> list[str]:
-    """The qualified names of ``module``'s ``nn.Linear`` submodules, in registration order."""
-    return [name for name, sub in module.named_modules() if isinstance(sub, nn.Linear) and name]
+    """The qualified names of ``module``'s ``nn.Linear`` (and transformers ``Conv1D``) submodules.
+
+    GPT-2 keeps its projections in ``Conv1D`` layers (``y = x W + b``, W stored as
+    (d_in, d_out)); peft adapts them with ``fan_in_fan_out``. Names are in registration order.
+    """
+    return [
+        name
+        for name, sub in module.named_modules()
+        if name and (isinstance(sub, nn.Linear) or _is_conv1d(sub))
+    ]
 
 
 def _peft():
@@ -96,10 +109,23 @@ def add_lora(
             f"LoRA targets {unknown or chosen} are not Linear layers of "
             f"{type(module).__name__}; choose from {available}"
         )
+    submodules = dict(module.named_modules())
+    transposed = {_is_conv1d(submodules[t]) for t in chosen}
+    if len(transposed) > 1:
+        raise InputError(
+            "the LoRA targets mix nn.Linear and transformers Conv1D layers, which peft adapts "
+            "with different fan_in_fan_out settings; pass targets of one kind (e.g. GPT-2's "
+            "attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)"
+        )
     peft = _peft()
     reference = next(iter(module.parameters()))
     config = peft.LoraConfig(
-        r=rank, lora_alpha=alpha, target_modules=chosen, lora_dropout=0.0, bias="none"
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=chosen,
+        lora_dropout=0.0,
+        bias="none",
+        fan_in_fan_out=transposed == {True},
     )
     adapted = copy.deepcopy(module)
     with torch.random.fork_rng(devices=[]):

@@ -95,3 +95,32 @@ def test_zoo_models_take_adapters_on_every_linear_layer():
 def test_bad_input_is_an_input_error(call, match):
     with pytest.raises(InputError, match=match):
         call()
+
+
+def test_gpt2_conv1d_layers_take_transposed_adapters():
+    """GPT-2's Conv1D computes x W + b (W stored d_in x d_out): its adapter adds c (B A)^T."""
+    import copy
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(
+        n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=8, attn_implementation="eager"
+    )
+    torch.manual_seed(0)
+    base = transformers.GPT2LMHeadModel(config).double().eval()
+    conv = [n for n in linear_layers(base) if n != "lm_head"]
+    assert len(conv) == 4
+    with pytest.raises(InputError, match="mix nn.Linear and transformers Conv1D"):
+        add_lora(base, 2)
+    adapted = add_lora(base, 2, alpha=4.0, targets=conv, seed=3)
+    params = dict(adapted.named_parameters())
+    merged = copy.deepcopy(base)
+    with torch.no_grad():
+        for name in conv:
+            b = params[f"{name}.lora_B.default.weight"]
+            nn.init.normal_(b)
+            a = params[f"{name}.lora_A.default.weight"]
+            merged.get_submodule(name).weight += 2.0 * (b @ a).T
+        tokens = torch.randint(0, 16, (3, 5), generator=torch.Generator().manual_seed(1))
+        ours = adapted(input_ids=tokens, use_cache=False).logits
+        expected = merged(input_ids=tokens, use_cache=False).logits
+    assert torch.allclose(ours, expected, atol=1e-12, rtol=0)
