@@ -16,7 +16,7 @@ from typing import Any
 
 from sublim_theory import runs
 from sublim_theory.records import mean_interval
-from sublim_theory.sweep.rules import RULES_TABLE, read_rules_table
+from sublim_theory.sweep.rules import PLACEMENT_KINDS, RULES_TABLE, read_rules_table
 
 __all__ = [
     "FIGURE_NAME",
@@ -105,7 +105,8 @@ def plot_rules(summary: list[dict[str, Any]], path: str | os.PathLike[str]) -> P
     import numpy as np
 
     teachers = list(dict.fromkeys(s["teacher"] for s in summary))
-    placements = list(dict.fromkeys(s["placement"] for s in summary))
+    present = {s["placement"] for s in summary}
+    placements = [p for p in PLACEMENT_KINDS if p in present]
     params = list(dict.fromkeys(s["parameterization"] for s in summary))
     rules = list(dict.fromkeys(s["student_rule"] for s in summary))
     metrics = [
