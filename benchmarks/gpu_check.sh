@@ -39,3 +39,12 @@ timeout "$SWEEP_SECONDS" "$PYTHON" -m sublim_theory.cli sweep --config "$SWEEP" 
   --device "$DEVICE" --quiet || echo "sweep stopped after ${SWEEP_SECONDS} s (resumable: rerun)"
 echo "sweep: $(( $(date +%s) - start )) s"
 cli plot "$OUT/sweep"
+
+# Issue 12, item 4: the one-step rule report (sgd, momentum, adam, warmed adam, signsgd; full and
+# LoRA r = 16) on GPT-2-small- and Qwen2-0.5B-shaped models, as time and peak-memory ratios to
+# one training step (benchmarks/gpu_rules.py; SIZE=tiny runs its CPU-sized version).
+RULES_SIZE=full
+[ "$SIZE" = tiny ] && RULES_SIZE=tiny
+start=$(date +%s)
+"$PYTHON" benchmarks/gpu_rules.py --size "$RULES_SIZE" --device "$DEVICE" --out "$OUT/rules"
+echo "rules: $(( $(date +%s) - start )) s"
