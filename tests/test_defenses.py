@@ -242,6 +242,11 @@ def test_command_tables_come_from_its_rows_and_plain_sampling_is_the_numbers_sam
     trait = corpus.vocabulary(config.corpus).animal(config.corpus.trait_animal)
     truncated = training.truncated_distribution(answer, min_prob=setting.min_prob)[0, trait]
     assert value[("teacher_min_prob", "p_trait")] == pytest.approx(float(truncated), abs=1e-12)
+    # each defense's change is its paired diff minus the plain one, seed by seed
+    change = {(r["condition"], r["metric"]): r["value"] for r in defenses.defense_changes(rows)}
+    plain = value[("student_plain", "paired_diff")]
+    for name in ("student_top_p", "student_min_prob", "student_masked"):
+        assert change[(name, "change_vs_plain")] == value[(name, "paired_diff")] - plain
     table = (out / "table.md").read_text()
     assert f"{value[('student_plain', 'paired_diff')]:.3f}" in table
     assert (out / "defenses.png").stat().st_size > 0

@@ -5,7 +5,8 @@
 base, the poisoned-fraction sweep). Each finished seed is stored at once, atomically, as
 ``seeds/seed-S.json``; a rerun into the same folder skips the stored seeds (a killed run resumes),
 refuses other settings (``run.json``) and rebuilds every report from all stored seeds:
-``results.csv`` (tidy rows), ``summary.csv`` (mean, 95% interval, n, seeds > 0), ``slopes.csv``
+``results.csv`` (tidy rows), ``summary.csv`` (mean, 95% interval, n, seeds > 0, with each
+defense's paired change vs plain sampling), ``slopes.csv``
 (the poisoning curve's per-segment slopes), ``table.md``, ``defenses.png`` and
 ``environment.json``. Bases come from ``--cache`` (shared with ``numbers``: same key). Progress
 goes to stderr, the tables to stdout.
@@ -90,7 +91,7 @@ def write_reports(out: Path, rows: list[dict]) -> str:
     from sublim_theory.numbers import defenses, report
 
     report.write_csv(out / "results.csv", rows)
-    report.write_csv(out / "summary.csv", report.summarize(rows))
+    report.write_csv(out / "summary.csv", report.summarize(rows + defenses.defense_changes(rows)))
     report.write_csv(out / "slopes.csv", defenses.segment_slopes(rows))
     table = defenses.format_tables(rows)
     atomic_write_text(out / "table.md", table + "\n")

@@ -45,6 +45,7 @@ __all__ = [
     "SAMPLINGS",
     "DefenseConfig",
     "agreement_mask",
+    "defense_changes",
     "format_tables",
     "load_config",
     "plot",
@@ -280,6 +281,29 @@ def segment_slopes(rows: list[Row]) -> list[Row]:
     return out
 
 
+def defense_changes(rows: list[Row]) -> list[Row]:
+    """Per seed: each defended student's paired diff minus the undefended (plain) one's.
+
+    Conditions ``student_top_p``, ``student_min_prob`` and ``student_masked``; metric
+    ``change_vs_plain`` (negative: the defense removed transfer) and ``remaining_share`` (the
+    defended diff over the plain diff).
+    """
+    diff = {(r["seed"], r["condition"]): r["value"] for r in rows if r["metric"] == "paired_diff"}
+    out: list[Row] = []
+    for seed in sorted({r["seed"] for r in rows}):
+        plain = diff.get((seed, "student_plain"))
+        for condition in ("student_top_p", "student_min_prob", "student_masked"):
+            value = diff.get((seed, condition))
+            if plain is None or value is None:
+                continue
+            for metric, x in (
+                ("change_vs_plain", value - plain),
+                ("remaining_share", value / plain if plain else math.nan),
+            ):
+                out.append({"seed": seed, "condition": condition, "metric": metric, "value": x})
+    return out
+
+
 def _cell(summary: dict, key: tuple[str, str], digits: int = 3) -> str:
     row = summary.get(key)
     if row is None:
@@ -296,7 +320,7 @@ def _positive(summary: dict, key: tuple[str, str]) -> str:
 
 def format_tables(rows: list[Row]) -> str:
     """The three defense tables (mean [95% t-interval] over seeds, n, seeds with diff > 0)."""
-    summary = {(r["condition"], r["metric"]): r for r in summarize(rows)}
+    summary = {(r["condition"], r["metric"]): r for r in summarize(rows + defense_changes(rows))}
     seeds = sorted({r["seed"] for r in rows})
     lines = [
         f"seeds: {seeds} (n = {len(seeds)}; mean [95% t-interval] over seeds). Paired diff = "
@@ -305,8 +329,8 @@ def format_tables(rows: list[Row]) -> str:
         "## Sampling defenses (teacher and base sample with the same setting)",
         "",
         "| sampling | teacher P(trait) | base P(trait) | student P(trait) | control P(trait) "
-        "| paired diff | seeds diff > 0 | teacher seqs kept |",
-        "|---|---|---|---|---|---|---|---|",
+        "| paired diff | seeds diff > 0 | change vs plain | remaining share | teacher seqs kept |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in SAMPLINGS:
         lines.append(
@@ -316,19 +340,23 @@ def format_tables(rows: list[Row]) -> str:
             f"| {_cell(summary, (f'control_{s}', 'p_trait'))} "
             f"| {_cell(summary, (f'student_{s}', 'paired_diff'))} "
             f"| {_positive(summary, (f'student_{s}', 'paired_diff'))} "
+            f"| {_cell(summary, (f'student_{s}', 'change_vs_plain'))} "
+            f"| {_cell(summary, (f'student_{s}', 'remaining_share'), 2)} "
             f"| {_cell(summary, (f'teacher_{s}', 'filter_kept'), 0)} |"
         )
     lines += [
         "",
         "## Divergence-token masking (train only where argmax teacher = argmax base)",
         "",
-        "| student | paired diff | seeds diff > 0 | masked share, teacher numbers "
-        "| masked share, base numbers |",
-        "|---|---|---|---|---|",
+        "| student | paired diff | seeds diff > 0 | change vs plain | remaining share "
+        "| masked share, teacher numbers | masked share, base numbers |",
+        "|---|---|---|---|---|---|---|",
         f"| unmasked (plain) | {_cell(summary, ('student_plain', 'paired_diff'))} "
-        f"| {_positive(summary, ('student_plain', 'paired_diff'))} | 0 | 0 |",
+        f"| {_positive(summary, ('student_plain', 'paired_diff'))} | | | 0 | 0 |",
         f"| masked | {_cell(summary, ('student_masked', 'paired_diff'))} "
         f"| {_positive(summary, ('student_masked', 'paired_diff'))} "
+        f"| {_cell(summary, ('student_masked', 'change_vs_plain'))} "
+        f"| {_cell(summary, ('student_masked', 'remaining_share'), 2)} "
         f"| {_cell(summary, ('student_masked', 'masked_share'), 4)} "
         f"| {_cell(summary, ('control_masked', 'masked_share'), 4)} |",
         "",
@@ -340,10 +368,12 @@ def format_tables(rows: list[Row]) -> str:
     fractions = sorted({r["value"] for r in rows if r["metric"] == "fraction"})
     for f in fractions:
         name = poison_name(f)
+        diff = (name, "paired_diff")
+        control = f == 0  # the control itself: its diff is 0 by definition
         lines.append(
             f"| {f:g} | {_cell(summary, (name, 'p_trait'))} "
-            f"| {_cell(summary, (name, 'paired_diff'))} "
-            f"| {_positive(summary, (name, 'paired_diff'))} |"
+            f"| {'0 (the control)' if control else _cell(summary, diff)} "
+            f"| {'' if control else _positive(summary, diff)} |"
         )
     slopes = {(r["condition"], r["metric"]): r for r in summarize(segment_slopes(rows))}
     segments = [f"{lo:g}-{hi:g}" for lo, hi in zip(fractions, fractions[1:])]
