@@ -49,6 +49,9 @@ COMMANDS = (
     "bench",
     "demo",
     "rules",
+    "defenses",
+    "dynamics",
+    "finetune",
 )
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXIT_INPUT, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, the shell's convention

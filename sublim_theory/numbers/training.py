@@ -38,6 +38,7 @@ __all__ = [
     "train_student",
     "trait_probability",
     "trait_probability_among_animals",
+    "truncated_distribution",
 ]
 
 
@@ -195,11 +196,53 @@ def finetune_teacher(base: nn.Module, config: NumbersConfig) -> nn.Module:
     return teacher.eval()
 
 
+def truncated_distribution(
+    probs: Tensor, top_p: float | None = None, min_prob: float | None = None
+) -> Tensor:
+    """Restrict next-token distributions (rows of ``probs``) to a kept set and renormalise.
+
+    ``top_p``: keep the smallest most-probable set whose mass reaches ``top_p`` (a token is kept
+    when the mass of the tokens more probable than it is below ``top_p``). ``min_prob``: drop
+    every token with probability <= ``min_prob``. Both may apply (the kept set is the
+    intersection); the most probable token is always kept, so no row is ever empty.
+    ``None`` for both returns ``probs`` unchanged.
+
+    Raises:
+        InputError: ``top_p`` outside (0, 1] or ``min_prob`` outside [0, 1).
+
+    """
+    if top_p is None and min_prob is None:
+        return probs
+    if top_p is not None and not 0 < top_p <= 1:
+        raise InputError(f"top_p must be in (0, 1], got {top_p}; use e.g. 0.8")
+    if min_prob is not None and not 0 <= min_prob < 1:
+        raise InputError(f"min_prob must be in [0, 1), got {min_prob}; use e.g. 0.05")
+    keep = torch.ones_like(probs, dtype=torch.bool)
+    if top_p is not None:
+        ordered, order = probs.sort(-1, descending=True)
+        before = ordered.cumsum(-1) - ordered  # mass of the tokens ranked above each token
+        keep &= torch.zeros_like(keep).scatter(-1, order, before < top_p)
+    if min_prob is not None:
+        keep &= probs > min_prob
+    keep |= F.one_hot(probs.argmax(-1), probs.shape[-1]).bool()
+    kept = torch.where(keep, probs, torch.zeros_like(probs))
+    return kept / kept.sum(-1, keepdim=True)
+
+
 def sample_continuations(
-    model: nn.Module, prompts: Tensor, config: NumbersConfig, seed: int, batch_size: int = 2000
+    model: nn.Module,
+    prompts: Tensor,
+    config: NumbersConfig,
+    seed: int,
+    batch_size: int = 2000,
+    *,
+    top_p: float | None = None,
+    min_prob: float | None = None,
 ) -> Tensor:
     """Sample ``continuation_len + 1`` tokens after each prompt (temperature from the config).
 
+    ``top_p`` / ``min_prob`` restrict each step's distribution (after the temperature) with
+    ``truncated_distribution``; the defaults sample from the full softmax.
     Returns full documents (N, prompt + continuation_len + 1), unfiltered.
     """
     generator = torch.Generator().manual_seed(seed)
@@ -210,7 +253,8 @@ def sample_continuations(
             seq = prompts[start : start + batch_size]
             for _ in range(steps):
                 logits = model(seq)[:, -1].double() / config.teacher.temperature
-                nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+                probs = truncated_distribution(torch.softmax(logits, -1), top_p, min_prob)
+                nxt = torch.multinomial(probs, 1, generator=generator)
                 seq = torch.cat([seq, nxt], 1)
             out.append(seq)
     return torch.cat(out)
@@ -238,6 +282,7 @@ def train_student(
     teacher: nn.Module | None = None,
     direction: Tensor | None = None,
     student: StudentConfig | None = None,
+    target_weights: Tensor | None = None,
 ) -> StudentRun:
     """Fine-tune a copy of ``init`` on number documents (loss on continuation tokens and EOS).
 
@@ -249,6 +294,10 @@ def train_student(
         teacher: the model whose distributions are the soft labels.
         direction: teacher displacement theta_T - theta_0; each step's cosine with it is recorded.
         student: overrides ``config.student``.
+        target_weights: optional (N, T - 1) per-target loss weights aligned with
+            ``corpus.continuation_mask`` (a bool mask works: 0 drops a target). Each batch's loss
+            is then the weighted mean over its continuation targets (sum w * loss / sum w; 0 when
+            the batch's weights are all 0). Default: every continuation target weighs 1.
 
     """
     s = student or config.student
@@ -257,6 +306,12 @@ def train_student(
         raise InputError("soft labels need a teacher model")
     if sequences.shape[0] == 0:
         raise InputError("no sequences to train the student on (did the filter drop everything?)")
+    expected = (sequences.shape[0], sequences.shape[1] - 1)
+    if target_weights is not None and tuple(target_weights.shape) != expected:
+        raise InputError(
+            f"target_weights must have shape (N, T - 1) = {expected}, got "
+            f"{tuple(target_weights.shape)}; build it like corpus.continuation_mask"
+        )
     model = copy.deepcopy(init).train()
     if s.optimizer == "adam":
         optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
@@ -268,11 +323,22 @@ def train_student(
     run = StudentRun(model)
     previous = flat(model)
     for _ in range(s.steps):
-        batch = sequences[
-            torch.randint(0, sequences.shape[0], (s.batch_size,), generator=generator)
-        ]
+        rows = torch.randint(0, sequences.shape[0], (s.batch_size,), generator=generator)
+        batch = sequences[rows]
         logits = model(batch[:, :-1])[:, mask]
-        if labels == "soft":
+        if target_weights is not None:
+            weights = target_weights[rows][:, mask].to(logits.dtype)
+            if labels == "soft":
+                with torch.no_grad():
+                    targets = teacher(batch[:, :-1])[:, mask]
+                per_target = soft.value(logits, targets)
+            else:
+                per_target = F.cross_entropy(
+                    logits.transpose(1, 2), batch[:, 1:][:, mask], reduction="none"
+                )
+            total = weights.sum()
+            loss = (per_target * weights).sum() / torch.where(total > 0, total, 1.0)
+        elif labels == "soft":
             with torch.no_grad():
                 targets = teacher(batch[:, :-1])[:, mask]
             loss = soft.value(logits, targets).mean()
