@@ -174,13 +174,13 @@ def _per_model_steps(steps: list[dict[str, object]], metric: str) -> dict[str, n
     return arrays
 
 
-def _cell(values: list[float] | np.ndarray, digits: int = 3) -> str:
+def _cell(values: list[float] | np.ndarray, spec: str = ".3f") -> str:
     mean, half, n = mean_interval([float(v) for v in values])
     if n == 0:
         return "-"
     if math.isnan(half):
-        return f"{mean:.{digits}f} (n={n})"
-    return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}] (n={n})"
+        return f"{mean:{spec}} (n={n})"
+    return f"{mean:{spec}} [{mean - half:{spec}}, {mean + half:{spec}}] (n={n})"
 
 
 def summary_table(steps: list[dict[str, object]], accuracy: list[dict[str, object]]) -> str:
@@ -221,14 +221,23 @@ def summary_table(steps: list[dict[str, object]], accuracy: list[dict[str, objec
             "| group | early | middle | late |",
             "| --- | --- | --- | --- |",
         ]
-        digits = 4 if metric.startswith("cos") else 3
+        spec = ".4f" if metric.startswith("cos") else ".4g"
         for group in GROUPS:
             if group not in arrays:
                 continue
-            cells = [
-                _cell(arrays[group][:, a:b].mean(1), digits) for a, b in zip(bounds, bounds[1:])
-            ]
+            cells = [_cell(arrays[group][:, a:b].mean(1), spec) for a, b in zip(bounds, bounds[1:])]
             lines.append(f"| {group} | " + " | ".join(cells) + " |")
+        if metric == "distill_loss" and {"student", "ablated", "random"} <= set(arrays):
+            for other in ("ablated", "random"):  # paired: same model, same noise batches
+                ratio = arrays[other] / arrays["student"]
+                cells = [_cell(ratio[:, a:b].mean(1), ".4f") for a, b in zip(bounds, bounds[1:])]
+                lines.append(f"| {other} / student (paired) | " + " | ".join(cells) + " |")
+        if metric == "cos_trait_distill":
+            cells = [f"{g} {_cell((arrays[g] > 0).mean(1), '.3f')}" for g in GROUPS if g in arrays]
+            lines += [
+                "",
+                "Fraction of steps with a positive cosine, per model: " + "; ".join(cells),
+            ]
     removed = _per_model_steps(steps, "removed")
     if "ablated" in removed:
         fired = (removed["ablated"] > 0).mean(1)
@@ -240,14 +249,28 @@ def summary_table(steps: list[dict[str, object]], accuracy: list[dict[str, objec
     return "\n".join(lines) + "\n"
 
 
-def _band(axis, values: np.ndarray, label: str, color) -> None:  # noqa: ANN001
+STYLES = {"student": ("C0", "-", 2.2), "cross": ("C3", "-", 1.0)}
+STYLES.update({"ablated": ("C2", "-", 1.0), "random": ("C1", "--", 1.0)})
+SMOOTH_STEPS = 15  # the moving window of the noisy gradient-cosine panel
+
+
+def _band(axis, values: np.ndarray, label: str, group: str) -> None:  # noqa: ANN001
     """Mean over models (rows) with the 95% t-interval as a band, per step (columns)."""
+    color, style, width = STYLES[group]
     stats = [mean_interval(values[:, t]) for t in range(values.shape[1])]
     mean = np.array([s[0] for s in stats])
     half = np.array([s[1] for s in stats])
     x = np.arange(1, values.shape[1] + 1)
-    axis.plot(x, mean, color=color, lw=1.0, label=label)
-    axis.fill_between(x, mean - half, mean + half, color=color, alpha=0.25, lw=0)
+    axis.plot(x, mean, color=color, ls=style, lw=width, label=label)
+    axis.fill_between(x, mean - half, mean + half, color=color, alpha=0.2, lw=0)
+
+
+def _moving_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Each row's trailing moving mean over ``window`` steps (shorter at the start)."""
+    sums = np.cumsum(np.pad(values, ((0, 0), (1, 0))), axis=1)
+    ends = np.arange(1, values.shape[1] + 1)
+    starts = np.maximum(ends - window, 0)
+    return (sums[:, ends] - sums[:, starts]) / (ends - starts)
 
 
 def plot_dynamics(
@@ -259,8 +282,7 @@ def plot_dynamics(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = dict(zip(GROUPS, ("C0", "C3", "C2", "C1")))
-    figure, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    figure, axes = plt.subplots(2, 4, figsize=(20, 8.5))
     panels = [
         ("cos_trait_distill", GROUPS, axes[0, 0]),
         ("cos_step_trait", GROUPS, axes[0, 1]),
@@ -269,23 +291,36 @@ def plot_dynamics(
     ]
     for metric, groups, axis in panels:
         arrays = _per_model_steps(steps, metric)
+        smooth = metric == "cos_trait_distill"
         for group in groups:
             if group in arrays:
-                _band(axis, arrays[group], group, colors[group])
-        axis.set_title(LABELS[metric])
+                values = _moving_mean(arrays[group], SMOOTH_STEPS) if smooth else arrays[group]
+                _band(axis, values, group, group)
+        title = LABELS[metric] + (f", {SMOOTH_STEPS}-step moving mean" if smooth else "")
+        axis.set_title(title, fontsize=10)
         axis.set_xlabel("student step")
         if metric.startswith("cos"):
             axis.axhline(0, color="k", lw=0.6)
-        else:
+        elif metric == "distill_loss":
             axis.set_yscale("log")
+        axis.legend(fontsize=8)
+    distill = _per_model_steps(steps, "distill_loss")
+    axis = axes[0, 3]
+    if {"student", "ablated", "random"} <= set(distill):
+        for group in ("ablated", "random"):
+            _band(axis, distill[group] / distill["student"], f"{group} / student", group)
+        axis.axhline(1, color="k", lw=0.6)
+        axis.set_title("L_distill relative to the student (paired per model)", fontsize=10)
+        axis.set_xlabel("student step")
         axis.legend(fontsize=8)
     removed = _per_model_steps(steps, "removed")
     axis = axes[0, 2]
     if "ablated" in removed:
-        _band(axis, removed["ablated"], "ablated (= random)", colors["ablated"])
-        axis.set_title("norm removed per step")
+        _band(axis, removed["ablated"], "ablated (= random)", "ablated")
+        axis.set_title("norm removed from the step", fontsize=10)
         axis.set_xlabel("student step")
         axis.legend(fontsize=8)
+    axes[1, 3].set_axis_off()
     axis = axes[1, 2]
     by_epoch: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in accuracy:
@@ -299,7 +334,8 @@ def plot_dynamics(
             epochs,
             [s[0] for s in stats],
             yerr=[0 if math.isnan(s[1]) else s[1] for s in stats],
-            color=colors[group],
+            color=STYLES[group][0],
+            ls=STYLES[group][1],
             marker="o",
             capsize=3,
             label=group,
