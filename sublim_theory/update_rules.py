@@ -208,16 +208,20 @@ class Adam(UpdateRule):
         object.__setattr__(self, "name", "adamw" if self.decoupled else "adam")
 
     def init(self, parameters: Tensor) -> State:
-        """Zero moments and step count 0."""
+        """Zero moments and step count 0 (float64: see ``_adam_direction``)."""
         zeros = torch.zeros_like(parameters)
-        return {"exp_avg": zeros, "exp_avg_sq": zeros, "step": parameters.new_zeros(())}
+        step = parameters.new_zeros((), dtype=torch.float64)
+        return {"exp_avg": zeros, "exp_avg_sq": zeros, "step": step}
 
     def _adam_direction(self, direction: Tensor, state: State) -> tuple[Tensor, State]:
         step_count = state["step"] + 1
         exp_avg = self.beta1 * state["exp_avg"] + (1 - self.beta1) * direction
         exp_avg_sq = self.beta2 * state["exp_avg_sq"] + (1 - self.beta2) * direction * direction
-        corrected_avg = exp_avg / (1 - self.beta1**step_count)
-        corrected_sq = exp_avg_sq / (1 - self.beta2**step_count)
+        # the bias corrections in float64, as torch.optim.Adam computes them (Python floats): in
+        # float32, 1 - 0.999^t loses about 4 of its 7 digits at t = 1
+        step_count = step_count.double()
+        corrected_avg = exp_avg / (1 - self.beta1**step_count).to(exp_avg.dtype)
+        corrected_sq = exp_avg_sq / (1 - self.beta2**step_count).to(exp_avg.dtype)
         step = -self.lr * corrected_avg / (corrected_sq.sqrt() + self.eps)
         return step, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "step": step_count}
 
