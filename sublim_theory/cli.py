@@ -38,7 +38,18 @@ __all__ = [
 ]
 
 # Subcommand name -> module under sublim_theory.commands (imported only when present).
-COMMANDS = ("check", "derive", "sweep", "plot", "mnist", "numbers", "screen", "bench", "demo")
+COMMANDS = (
+    "check",
+    "derive",
+    "sweep",
+    "plot",
+    "mnist",
+    "numbers",
+    "screen",
+    "bench",
+    "demo",
+    "finetune",
+)
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXIT_INPUT, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, the shell's convention
 
