@@ -205,30 +205,30 @@ def plot(rows: list[dict], steps: list[dict], path: Path) -> None:
     series: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for s in steps:
         series[(s["cell"], s["role"])][int(s["step"])].append(float(s["trait_cos"]))
+    window = 10  # one batch's gradient is noisy: a centered running mean over 10 steps
     for (cell, role), by_step in sorted(series.items()):
         if cell != "adam/full" and role == "control":
             continue
         xs = sorted(by_step)
-        means = [sum(by_step[x]) / len(by_step[x]) for x in xs]
+        means = torch.tensor([sum(by_step[x]) / len(by_step[x]) for x in xs], dtype=torch.float64)
+        if len(xs) >= window:
+            means = means.unfold(0, window, 1).mean(1)
+            xs = [x + (window - 1) / 2 for x in xs[: len(means)]]
         if cell == "adam/full":
-            ax.plot(
-                xs,
-                means,
-                color="k" if role == "student" else "gray",
-                lw=1.6,
-                zorder=3,
-                label=f"adam/full {role}",
-            )
+            color = "k" if role == "student" else "gray"
+            ax.plot(xs, means, color=color, lw=1.8, zorder=3, label=f"adam/full {role}")
         else:
-            ax.plot(xs, means, color=colors[cell.split("/")[0]], lw=0.5, alpha=0.5)
+            ax.plot(xs, means, color=colors[cell.split("/")[0]], lw=0.6, alpha=0.6)
+    for optimizer in optimizers:
+        ax.plot([], [], color=colors[optimizer], lw=0.6, label=f"{optimizer} students")
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("step")
     ax.set_title(
-        "per-step cos(grad L_trait, grad L_distill)\n(mean over seeds; thin: other cells' "
-        "students, colored by optimizer)",
+        "per-step cos(grad L_trait, grad L_distill), mean over seeds,\n"
+        f"running mean over {window} steps (thin: the other cells' students)",
         fontsize=9,
     )
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
 
     ax = axes[2]
     per_cell(ax, "student", "mean_trait_cos", -0.03, "o", " student")
