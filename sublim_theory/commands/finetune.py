@@ -132,6 +132,7 @@ def format_table(rows: list[dict], lrs: dict[str, float], grid: list[dict]) -> s
                 )
                 + f" | {_interval(v[(cell, role, 'frac_positive_trait_cos')])} |"
             )
+    lines += _contrasts(rows)
     if grid:
         lines += [
             "",
@@ -148,6 +149,42 @@ def format_table(rows: list[dict], lrs: dict[str, float], grid: list[dict]) -> s
                 f"{g['final_loss']:.4f} |"
             )
     return "\n".join(lines)
+
+
+def _contrasts(rows: list[dict]) -> list[str]:
+    """Differences of paired diffs between cells, paired by seed (the seed's teacher is shared)."""
+    per_seed: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        if r["role"] == "paired" and r["metric"] == "diff_p_trait":
+            per_seed[r["cell"]][r["seed"]] = float(r["value"])
+    pairs = []
+    names = _cells(rows)
+    optimizers = list(dict.fromkeys(c.split("/")[0] for c in names))
+    params = list(dict.fromkeys(c.split("/")[1] for c in names))
+    for optimizer in optimizers:
+        for param in params[1:]:
+            pairs.append((f"{optimizer}/{params[0]}", f"{optimizer}/{param}"))
+        lora = [q for q in params if q != "full"]
+        # neighbouring ranks: an inverted U in rank rises, then falls
+        pairs += [(f"{optimizer}/{hi}", f"{optimizer}/{lo}") for lo, hi in zip(lora, lora[1:])]
+    for param in params:
+        for optimizer in optimizers[1:]:
+            pairs.append((f"{optimizers[0]}/{param}", f"{optimizer}/{param}"))
+    lines = [
+        "",
+        "Contrasts: paired diff of cell a minus paired diff of cell b, per seed (same teacher):",
+        "",
+        "| a | b | a - b | n | seeds a > b |",
+        "|---|---|---|---|---|",
+    ]
+    for a, b in pairs:
+        if a not in per_seed or b not in per_seed:
+            continue
+        seeds = sorted(set(per_seed[a]) & set(per_seed[b]))
+        gaps = [per_seed[a][s] - per_seed[b][s] for s in seeds]
+        wins = sum(g > 0 for g in gaps)
+        lines.append(f"| {a} | {b} | {_interval(gaps)} | {len(gaps)} | {wins}/{len(gaps)} |")
+    return lines
 
 
 def plot(rows: list[dict], steps: list[dict], path: Path) -> None:
