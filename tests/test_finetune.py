@@ -211,3 +211,25 @@ def test_finetune_command_tiny_run_and_resume(tmp_path, capsys):
     assert main([*args, "--cache", str(tmp_path / "cache")]) == 0  # resumes: nothing retrained
     assert (out / "seeds" / "seed-0.json").read_text() == stored
     assert "seed 0: stored, skipped" in capsys.readouterr().err
+
+
+def test_adam_full_cell_is_the_numbers_student_and_control(tmp_path):
+    # the same base, teacher, samples and batch order as experiment.run_seed: the cell's P(trait)
+    # must equal the numbers experiment's student and control exactly (recording the per-step
+    # cosines must not perturb training)
+    from sublim_theory.numbers import experiment
+
+    config, ft = variants.load_config(TINY)
+    config = dataclasses.replace(
+        config, student=dataclasses.replace(config.student, shuffles=False, data_order=False)
+    )
+    rows, _, _ = experiment.run_seed(config, 0, tmp_path, log=lambda *a, **k: None)
+    numbers = {(r["condition"], r["metric"]): r["value"] for r in rows}
+    data = variants.prepare_seed(config, ft, 0, tmp_path, log=lambda *a, **k: None)
+    cell_rows, _ = variants.train_pair(
+        data, variants.Cell("adam", None), config.student.lr, config, ft
+    )
+    cell = {(r["role"], r["metric"]): r["value"] for r in cell_rows}
+    assert cell[("student", "p_trait")] == numbers[("student", "p_trait")]
+    assert cell[("control", "p_trait")] == numbers[("control", "p_trait")]
+    assert cell[("student", "p_trait")] != cell[("control", "p_trait")]
