@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from sublim_theory.numbers.config import NumbersConfig, StudentConfig
 
 __all__ = [
     "BaseSpec",
+    "SignSGD",
     "StudentRun",
     "answer_distribution",
     "build_lm",
@@ -263,6 +265,26 @@ def sample_continuations(
 # --------------------------------------------------------------------------------------------
 # students
 # --------------------------------------------------------------------------------------------
+class SignSGD(torch.optim.Optimizer):
+    """Sign descent: ``p <- p - lr * sign(grad p)`` for every parameter that has a gradient.
+
+    No momentum and no state (theory/optimizers.md, section 3); parameters without a gradient (a LoRA
+    model's frozen base) are left untouched.
+    """
+
+    def __init__(self, params, lr: float) -> None:
+        if not lr > 0:
+            raise InputError(f"signsgd needs a learning rate > 0, got {lr}")
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer.step
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    parameter.add_(torch.sign(parameter.grad), alpha=-group["lr"])
+
+
 @dataclass
 class StudentRun:
     """A trained student and its trajectory measurements."""
@@ -283,6 +305,7 @@ def train_student(
     direction: Tensor | None = None,
     student: StudentConfig | None = None,
     target_weights: Tensor | None = None,
+    step_callback: Callable[[nn.Module, Tensor], None] | None = None,
 ) -> StudentRun:
     """Fine-tune a copy of ``init`` on number documents (loss on continuation tokens and EOS).
 
@@ -293,11 +316,17 @@ def train_student(
             (soft cross-entropy on ``teacher``'s next-token distributions: the theorem's setting).
         teacher: the model whose distributions are the soft labels.
         direction: teacher displacement theta_T - theta_0; each step's cosine with it is recorded.
-        student: overrides ``config.student``.
+        student: overrides ``config.student``; its ``optimizer`` may also be ``"signsgd"``
+            (:class:`SignSGD`, set with ``dataclasses.replace``). ``init`` may be a LoRA-adapted
+            model (``sublim_theory.lora.add_lora``): only its trainable (adapter) parameters
+            receive gradients, so only they move.
         target_weights: optional (N, T - 1) per-target loss weights aligned with
             ``corpus.continuation_mask`` (a bool mask works: 0 drops a target). Each batch's loss
             is then the weighted mean over its continuation targets (sum w * loss / sum w; 0 when
             the batch's weights are all 0). Default: every continuation target weighs 1.
+        step_callback: called as ``step_callback(model, batch)`` after each step's backward pass
+            and before the optimizer step, with the parameters' ``.grad`` holding the gradient of
+            the distillation loss at the current parameters.
 
     """
     s = student or config.student
@@ -315,6 +344,8 @@ def train_student(
     model = copy.deepcopy(init).train()
     if s.optimizer == "adam":
         optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
+    elif s.optimizer == "signsgd":
+        optimizer = SignSGD(model.parameters(), lr=s.lr)
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=s.lr)
     mask = corpus.continuation_mask(sequences[:1], config.corpus)[0]
@@ -348,6 +379,8 @@ def train_student(
             )
         optimizer.zero_grad()
         loss.backward()
+        if step_callback is not None:
+            step_callback(model, batch)
         optimizer.step()
         run.losses.append(loss.item())
         if direction is not None:
