@@ -1,0 +1,144 @@
+"""``mnist`` studies: ``[[cells]]`` of overrides, shared teachers, per-model rows and summaries."""
+
+import csv
+
+import numpy as np
+import pytest
+
+import sublim_theory.commands.mnist as mnist_command
+import sublim_theory.mnist.experiment as experiment
+from sublim_theory.cli import main
+from sublim_theory.errors import InputError
+from sublim_theory.mnist.data import IDX_FILES, write_idx
+from sublim_theory.records import mean_interval
+from sublim_theory.runs import CONFIG_DIR
+
+TINY = """
+models = 2
+aux_logits = 3
+hidden = [16]
+batch_size = 8
+teacher_epochs = 2
+student_epochs = 1
+noise_images = 16
+students = ["aux", "cross_aux"]
+"""
+CELLS = """
+[[cells]]
+
+[[cells]]
+student_optimizer = "signsgd"
+student_lr = 1e-3
+
+[[cells]]
+lr = 1e-3
+"""
+
+
+@pytest.fixture
+def digits(tmp_path):
+    rng = np.random.default_rng(0)
+    for key, n in (("train", 12), ("test", 6)):
+        write_idx(tmp_path / IDX_FILES[f"{key}_images"], rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / IDX_FILES[f"{key}_labels"], rng.integers(0, 10, n))
+    return tmp_path
+
+
+def _run(tmp_path, digits, text, out="out"):
+    config = tmp_path / "study.toml"
+    config.write_text(text)
+    argv = ["mnist", "--config", str(config), "--mnist-dir", str(digits), "--out"]
+    return main([*argv, str(tmp_path / out), "--quiet"])
+
+
+def _rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_cells_share_teachers_and_write_per_model_rows(tmp_path, digits, monkeypatch):
+    trained = []
+    real = experiment.train_teachers
+
+    def counting(config, *args):
+        trained.append(config.lr)
+        return real(config, *args)
+
+    monkeypatch.setattr(experiment, "train_teachers", counting)
+    assert _run(tmp_path, digits, TINY + CELLS) == 0
+    # baseline and signsgd differ only in the students: one teacher training for both
+    assert trained == [3e-4, 1e-3]
+    rows = _rows(tmp_path / "out" / "models.csv")
+    cells = ["baseline", "student_optimizer=signsgd,student_lr=0.001", "lr=0.001"]
+    assert list(dict.fromkeys(r["cell"] for r in rows)) == cells
+    assert [r["factor"] for r in rows if r["model"] == "0" and r["row"] == "teacher"] == [
+        "baseline",
+        "student_optimizer",
+        "lr",
+    ]
+    assert len(rows) == 3 * 4 * 2  # cells x (reference, teacher, 2 students) x models
+
+    def values(cell, row, key="accuracy"):
+        return [float(r[key]) for r in rows if r["cell"] == cell and r["row"] == row]
+
+    assert values(cells[0], "teacher") == values(cells[1], "teacher")  # the same teachers
+    assert values(cells[0], "student_aux", "cosine") != values(cells[1], "student_aux", "cosine")
+    assert all(loss >= 0 for loss in values(cells[1], "student_aux", "distillation_loss"))
+    table = (tmp_path / "out" / "table.md").read_text()
+    mean, half, n = mean_interval(values(cells[1], "student_aux"))
+    line = f"| {cells[1]} | student_aux | {mean:.3f} | [{mean - half:.3f}, {mean + half:.3f}] | 2 |"
+    assert line in table
+    assert (tmp_path / "out" / "study.png").stat().st_size > 0
+    assert not (tmp_path / "out" / "table.csv").exists()  # keyed by m and s: not for cells
+
+    # a rerun with one more cell computes only that cell
+    calls = []
+    monkeypatch.setattr(
+        mnist_command, "run_experiment", lambda config, *a: calls.append(config) or 1 / 0
+    )
+    with pytest.raises(ZeroDivisionError):
+        _run(tmp_path, digits, TINY + CELLS + '[[cells]]\ndistillation_loss = "mse"\n')
+    assert [c.distillation_loss for c in calls] == ["mse"]
+
+
+@pytest.mark.parametrize(
+    ("cells", "message"),
+    [
+        ("cells = []\n", "non-empty list of tables"),
+        ("cells = [1]\n", "non-empty list of tables"),
+        ("[[cells]]\nlearning_rate = 1\n", "learning_rate"),
+        ("[[cells]]\nstudent_optimizer = 'rmsprop'\n", "student_optimizer"),
+        ("[[cells]]\nlr = 1e-3\n[[cells]]\nlr = 1e-3\n", "distinct"),
+        ("[[cells]]\ncells = []\n", "cells of its own"),
+    ],
+)
+def test_bad_cells_are_one_line_errors(tmp_path, digits, capsys, cells, message):
+    assert _run(tmp_path, digits, TINY + cells) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["mnist_optimizer.toml", "mnist_heads.toml", "mnist_grid.toml", "mnist_grid_arch.toml"],
+)
+def test_study_configs_parse(name):
+    settings = dict(mnist_command.load_toml(CONFIG_DIR / name))
+    settings.pop("teacher_epochs", None) if settings.get("teacher_epochs") == "auto" else None
+    cells = mnist_command.build_cells(settings, name)
+    assert all(c.config.noise_images == 60_000 and c.config.student_epochs == 5 for c in cells)
+    assert all(c.config.models >= 5 for c in cells)
+    assert len({c.name for c in cells}) == len(cells) >= 3
+
+
+def test_cells_and_m_lists_multiply():
+    settings = {"aux_logits": [3, 5], "models": 2, "cells": [{}, {"lr": 1e-3}]}
+    names = [c.name for c in mnist_command.build_cells(settings)]
+    assert names == [
+        "baseline,aux_logits=3",
+        "baseline,aux_logits=5",
+        "lr=0.001,aux_logits=3",
+        "lr=0.001,aux_logits=5",
+    ]
+    with pytest.raises(InputError, match="cells"):
+        mnist_command.build_cells({"cells": {"lr": 1e-3}})
