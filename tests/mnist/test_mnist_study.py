@@ -142,3 +142,23 @@ def test_cells_and_m_lists_multiply():
     ]
     with pytest.raises(InputError, match="cells"):
         mnist_command.build_cells({"cells": {"lr": 1e-3}})
+
+
+def test_study_markdown_is_mean_and_t_interval_per_cell_and_row():
+    from sublim_theory.mnist.report import study_markdown
+
+    base = {"cell": "c", "factor": "f", "level": "1", "aux_logits": 3.0, "row": "student_aux"}
+    rows = [
+        {**base, "model": float(i), "accuracy": a, "cosine": c, "distillation_loss": 0.5}
+        for i, (a, c) in enumerate([(0.2, 0.1), (0.4, 0.2), (0.9, 0.3)])
+    ]
+    rows.append({**rows[0], "row": "teacher", "cosine": float("nan")})
+    # t_{0.975, 2} = 4.302652729911275; sd of (0.2, 0.4, 0.9) with n - 1 = 0.36055512754639896
+    half = 4.302652729911275 * 0.36055512754639896 / 3**0.5
+    mean = 0.5
+    table = study_markdown(rows)
+    line = (
+        f"| c | student_aux | 0.500 | [{mean - half:.3f}, {mean + half:.3f}] | 3 | +0.2000 | 0.5 |"
+    )
+    assert line in table.splitlines()
+    assert "| c | teacher | 0.200 | - | 1 | - | - |" in table.splitlines()
