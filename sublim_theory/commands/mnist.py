@@ -215,8 +215,8 @@ def build_cells(settings: dict[str, object], source: str = "settings") -> list[C
     """The runs of ``settings``: one per m, times one per entry of ``cells`` if present.
 
     Without ``cells`` the runs are named ``aux_logits-M`` (factor ``aux_logits``). Each entry of
-    ``cells`` is a table of overrides; it is named ``key=value,...`` (``baseline`` when empty)
-    and its factor is its first key.
+    ``cells`` is a table of overrides; it is named ``key=value,...`` (``baseline`` when empty),
+    its factor is its first key and its level its values joined by ``/`` (``sgd/0.3``).
 
     Raises:
         InputError: for a malformed ``cells`` list, an invalid override or a repeated cell.
@@ -241,7 +241,7 @@ def build_cells(settings: dict[str, object], source: str = "settings") -> list[C
             raise InputError(f"{source} [cells {index}]: a cell may not hold cells of its own")
         name = ",".join(f"{k}={_level(v)}" for k, v in overrides.items()) or "baseline"
         factor = next(iter(overrides), "baseline")
-        level = _level(overrides[factor]) if overrides else "default"
+        level = "/".join(map(_level, overrides.values())) or "default"
         configs = build_configs({**base, **overrides}, f"{source} [cells {index}]")
         for config in configs:
             suffix = f",aux_logits={config.aux_logits}" if len(configs) > 1 else ""

@@ -76,6 +76,7 @@ def test_cells_share_teachers_and_write_per_model_rows(tmp_path, digits, monkeyp
         "student_optimizer",
         "lr",
     ]
+    assert {r["level"] for r in rows if r["cell"] == cells[1]} == {"signsgd/0.001"}
     assert len(rows) == 3 * 4 * 2  # cells x (reference, teacher, 2 students) x models
 
     def values(cell, row, key="accuracy"):
@@ -120,7 +121,7 @@ def test_bad_cells_are_one_line_errors(tmp_path, digits, capsys, cells, message)
 
 @pytest.mark.parametrize(
     "name",
-    ["mnist_optimizer.toml", "mnist_heads.toml", "mnist_grid.toml", "mnist_grid_arch.toml"],
+    ["mnist_optimizer.toml", "mnist_heads.toml", "mnist_grid.toml", "mnist_grid_more.toml"],
 )
 def test_study_configs_parse(name):
     settings = dict(mnist_command.load_toml(CONFIG_DIR / name))
