@@ -163,3 +163,31 @@ def test_study_markdown_is_mean_and_t_interval_per_cell_and_row():
     )
     assert line in table.splitlines()
     assert "| c | teacher | 0.200 | - | 1 | - | - |" in table.splitlines()
+
+
+def test_grid_comparison_places_the_baseline_at_each_factors_default(tmp_path):
+    import runpy
+    from pathlib import Path
+
+    from sublim_theory.mnist.report import write_models
+
+    script = Path(__file__).resolve().parents[2] / "experiments" / "mnist_sweeps.py"
+    compare_study = runpy.run_path(str(script))["compare_study"]
+    rows = []
+    for cell, factor, level, accuracies in (
+        ("baseline", "baseline", "default", (0.5, 0.7)),
+        ("lr=0.001", "lr", "0.001", (0.2, 0.4)),
+    ):
+        for i, accuracy in enumerate(accuracies):
+            rows.append(
+                dict(cell=cell, factor=factor, level=level, aux_logits=3, row="student_aux")
+                | dict(model=i, accuracy=accuracy, cosine=0.1, distillation_loss=0.01)
+            )
+    write_models(rows, tmp_path / "models.csv")
+    lines = compare_study(str(tmp_path / "models.csv")).splitlines()[1:]
+    assert [line.split()[:3] for line in lines] == [
+        ["lr", "0.0003", "student_aux"],  # the baseline, at the default lr
+        ["lr", "0.001", "student_aux"],
+    ]
+    assert lines[0].split()[3] == "0.600" and "0.551" in lines[0] and "divyat09" in lines[0]
+    assert lines[1].split()[3] == "0.300" and "0.702" in lines[1]
