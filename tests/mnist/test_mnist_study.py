@@ -191,3 +191,24 @@ def test_grid_comparison_places_the_baseline_at_each_factors_default(tmp_path):
     ]
     assert lines[0].split()[3] == "0.600" and "0.551" in lines[0] and "divyat09" in lines[0]
     assert lines[1].split()[3] == "0.300" and "0.702" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "rows"),
+    [
+        ("mnist_heads.toml", {"student_aux", "cross_aux", "randbody_aux", "randaux_aux"}),
+        ("mnist_grid.toml", {"student_aux", "cross_aux"}),
+    ],
+)
+def test_study_configs_run_at_tiny_size(tmp_path, digits, name, rows):
+    tiny = ["--models", "2", "--hidden", "8", "--batch-size", "8", "--noise-images", "8"]
+    tiny += ["--teacher-epochs", "1", "--student-epochs", "1", "--aux-logits", "3", "--quiet"]
+    argv = ["mnist", "--config", str(CONFIG_DIR / name), "--mnist-dir", str(digits)]
+    assert main([*argv, "--out", str(tmp_path / "out"), *tiny]) == 0
+    found = _rows(tmp_path / "out" / "models.csv")
+    assert rows <= {r["row"] for r in found}
+    # every distilled student recorded a finite, non-negative final distillation loss
+    losses = [
+        float(r["distillation_loss"]) for r in found if r["row"] not in ("reference", "teacher")
+    ]
+    assert losses and all(0 <= loss < float("inf") for loss in losses)
