@@ -198,6 +198,9 @@ def test_grid_comparison_places_the_baseline_at_each_factors_default(tmp_path):
     [
         ("mnist_heads.toml", {"student_aux", "cross_aux", "randbody_aux", "randaux_aux"}),
         ("mnist_grid.toml", {"student_aux", "cross_aux"}),
+        ("mnist_optimizer.toml", {"student_aux", "cross_aux"}),
+        ("mnist_optimizer_tune.toml", {"student_aux"}),
+        ("mnist_grid_more.toml", {"student_aux", "cross_aux"}),
     ],
 )
 def test_study_configs_run_at_tiny_size(tmp_path, digits, name, rows):
