@@ -8,7 +8,8 @@ trains one student group per scale s inside the same run.
 
 A config may also hold ``[[cells]]``: one table of overrides per cell (a study: e.g. one
 student optimizer, or one level of one factor around the default, per cell); every cell runs
-with the top-level settings plus its overrides, and cells whose teachers would be trained
+with the top-level settings and flags plus its overrides (a cell's value wins over a flag's),
+and cells whose teachers would be trained
 identically share one teacher training (within one invocation).
 
 Each finished m (or cell) is stored at once, atomically, as ``runs/aux_logits-M.json``
