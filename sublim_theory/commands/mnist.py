@@ -6,21 +6,30 @@ result is typed and range-checked by ``MnistConfig.parse`` before any data is re
 A list for ``aux_logits`` runs one experiment per m (a sweep); a list for ``student_noise``
 trains one student group per scale s inside the same run.
 
-Each finished m is stored at once, atomically, as ``runs/aux_logits-M.json`` (the N models of
-one m train together, so m is the unit a rerun resumes from). A rerun into the same ``--out``
-skips the stored m, refuses different settings (``run.json``) and may add values of m.
-Writes ``results.json``, ``table.csv`` (tidy) and ``mnist.png`` (read from the table) to
-``--out`` from every stored m. Progress goes to stderr, the tables to stdout.
+A config may also hold ``[[cells]]``: one table of overrides per cell (a study: e.g. one
+student optimizer, or one level of one factor around the default, per cell); every cell runs
+with the top-level settings and flags plus its overrides (a cell's value wins over a flag's),
+and cells whose teachers would be trained
+identically share one teacher training (within one invocation).
+
+Each finished m (or cell) is stored at once, atomically, as ``runs/aux_logits-M.json``
+(``runs/<cell>.json``): the N models of one run train together, so a run is the unit a rerun
+resumes from. A rerun into the same ``--out`` skips the stored runs, refuses different settings
+(``run.json``) and may add runs. Writes ``results.json``, ``models.csv`` (one row per model) and
+``table.md`` (mean, 95% CI, n) to ``--out``; without cells also ``table.csv`` (tidy) and
+``mnist.png`` (read from the table), with cells ``study.png`` (read from ``models.csv``).
+Progress goes to stderr, the tables to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sublim_theory.cli import add_config_argument, add_device_argument
@@ -35,18 +44,36 @@ from sublim_theory.mnist.experiment import (
 from sublim_theory.mnist.report import (
     format_cosines,
     format_run,
+    model_rows,
+    plot_study,
     plot_table,
+    read_models,
     read_table,
     result_rows,
+    study_markdown,
     tidy_table,
+    write_models,
     write_table,
 )
+from sublim_theory.mnist.variants import (
+    DISTILLATION_INPUTS,
+    DISTILLATION_LOSSES,
+    STUDENT_OPTIMIZERS,
+)
 from sublim_theory.records import environment_record, restore_nan
-from sublim_theory.runs import OutputFolder, atomic_write_json, load_toml, resolve_device
+from sublim_theory.runs import (
+    OutputFolder,
+    atomic_write_json,
+    atomic_write_text,
+    load_toml,
+    resolve_device,
+)
 
 __all__ = [
     "HELP",
     "RUNS_FOLDER",
+    "Cell",
+    "build_cells",
     "build_configs",
     "load_result",
     "register",
@@ -105,7 +132,20 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--students",
         nargs="+",
         choices=STUDENT_KINDS,
-        help="student kinds to train (default: all four; cross_* are the cross-model controls)",
+        help="student kinds to train (default: aux all cross_aux cross_all; cross_* are the "
+        "cross-model controls, rand*_aux the head-compatibility students)",
+    )
+    parser.add_argument(
+        "--student-optimizer", choices=STUDENT_OPTIMIZERS, help="student optimizer (adam)"
+    )
+    parser.add_argument("--student-lr", type=float, help="student learning rate (default: --lr)")
+    parser.add_argument(
+        "--distillation-loss", choices=DISTILLATION_LOSSES, help="kl (default) or mse"
+    )
+    parser.add_argument(
+        "--distillation-inputs",
+        choices=DISTILLATION_INPUTS,
+        help="uniform noise (default), gaussian noise or real training digits",
     )
     parser.add_argument("--seed", type=int, help="master seed (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -121,7 +161,7 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, object], Path 
     settings: dict[str, object] = {}
     mnist_dir: Path | None = None
     if args.config is not None:
-        settings = dict(load_toml(args.config))
+        settings = dict(load_toml(args.config))  # may hold "cells": see build_cells
         if "mnist_dir" in settings:
             value = settings.pop("mnist_dir")
             if not isinstance(value, str):
@@ -162,8 +202,66 @@ def build_configs(settings: dict[str, object], source: str = "settings") -> list
     return [MnistConfig.parse(dict(settings, aux_logits=m), source) for m in aux_values]
 
 
-def _stored_path(out: Path, config: MnistConfig) -> Path:
-    return out / RUNS_FOLDER / f"aux_logits-{config.aux_logits}.json"
+@dataclass(frozen=True)
+class Cell:
+    """One run of a study: its name, the factor it varies, that factor's level, its config."""
+
+    name: str
+    factor: str
+    level: str
+    config: MnistConfig
+
+
+def build_cells(settings: dict[str, object], source: str = "settings") -> list[Cell]:
+    """The runs of ``settings``: one per m, times one per entry of ``cells`` if present.
+
+    Without ``cells`` the runs are named ``aux_logits-M`` (factor ``aux_logits``). Each entry of
+    ``cells`` is a table of overrides; it is named ``key=value,...`` (``baseline`` when empty),
+    its factor is its first key and its level its values joined by ``/`` (``sgd/0.3``).
+
+    Raises:
+        InputError: for a malformed ``cells`` list, an invalid override or a repeated cell.
+
+    """
+    base = {k: v for k, v in settings.items() if k != "cells"}
+    if "cells" not in settings:
+        return [
+            Cell(f"aux_logits-{c.aux_logits}", "aux_logits", str(c.aux_logits), c)
+            for c in build_configs(base, source)
+        ]
+    entries = settings["cells"]
+    if (
+        not isinstance(entries, list)
+        or not entries
+        or not all(isinstance(e, dict) for e in entries)
+    ):
+        raise InputError(f"{source}: cells must be a non-empty list of tables ([[cells]] in TOML)")
+    cells: list[Cell] = []
+    for index, overrides in enumerate(entries):
+        if "cells" in overrides:
+            raise InputError(f"{source} [cells {index}]: a cell may not hold cells of its own")
+        name = ",".join(f"{k}={_level(v)}" for k, v in overrides.items()) or "baseline"
+        factor = next(iter(overrides), "baseline")
+        level = "/".join(map(_level, overrides.values())) or "default"
+        configs = build_configs({**base, **overrides}, f"{source} [cells {index}]")
+        for config in configs:
+            suffix = f",aux_logits={config.aux_logits}" if len(configs) > 1 else ""
+            cells.append(Cell(name + suffix, factor, level, config))
+    names = [cell.name for cell in cells]
+    if len(set(names)) != len(names):
+        raise InputError(f"{source}: cells must be distinct, got {names}")
+    return cells
+
+
+def _level(value: object) -> str:
+    """A setting's value as a short label: ``1e-05``, ``64x64``, ``sgd``."""
+    if isinstance(value, list):
+        return "x".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _stored_path(out: Path, cell: Cell) -> Path:
+    return out / RUNS_FOLDER / (re.sub(r"[^A-Za-z0-9._=,-]", "_", cell.name) + ".json")
 
 
 def load_result(path: Path) -> ExperimentResult:
@@ -200,7 +298,8 @@ def run(args: argparse.Namespace) -> int:
     """
     settings, mnist_dir = resolve_settings(args)
     source = f"{args.config} + command-line flags" if args.config else "command-line flags"
-    configs = build_configs(settings, source)
+    cells = build_cells(settings, source)
+    study = "cells" in settings
     device = resolve_device(args.device)
 
     def log(message: str) -> None:
@@ -210,35 +309,47 @@ def run(args: argparse.Namespace) -> int:
     with OutputFolder(args.out, "mnist") as folder:
         out = folder.path
         data = load_mnist(mnist_dir)  # reads and checks the digits: bad files fail here
-        shared = {k: v for k, v in asdict(configs[0]).items() if k != "aux_logits"}
-        folder.check_settings(
-            {**shared, "data": data.describe(), "device": device.type},
-            {"aux_logits": [config.aux_logits for config in configs]},
-        )
+        if study:
+            shared = {k: v for k, v in settings.items() if k not in ("cells", "aux_logits")}
+            grid = {"cells": [cell.name for cell in cells]}
+        else:
+            shared = {k: v for k, v in asdict(cells[0].config).items() if k != "aux_logits"}
+            grid = {"aux_logits": [cell.config.aux_logits for cell in cells]}
+        folder.check_settings({**shared, "data": data.describe(), "device": device.type}, grid)
         (out / RUNS_FOLDER).mkdir(exist_ok=True)
         clock = time.perf_counter()
-        results = []
-        for config in configs:
-            stored = _stored_path(out, config)
+        results, models, teachers = [], [], {}
+        for cell in cells:
+            config = cell.config
+            stored = _stored_path(out, cell)
             if stored.is_file():
                 result = load_result(stored)
-                log(f"run: m = {config.aux_logits} stored in {stored}, skipped")
+                log(f"run: {cell.name} stored in {stored}, skipped")
             else:
-                log(f"run: m = {config.aux_logits}, {config.models} models, data {data.source}")
-                result = run_experiment(config, data, log, device)
+                log(f"run: {cell.name}, {config.models} models, data {data.source}")
+                result = run_experiment(config, data, log, device, teachers)
                 atomic_write_json(stored, {**asdict(result), "group_order": list(result.groups)})
             results.append(result)
-            print(f"\nm = {config.aux_logits} ({result.teacher_epochs} teacher epochs)")
+            models.extend(model_rows(cell.name, cell.factor, cell.level, result))
+            print(f"\n{cell.name} ({result.teacher_epochs} teacher epochs)")
             print(format_run(result))
             print("per-epoch cosine(student update, teacher displacement), mean over models:")
             print(format_cosines(result), flush=True)
         seconds = time.perf_counter() - clock
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
-        write_table(tidy_table(results), out / "table.csv")
-        plot_table(read_table(out / "table.csv"), out / "mnist.png")
+        write_models(models, out / "models.csv")
+        atomic_write_text(out / "table.md", study_markdown(read_models(out / "models.csv")))
+        if study:
+            name = args.config.stem if args.config else "mnist study"
+            title = f"{name}, {cells[0].config.models} models per cell"
+            plot_study(read_models(out / "models.csv"), out / "study.png", title)
+        else:
+            write_table(tidy_table(results), out / "table.csv")
+            plot_table(read_table(out / "table.csv"), out / "mnist.png")
         runs = [
             {
+                "cell": cell.name,
                 "aux_logits": r.config["aux_logits"],
                 "config": r.config,
                 "teacher_epochs": r.teacher_epochs,
@@ -246,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
                 "seconds": r.seconds,
                 "rows": result_rows(r),
             }
-            for r in results
+            for cell, r in zip(cells, results)
         ]
         document: dict[str, object] = {
             "data": data.describe(),
@@ -259,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
         document["runs"] = runs
         atomic_write_json(out / "results.json", document)
     log(
-        f"\n{seconds:.1f}s, peak memory {peak_mb:.0f} MB; wrote {out}/results.json, "
-        "table.csv, mnist.png"
+        f"\n{seconds:.1f}s, peak memory {peak_mb:.0f} MB; wrote {out}/results.json, models.csv, "
+        f"table.md, {'study.png' if study else 'table.csv, mnist.png'}"
     )
     return 0

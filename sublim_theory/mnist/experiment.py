@@ -21,10 +21,10 @@ so model j's gradient is exactly the gradient of its own loss (a mean over model
 gradient by 1/M). Adam is elementwise, so one ``torch.optim.Adam`` over the stacked tensors is M
 independent Adams (they share only the step counter, which is equal anyway).
 
-The fixed noise set is stored as seeds, not pixels: image block b of model i is regenerated from
-its own generator seeded by (seed, i, b) whenever it is visited, so memory stays O(batch) instead
-of 188 MB per model for 60,000 images. Each epoch visits the blocks in a fresh random order; the
-images of one block stay together (a block is one batch).
+The fixed noise set is stored as seeds, not pixels: block b of model i is regenerated from a
+generator seeded by (seed, i, b) when visited (memory O(batch), not 188 MB per model). Each epoch
+visits the blocks in a fresh random order. Student variants (optimizer, MSE loss, gaussian or real
+inputs, spliced heads) are in ``sublim_theory.mnist.variants``.
 
 Theorem link (theory/alignment.md): to first order the shared-init student's update is
 K(eps v) with K positive semi-definite, so cos(student update, teacher displacement) >= 0. The
@@ -35,10 +35,12 @@ direction is still its teacher's displacement, which its own init does not share
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
 
 import numpy as np
 import torch
@@ -51,12 +53,20 @@ from sublim_theory.errors import InputError
 from sublim_theory.functional import FunctionalModel
 from sublim_theory.losses import KLDivergence
 from sublim_theory.mnist.data import N_CLASSES, N_PIXELS, MnistData
+from sublim_theory.mnist.variants import (
+    HEAD_KINDS,
+    draw_inputs,
+    make_student_optimizer,
+    mse_distillation_loss,
+    splice_heads,
+)
 from sublim_theory.placements import place_student
 from sublim_theory.runs import bound, parse_config
 
 __all__ = [
     "mixed_seed",
     "PAPER_TEACHER_STEPS",
+    "DEFAULT_STUDENTS",
     "STUDENT_KINDS",
     "ExperimentResult",
     "MnistConfig",
@@ -81,7 +91,8 @@ __all__ = [
 
 # The paper's teacher sees 5 epochs of 60,000 digits at batch 1024: 5 * ceil(60000/1024) steps.
 PAPER_TEACHER_STEPS = 5 * math.ceil(60_000 / 1024)
-STUDENT_KINDS = ("aux", "all", "cross_aux", "cross_all")
+DEFAULT_STUDENTS = ("aux", "all", "cross_aux", "cross_all")
+STUDENT_KINDS = (*DEFAULT_STUDENTS, *HEAD_KINDS)
 
 Params = list[Tensor]  # [W1, b1, W2, b2, ..., W_out, b_out], each with a leading model axis
 
@@ -110,7 +121,14 @@ class MnistConfig:
         student_noise: init-noise scales s (s * per-tensor std); one student group per value.
         students: which student kinds to train, from ``STUDENT_KINDS``: ``aux``/``all`` start
             from the model's own reference init; ``cross_aux``/``cross_all`` (the controls)
-            from another model's, via a derangement (needs ``models >= 2``).
+            from another model's, via a derangement (needs ``models >= 2``); the head kinds
+            ``randbody_aux``/``randaux_aux``/``randclass_aux`` splice the partner's body, aux
+            rows or class rows into the own init (``variants.splice_heads``).
+        student_optimizer: ``adam`` (the paper), ``sgd`` or ``signsgd`` (``variants``).
+        student_lr: the students' learning rate; ``None`` means ``lr``.
+        distillation_loss: ``kl`` (the paper) or ``mse`` on the distilled logits.
+        distillation_inputs: ``uniform`` [-1, 1] noise (the paper), ``gaussian`` N(0, 1) noise
+            or ``real`` training digits (which the teacher saw).
         seed: master seed (inits, data order, noise, derangement).
 
     """
@@ -126,8 +144,12 @@ class MnistConfig:
     noise_images: int = field(default=60_000, metadata=bound(ge=1))
     temperature: float = field(default=1.0, metadata=bound(gt=0))
     student_noise: tuple[float, ...] = field(default=(0.0,), metadata=bound(ge=0))
-    students: tuple[str, ...] = STUDENT_KINDS
+    students: tuple[str, ...] = DEFAULT_STUDENTS
     seed: int = field(default=0, metadata=bound(ge=0))
+    student_optimizer: Literal["adam", "sgd", "signsgd"] = "adam"
+    student_lr: float | None = field(default=None, metadata=bound(gt=0))
+    distillation_loss: Literal["kl", "mse"] = "kl"
+    distillation_inputs: Literal["uniform", "gaussian", "real"] = "uniform"
 
     def __post_init__(self) -> None:
         # the checks that span fields or elements (scalar types and ranges: ``parse``)
@@ -143,8 +165,8 @@ class MnistConfig:
             raise InputError(f"student_noise scales must be >= 0, got {list(self.student_noise)}")
         if self.controls and self.models < 2:
             raise InputError(
-                "the cross-model control needs at least 2 models (a derangement of 1 model does "
-                "not exist); use --models 2 or more, or drop cross_aux/cross_all from students"
+                "the cross-model control and the head students need at least 2 models (no "
+                "derangement of 1 model exists); use --models 2 or more, or train only aux/all"
             )
 
     @classmethod
@@ -159,8 +181,13 @@ class MnistConfig:
 
     @property
     def controls(self) -> bool:
-        """Whether any cross-model student is trained (which needs a derangement)."""
-        return any(kind.startswith("cross") for kind in self.students)
+        """Whether any student takes parts of another model's init (which needs a derangement)."""
+        return any(kind.startswith("cross") or kind in HEAD_KINDS for kind in self.students)
+
+    @property
+    def resolved_student_lr(self) -> float:
+        """``student_lr``, or ``lr`` when it is not set."""
+        return self.lr if self.student_lr is None else self.student_lr
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -187,6 +214,10 @@ class StudentGroup:
         return self.kind.startswith("cross")
 
     @property
+    def spliced(self) -> bool:
+        return self.kind in HEAD_KINDS
+
+    @property
     def aux_only(self) -> bool:
         return self.kind.endswith("aux")
 
@@ -198,7 +229,7 @@ def student_groups(config: MnistConfig) -> list[StudentGroup]:
     for s in config.student_noise:
         suffix = "" if len(config.student_noise) == 1 else f"@s={s:g}"
         for kind in kinds:
-            base = kind if kind.startswith("cross") else f"student_{kind}"
+            base = kind if kind.startswith("cross") or kind in HEAD_KINDS else f"student_{kind}"
             groups.append(StudentGroup(base + suffix, kind, s))
     return groups
 
@@ -291,12 +322,19 @@ def derangement(n: int, seed: int) -> list[int]:
             return perm.tolist()
 
 
-def noise_block(config: MnistConfig, model_index: int, block: int) -> Tensor:
-    """Images ``block * batch ... `` of model ``model_index``'s fixed uniform[-1, 1] noise set."""
+def noise_block(
+    config: MnistConfig, model_index: int, block: int, train_images: Tensor | None = None
+) -> Tensor:
+    """Images ``block * batch ... `` of model ``model_index``'s fixed distillation set.
+
+    Uniform [-1, 1] noise by default, else ``config.distillation_inputs`` (``real`` draws from
+    ``train_images``, on the CPU); ``variants.draw_inputs`` with the block's own generator.
+    """
     start = block * config.batch_size
     size = min(config.batch_size, config.noise_images - start)
     generator = torch.Generator().manual_seed(mixed_seed(config.seed, 2, model_index, block))
-    return 2 * torch.rand(size, N_PIXELS, generator=generator) - 1
+    out = torch.empty(size, N_PIXELS)
+    return draw_inputs(config.distillation_inputs, generator, out, train_images)
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -348,6 +386,9 @@ def student_inits(
     for group_index, group in enumerate(groups):
         for i in range(n_models):
             theta0 = flat_reference[perm[i] if group.cross else i]
+            if group.spliced:
+                own, partner = [p[i] for p in reference], [p[perm[i]] for p in reference]
+                theta0 = torch.cat([p.reshape(-1) for p in splice_heads(own, partner, group.kind)])
             if group.noise > 0:
                 seed = mixed_seed(config.seed, 4, group_index, i)
                 theta0 = place_student(shape_model, theta0, "scaled_noise", group.noise, seed)
@@ -391,34 +432,37 @@ def _students_forward(params: Params, images: Tensor, n_groups: int) -> Tensor:
     return hidden.view(n_models, n_groups, -1, batch).transpose(-1, -2)
 
 
-def _adam(params: Params, config: MnistConfig) -> torch.optim.Optimizer:
-    """Adam over the stacked tensors, fused (one kernel per step) where torch supports it."""
-    try:
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    except RuntimeError:
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
 def train_students(
     config: MnistConfig,
     teacher: Params,
     initial: Params,
     groups: Sequence[StudentGroup],
     on_epoch: Callable[[int, Params], None] | None = None,
+    train_images: Tensor | None = None,
+    epoch_losses: list[list[float]] | None = None,
 ) -> Params:
     """Distill every student group at once from ``initial`` (``student_inits``); final params.
 
-    Student ``g * N + i`` imitates teacher i on model i's noise set. ``on_epoch(epoch, params)``
-    is called after every epoch (1-based) with the current parameters.
+    Student ``g * N + i`` imitates teacher i on model i's noise set (``noise_block``; the CPU
+    ``train_images`` are needed for ``distillation_inputs = "real"``), with
+    ``config.student_optimizer`` at ``config.resolved_student_lr`` and
+    ``config.distillation_loss``. ``on_epoch(epoch, params)`` is called after every epoch
+    (1-based) with the current parameters; ``epoch_losses``, if given, gets one list per epoch:
+    each student's mean distillation loss over that epoch's blocks (group-major, as ``initial``).
 
-    Speed (same numbers up to float rounding): the students are trained model-major with
-    feature-major activations (:func:`_students_forward`), each block's noise images are drawn
-    into one reused buffer, the teachers' logits on each block are computed once and reused
-    every epoch (the noise set and the teachers are fixed), and Adam is fused.
+    Speed: model-major students (:func:`_students_forward`), one reused input buffer, teacher
+    logits computed once per block (inputs and teachers are fixed), fused Adam.
     """
     n_models, n_groups = config.models, len(groups)
     params = [_model_major(p, n_groups).clone().requires_grad_(True) for p in initial]
-    optimizer = _adam(params, config)
+    optimizer = make_student_optimizer(
+        config.student_optimizer, params, config.resolved_student_lr, config.weight_decay
+    )
+    objective = (  # per-student losses (N, groups)
+        mse_distillation_loss
+        if config.distillation_loss == "mse"
+        else functools.partial(distillation_loss, temperature=config.temperature)
+    )
     device = initial[0].device
     aux_only = [g.aux_only for g in groups]
     aux_index = torch.tensor([i for i, a in enumerate(aux_only) if a], device=device)
@@ -433,6 +477,7 @@ def train_students(
         return [_group_major(p.detach(), n_groups) for p in params]
 
     for epoch in range(1, config.student_epochs + 1):
+        epoch_loss = torch.zeros(n_models, n_groups, device=device)
         for block in torch.randperm(n_blocks, generator=generator).tolist():
             start = block * config.batch_size
             size = min(config.batch_size, config.noise_images - start)
@@ -441,8 +486,8 @@ def train_students(
                 block_generator = torch.Generator().manual_seed(
                     mixed_seed(config.seed, 2, i, block)
                 )
-                torch.rand(size, N_PIXELS, generator=block_generator, out=images[i])
-            images = images.mul_(2).sub_(1).to(device)
+                draw_inputs(config.distillation_inputs, block_generator, images[i], train_images)
+            images = images.to(device)
             if block not in teacher_logits:
                 with torch.no_grad():
                     teacher_logits[block] = forward(teacher, images).unsqueeze(1)
@@ -451,15 +496,19 @@ def train_students(
             loss = torch.zeros((), device=device)
             if len(aux_index):
                 aux = student_logits.index_select(1, aux_index)[..., N_CLASSES:]
-                loss = (
-                    loss + distillation_loss(aux, target[..., N_CLASSES:], config.temperature).sum()
-                )
+                per_student = objective(aux, target[..., N_CLASSES:])  # (N, groups)
+                epoch_loss.index_add_(1, aux_index, per_student.detach())
+                loss = loss + per_student.sum()
             if len(all_index):
                 every = student_logits.index_select(1, all_index)
-                loss = loss + distillation_loss(every, target, config.temperature).sum()
+                per_student = objective(every, target)
+                epoch_loss.index_add_(1, all_index, per_student.detach())
+                loss = loss + per_student.sum()
             optimizer.zero_grad(set_to_none=True)  # backward's gradients become .grad
             loss.backward()  # sum over models: each model's gradient is its own loss's
             optimizer.step()
+        if epoch_losses is not None:
+            epoch_losses.append((epoch_loss / n_blocks).T.reshape(-1).tolist())
         if on_epoch is not None:
             on_epoch(epoch, current())
     return current()
@@ -470,13 +519,17 @@ def run_experiment(
     data: MnistData,
     log: Callable[[str], None] | None = None,
     device: torch.device | str = "cpu",
+    teachers: dict[tuple, tuple[Params, float]] | None = None,
 ) -> ExperimentResult:
     """Train N teachers and every student group; per-model accuracies and per-epoch cosines.
 
     Inits, data order and noise images are drawn on the CPU and moved to ``device``, so a run
-    on CUDA trains from the same numbers as one on the CPU.
+    on CUDA trains from the same numbers as one on the CPU. ``teachers``, if given, is a cache
+    the caller keeps across runs: runs whose teachers are trained identically (same models,
+    sizes, lr, weight decay, batch, teacher epochs and seed) train them once.
     """
     log = log or (lambda message: None)
+    train_images = data.train_images  # the CPU copy: real distillation inputs are drawn here
     data = data.to(device)
     groups = student_groups(config)
     n_models = config.models
@@ -489,8 +542,16 @@ def run_experiment(
     clock = time.perf_counter()
     reference_cpu = stack([reference_init(config, i) for i in range(n_models)])
     reference = [p.to(device) for p in reference_cpu]
-    teacher = train_teachers(config, reference, data, teacher_epochs)
-    teacher_seconds = time.perf_counter() - clock
+    fixed = ("models", "aux_logits", "hidden", "lr", "weight_decay", "batch_size", "seed")
+    key = (*(getattr(config, name) for name in fixed), teacher_epochs, str(device))
+    if teachers is not None and key in teachers:
+        teacher, teacher_seconds = teachers[key]
+        log("teachers: reused from an earlier run with the same teacher settings")
+    else:
+        teacher = train_teachers(config, reference, data, teacher_epochs)
+        teacher_seconds = time.perf_counter() - clock
+        if teachers is not None:
+            teachers[key] = (teacher, teacher_seconds)
     result = ExperimentResult(
         config=asdict(config),
         data=data.describe(),
@@ -505,12 +566,9 @@ def run_experiment(
     )
     teacher_displacement = flatten(teacher) - flatten(reference)  # (N, P)
     for group in groups:
-        result.groups[group.name] = {
-            "kind": group.kind,
-            "student_noise": group.noise,
-            "accuracy_per_epoch": [],
-            "cosine_per_epoch": [],
-        }
+        result.groups[group.name] = {"kind": group.kind, "student_noise": group.noise}
+        for name in ("accuracy", "cosine", "distillation_loss"):
+            result.groups[group.name][f"{name}_per_epoch"] = []
     initial = [p.to(device) for p in student_inits(config, reference_cpu, groups, perm)]
     initial_flat = flatten(initial)
 
@@ -526,9 +584,14 @@ def run_experiment(
         summary = ", ".join(f"{g.name} {accuracies[i].mean():.3f}" for i, g in enumerate(groups))
         log(f"student epoch {epoch}: {summary} ({time.perf_counter() - clock:.1f}s)")
 
-    train_students(config, teacher, initial, groups, on_epoch=record)
-    for entry in result.groups.values():
+    losses: list[list[float]] = []
+    train_students(config, teacher, initial, groups, record, train_images, losses)
+    for g, entry in enumerate(result.groups.values()):
         entry["accuracy"] = entry["accuracy_per_epoch"][-1]
+        for epoch_loss in losses:
+            entry["distillation_loss_per_epoch"].append(
+                epoch_loss[g * n_models : (g + 1) * n_models]
+            )
     result.seconds = {
         "teachers": teacher_seconds,
         "total": time.perf_counter() - clock,

@@ -3,7 +3,10 @@
 The interval is mean +- t_{0.975, n-1} * sd / sqrt(n) over the N independent model families
 (sd with the n - 1 denominator); with one model it is undefined (``null`` in JSON).
 The tidy table (one row per (aux_logits, student_noise, row)) is written to ``table.csv``; the
-plot reads only that table.
+plot reads only that table. A study of several cells (``cells`` in a config: one override table
+per cell, e.g. one optimizer or one grid level each) writes one row per model and cell to
+``models.csv`` (:func:`model_rows`), its summary to ``table.md`` (:func:`study_markdown`) and a
+figure read from ``models.csv`` (:func:`plot_study`).
 """
 
 from __future__ import annotations
@@ -21,8 +24,14 @@ from sublim_theory.records import mean_interval
 from sublim_theory.runs import atomic_save_figure, atomic_write_text
 
 __all__ = [
+    "MODEL_COLUMNS",
     "ROWS",
     "TABLE_COLUMNS",
+    "model_rows",
+    "plot_study",
+    "read_models",
+    "study_markdown",
+    "write_models",
     "format_cosines",
     "format_run",
     "plot_table",
@@ -33,7 +42,28 @@ __all__ = [
     "write_table",
 ]
 
-ROWS = ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")
+ROWS = (
+    "reference",
+    "teacher",
+    "student_aux",
+    "student_all",
+    "cross_aux",
+    "cross_all",
+    "randbody_aux",
+    "randaux_aux",
+    "randclass_aux",
+)
+MODEL_COLUMNS = (
+    "cell",
+    "factor",
+    "level",
+    "aux_logits",
+    "row",
+    "model",
+    "accuracy",
+    "cosine",
+    "distillation_loss",
+)
 TABLE_COLUMNS = (
     "aux_logits",
     "student_noise",
@@ -189,7 +219,10 @@ def plot_table(table: Sequence[dict[str, object]], path: str | Path) -> None:
             means,
             yerr=np.nan_to_num([low, high]),
             capsize=4,
-            color=["0.6", "0.3", "tab:blue", "tab:cyan", "tab:red", "tab:orange"][: len(rows)],
+            color=[
+                *("0.6", "0.3", "tab:blue", "tab:cyan", "tab:red", "tab:orange"),
+                *("tab:green", "tab:purple", "tab:brown"),
+            ][: len(rows)],
         )
         axis.tick_params(axis="x", labelrotation=20)
     axis.axhline(0.1, color="k", linestyle=":", linewidth=1, label="chance")
@@ -197,6 +230,117 @@ def plot_table(table: Sequence[dict[str, object]], path: str | Path) -> None:
     axis.set_ylabel("test accuracy (mean, 95% CI)")
     n_models = int(max(row["n_models"] for row in table))
     axis.set_title(f"Auxiliary-logit subliminal learning, {n_models} models")
+    figure.tight_layout()
+    atomic_save_figure(figure, path, dpi=120)
+    plt.close(figure)
+
+
+def model_rows(
+    cell: str, factor: str, level: str, result: ExperimentResult
+) -> list[dict[str, object]]:
+    """One row per model and table row (reference, teacher, each student group) of one cell.
+
+    ``cosine`` and ``distillation_loss`` are the students' last-epoch values (NaN for the
+    reference and the teacher, which are not distilled).
+    """
+    m = result.config["aux_logits"]
+    base = {"cell": cell, "factor": factor, "level": level, "aux_logits": m}
+    rows = []
+    for name, values in (("reference", result.reference), ("teacher", result.teacher)):
+        for i, value in enumerate(values):
+            rows.append({**base, "row": name, "model": i, "accuracy": value})
+            rows[-1].update(cosine=math.nan, distillation_loss=math.nan)
+    for name, group in result.groups.items():
+        losses = group.get("distillation_loss_per_epoch") or [[math.nan] * len(group["accuracy"])]
+        for i, value in enumerate(group["accuracy"]):
+            rows.append({**base, "row": _row_name(name), "model": i, "accuracy": value})
+            rows[-1].update(
+                cosine=group["cosine_per_epoch"][-1][i], distillation_loss=losses[-1][i]
+            )
+    return rows
+
+
+def write_models(rows: Sequence[dict[str, object]], path: str | Path) -> None:
+    """Write the per-model rows (``MODEL_COLUMNS``) as CSV, atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=MODEL_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
+
+
+def read_models(path: str | Path) -> list[dict[str, object]]:
+    """The per-model rows of ``models.csv``, numbers as floats."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in ("aux_logits", "model", "accuracy", "cosine", "distillation_loss"):
+            row[key] = float(row[key])
+    return rows
+
+
+def _cells(rows: Sequence[dict[str, object]]) -> dict[tuple[str, str], list[dict[str, object]]]:
+    """Rows grouped by (cell, row), in order of first appearance."""
+    grouped: dict[tuple[str, str], list[dict[str, object]]] = {}
+    for row in rows:
+        grouped.setdefault((row["cell"], row["row"]), []).append(row)
+    return grouped
+
+
+def study_markdown(rows: Sequence[dict[str, object]]) -> str:
+    """Markdown table per (cell, row): accuracy mean, 95% t-interval, n, mean cosine and loss."""
+    lines = [
+        "| cell | row | accuracy | 95% CI | n | cos(update, teacher) | final distillation loss |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (cell, name), members in _cells(rows).items():
+        mean, half, n = mean_interval([r["accuracy"] for r in members])
+        interval = f"[{mean - half:.3f}, {mean + half:.3f}]" if n >= 2 else "-"
+        cosine = np.mean([r["cosine"] for r in members])
+        loss = np.mean([r["distillation_loss"] for r in members])
+        extra = "| - | - |" if math.isnan(cosine) else f"| {cosine:+.4f} | {loss:.4g} |"
+        lines.append(f"| {cell} | {name} | {mean:.3f} | {interval} | {n} {extra}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(rows: Sequence[dict[str, object]], path: str | Path, title: str) -> None:
+    """One panel per factor: accuracy (mean, 95% CI) of every row at each level of the factor.
+
+    The ``baseline`` cell (no override) is drawn in every factor's panel.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grouped = _cells(rows)
+    factors = list(dict.fromkeys(r["factor"] for r in rows if r["factor"] != "baseline"))
+    factors = factors or ["baseline"]
+    names = [n for n in ROWS if n != "reference" and any(k[1] == n for k in grouped)]
+    figure, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors) + 1, 3.8))
+    axes = np.atleast_1d(axes)
+    for axis, factor in zip(axes, factors):
+        cells = list(dict.fromkeys(r["cell"] for r in rows if r["factor"] in (factor, "baseline")))
+        levels = [next(r["level"] for r in rows if r["cell"] == c) for c in cells]
+        for offset, name in enumerate(names):
+            points = [(x, grouped[(c, name)]) for x, c in enumerate(cells) if (c, name) in grouped]
+            stats = [mean_interval([r["accuracy"] for r in m]) for _, m in points]
+            axis.errorbar(
+                [x + 0.08 * (offset - len(names) / 2) for x, _ in points],
+                [mean for mean, _, _ in stats],
+                yerr=[half if n >= 2 else 0 for _, half, n in stats],
+                marker="o",
+                linestyle="",
+                capsize=3,
+                label=name,
+            )
+        axis.set_xticks(range(len(cells)), levels, rotation=30, fontsize=8)
+        axis.set_xlabel(factor, fontsize=9)
+        axis.axhline(0.1, color="k", linestyle=":", linewidth=1)
+        axis.set_ylim(0, 1)
+    axes[0].set_ylabel("test accuracy (mean, 95% CI)")
+    axes[-1].legend(fontsize=7)
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     atomic_save_figure(figure, path, dpi=120)
     plt.close(figure)
