@@ -31,14 +31,19 @@ def _options(command):
     }
 
 
-@pytest.mark.parametrize("command", ["mnist", "numbers", "bench", "demo"])
+@pytest.mark.parametrize(
+    "command", ["mnist", "numbers", "bench", "demo", "finetune", "defenses", "dynamics"]
+)
 def test_experiment_commands_share_out_and_device(command):
     options = _options(command)
     assert options["--out"].type is Path
     assert tuple(options["--device"].choices) == ("auto", "cpu", "cuda")
 
 
-@pytest.mark.parametrize("command", ["mnist", "numbers", "demo", "sweep", "screen"])
+@pytest.mark.parametrize(
+    "command",
+    ["mnist", "numbers", "demo", "sweep", "screen", "rules", "finetune", "defenses", "dynamics"],
+)
 def test_config_takes_a_path_or_a_packaged_name_and_refuses_anything_else(command, tmp_path):
     parse = _options(command)["--config"].type
     assert parse("init_distance_tiny") == CONFIG_DIR / "init_distance_tiny.toml"
@@ -72,6 +77,10 @@ def _never(*args, **kwargs):
         ["bench", "--size", "tiny", "--archs", "mlp"],
         ["demo"],
         ["derive"],
+        ["rules", "--config", "rules_tiny"],
+        ["finetune", "--config", "finetune_tiny", "--seeds", "1"],
+        ["defenses", "--config", "defenses_tiny", "--seeds", "1"],
+        ["dynamics", "--config", "mnist_dynamics_tiny"],
     ],
     ids=lambda argv: argv[0],
 )
