@@ -101,3 +101,21 @@ def test_every_writing_command_locks_its_folder(argv, tmp_path, monkeypatch, cap
         assert main([*argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "in use" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["numbers", "--config", "numbers_tiny", "--seeds", "1"],
+        ["finetune", "--config", "finetune_tiny", "--seeds", "1"],
+        ["defenses", "--config", "defenses_tiny", "--seeds", "1"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_tiny_lm_commands_refuse_a_cache_that_is_a_file_before_training(argv, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    assert main([*argv, "--out", str(tmp_path / "out"), "--cache", str(cache)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a file" in err
+    assert cache.read_text() == "not a folder"

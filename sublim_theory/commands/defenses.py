@@ -30,6 +30,7 @@ from sublim_theory.cli import (
     positive_int,
     thread_count,
 )
+from sublim_theory.commands.numbers import cpu_device, usable_cache
 from sublim_theory.errors import InputError
 from sublim_theory.records import environment_record, restore_nan
 from sublim_theory.runs import (
@@ -37,7 +38,6 @@ from sublim_theory.runs import (
     OutputFolder,
     atomic_write_json,
     atomic_write_text,
-    resolve_device,
 )
 
 __all__ = ["HELP", "SEEDS_FOLDER", "register", "run", "stored_rows", "write_reports"]
@@ -112,19 +112,14 @@ def run(args: argparse.Namespace) -> int:
     from sublim_theory.numbers import defenses
 
     config, setting = defenses.load_config(args.config)
-    device = resolve_device(args.device)
-    if device.type != "cpu":
-        raise InputError(
-            f"defenses trains its tiny LM on the CPU only (--device {args.device} resolved to "
-            f"{device}); use --device cpu"
-        )
+    cpu_device("defenses", args.device)
     if args.cache is not None and args.cache.exists() and not args.cache.is_dir():
         raise InputError(f"--cache '{args.cache}' is a file; it must be a folder")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     with OutputFolder(args.out, "defenses") as folder:
         out = folder.path
-        cache = args.cache if args.cache is not None else out / "cache"
+        cache = usable_cache(args.cache if args.cache is not None else out / "cache")
         seeds = list(range(args.seed, args.seed + args.seeds))
         settings = {"numbers": config.to_dict(), "defenses": asdict(setting)}
         folder.check_settings(settings, {"seeds": seeds})

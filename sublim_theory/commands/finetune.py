@@ -29,6 +29,7 @@ from sublim_theory.cli import (
     positive_int,
     thread_count,
 )
+from sublim_theory.commands.numbers import cpu_device, usable_cache
 from sublim_theory.errors import InputError
 from sublim_theory.records import environment_record, mean_interval
 from sublim_theory.runs import (
@@ -36,7 +37,6 @@ from sublim_theory.runs import (
     atomic_save_figure,
     atomic_write_json,
     atomic_write_text,
-    resolve_device,
 )
 
 __all__ = ["HELP", "format_table", "plot", "register", "run", "write_reports"]
@@ -305,17 +305,12 @@ def run(args: argparse.Namespace) -> int:
     from sublim_theory.numbers import variants
 
     config, ft = variants.load_config(args.config)
-    device = resolve_device(args.device)
-    if device.type != "cpu":
-        raise InputError(
-            f"finetune trains its tiny LM on the CPU only (--device {args.device} resolved to "
-            f"{device}); use --device cpu"
-        )
+    cpu_device("finetune", args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     with OutputFolder(args.out, "finetune") as folder:
         out = folder.path
-        cache = _cache_folder(args.cache if args.cache is not None else out / "cache")
+        cache = usable_cache(args.cache if args.cache is not None else out / "cache")
         seeds = list(range(args.seed, args.seed + args.seeds))
         settings = {"numbers": config.to_dict(), "finetune": asdict(ft)}
         folder.check_settings(settings, {"seeds": seeds})
@@ -373,17 +368,6 @@ def run(args: argparse.Namespace) -> int:
         table = write_reports(out, *_union(stored), lrs, grid)
     print(table, flush=True)
     return 0
-
-
-def _cache_folder(path: Path) -> Path:
-    """Create the base-model cache folder before any training; refuse a file or no permission."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(
-            f"--cache '{path}' cannot be used as a folder ({error.strerror}); pass a writable one"
-        ) from None
-    return path
 
 
 def _union(stored: dict) -> tuple[list, list]:

@@ -43,8 +43,10 @@ __all__ = [
     "HELP",
     "SEEDS_FOLDER",
     "finished_seeds",
+    "cpu_device",
     "register",
     "run",
+    "usable_cache",
     "write_reports",
 ]
 
@@ -183,8 +185,31 @@ def _union(stored: dict[int, dict[str, list]]) -> tuple[list, list, list]:
     return parts
 
 
-def _usable_cache(path: Path) -> Path:
-    """Create the base-model cache folder and check it can be written, before any training."""
+def cpu_device(command: str, requested: str) -> None:
+    """Refuse a non-CPU ``--device`` for the tiny-LM commands (numbers, finetune, defenses).
+
+    Raises:
+        InputError: one line naming the command and the device the request resolved to.
+
+    """
+    device = resolve_device(requested)
+    if device.type != "cpu":
+        raise InputError(
+            f"{command} trains its tiny LM on the CPU only (--device {requested} resolved to "
+            f"{device}); use --device cpu"
+        )
+
+
+def usable_cache(path: Path) -> Path:
+    """Create the base-model cache folder and check it can be written, before any training.
+
+    Returns:
+        ``path``, now an existing writable folder.
+
+    Raises:
+        InputError: ``path`` is a file, or the folder cannot be created or written.
+
+    """
     if path.exists() and not path.is_dir():
         raise InputError(f"--cache '{path}' is a file; it must be a folder (created if missing)")
     try:
@@ -214,12 +239,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.merge:
         raw = load_toml(args.config) if args.config is not None else {}
         config = from_dict(raw, source=str(args.config or "defaults"))
-    device = resolve_device(args.device)
-    if device.type != "cpu":
-        raise InputError(
-            f"numbers trains its tiny LM on the CPU only (--device {args.device} resolved to "
-            f"{device}); use --device cpu"
-        )
+    cpu_device("numbers", args.device)
     if args.merge:
         missing = [str(d) for d in args.merge if not (d / "results.csv").is_file()]
         if missing:
@@ -233,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         out = folder.path
         if args.merge:
             return _merge(args.merge, out)
-        cache = _usable_cache(args.cache if args.cache is not None else out / "cache")
+        cache = usable_cache(args.cache if args.cache is not None else out / "cache")
         seeds = list(range(args.seed, args.seed + args.seeds))
         folder.check_settings(config.to_dict(), {"seeds": seeds})
         stored = finished_seeds(out)
