@@ -183,7 +183,10 @@ def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
 # The AlignmentReport keys the sweep does not have: per-report metadata, not per-seed numbers.
 # The sweep leaves out the eps* trust check (one more student gradient per seed at eps*, see
 # alignment.critical_step_check): its eps_star column is the truncated quadratic's root only.
+# ``rule`` is the optional update-rule report (alignment_report(rule=...)); the rules sweep
+# (sweep/rules.py, tests/test_sweep_rules.py) has those columns.
 NOT_IN_THE_TABLE = {
+    "rule",
     "student_lr",
     "num_inputs",
     "inner_second_order",
