@@ -200,6 +200,7 @@ def test_grid_comparison_places_the_baseline_at_each_factors_default(tmp_path):
         ("mnist_grid.toml", {"student_aux", "cross_aux"}),
         ("mnist_optimizer.toml", {"student_aux", "cross_aux"}),
         ("mnist_optimizer_tune.toml", {"student_aux"}),
+        ("mnist_optimizer_long.toml", {"student_aux", "cross_aux"}),
         ("mnist_grid_more.toml", {"student_aux", "cross_aux"}),
     ],
 )
