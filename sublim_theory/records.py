@@ -22,6 +22,7 @@ __all__ = [
     "PACKAGES",
     "environment_record",
     "git_revision",
+    "interval_text",
     "mean_interval",
     "package_versions",
     "restore_nan",
@@ -55,6 +56,16 @@ def mean_interval(values: Iterable[float | None]) -> tuple[float, float, int]:
 
     half = float(stdtrit(n - 1, 0.975)) * float(finite.std(ddof=1)) / math.sqrt(n)
     return float(finite.mean()), half, n
+
+
+def interval_text(mean: float, half: float, digits: int = 3) -> str:
+    """``"mean [mean - half, mean + half]"`` to ``digits`` decimals; ``"mean"`` alone when half is NaN.
+
+    The one way the result tables print a mean with its :func:`mean_interval` half-width.
+    """
+    if math.isnan(half):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
 
 
 def restore_nan(value: Any) -> Any:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sublim_theory.records import mean_interval
+from sublim_theory.records import interval_text, mean_interval
 from sublim_theory.runs import (
     atomic_write_text,
 )
@@ -61,11 +61,7 @@ def _slope(x: list[float], y: list[float]) -> float:
 
 
 def _fmt(mean: float, half: float, digits: int = 3) -> str:
-    if math.isnan(mean):
-        return "n/a"
-    if math.isnan(half):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
+    return "n/a" if math.isnan(mean) else interval_text(mean, half, digits)
 
 
 def build_tables(rows: list[dict], animals: list[str], settings: dict) -> tuple[str, list[dict]]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from sublim_theory.records import environment_record, mean_interval
+from sublim_theory.records import environment_record, interval_text, mean_interval
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 10, 30])
@@ -58,3 +58,10 @@ def test_git_revision_is_this_checkouts_head():
     ).stdout.strip()
     revision = environment_record("cpu")["git_revision"]
     assert re.fullmatch("[0-9a-f]{40}", revision) and revision == head
+
+
+def test_interval_text_prints_the_mean_and_its_bounds_or_the_mean_alone():
+    mean, half, _ = mean_interval([0.1, 0.2, 0.3, 0.6])
+    assert interval_text(mean, half) == f"0.300 [{mean - half:.3f}, {mean + half:.3f}]"
+    assert interval_text(0.5, 0.125, digits=2) == "0.50 [0.38, 0.62]"
+    assert interval_text(0.5, math.nan) == "0.500"

@@ -31,7 +31,7 @@ from sublim_theory.cli import (
 )
 from sublim_theory.commands.numbers import cpu_device, usable_cache
 from sublim_theory.errors import InputError
-from sublim_theory.records import environment_record, mean_interval
+from sublim_theory.records import environment_record, interval_text, mean_interval
 from sublim_theory.runs import (
     OutputFolder,
     atomic_save_figure,
@@ -71,11 +71,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def _interval(values: list[float], digits: int = 3) -> str:
     mean, half, n = mean_interval(values)
-    if n == 0:
-        return ""
-    if math.isnan(half):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
+    return "" if n == 0 else interval_text(mean, half, digits)
 
 
 def _values(rows: list[dict]) -> dict[tuple[str, str, str], list[float]]:

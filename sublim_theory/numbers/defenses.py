@@ -37,7 +37,7 @@ from sublim_theory.errors import InputError
 from sublim_theory.numbers import corpus, training
 from sublim_theory.numbers.config import NumbersConfig, from_dict
 from sublim_theory.numbers.experiment import PROMPT_OFFSET, SAMPLING_OFFSET, STUDENT_OFFSET
-from sublim_theory.numbers.report import summarize
+from sublim_theory.numbers.report import seeds_positive, summarize, summary_cell
 from sublim_theory.runs import atomic_save_figure, bound, load_toml, parse_config
 
 __all__ = [
@@ -304,20 +304,6 @@ def defense_changes(rows: list[Row]) -> list[Row]:
     return out
 
 
-def _cell(summary: dict, key: tuple[str, str], digits: int = 3) -> str:
-    row = summary.get(key)
-    if row is None:
-        return ""
-    if math.isnan(row["ci_low"]):
-        return f"{row['mean']:.{digits}f}"
-    return f"{row['mean']:.{digits}f} [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
-
-
-def _positive(summary: dict, key: tuple[str, str]) -> str:
-    row = summary.get(key)
-    return "" if row is None else f"{row['n_positive']}/{row['n']}"
-
-
 def format_tables(rows: list[Row]) -> str:
     """The three defense tables (mean [95% t-interval] over seeds, n, seeds with diff > 0)."""
     summary = {(r["condition"], r["metric"]): r for r in summarize(rows + defense_changes(rows))}
@@ -334,15 +320,15 @@ def format_tables(rows: list[Row]) -> str:
     ]
     for s in SAMPLINGS:
         lines.append(
-            f"| {s} | {_cell(summary, (f'teacher_{s}', 'p_trait'))} "
-            f"| {_cell(summary, (f'base_{s}', 'p_trait'))} "
-            f"| {_cell(summary, (f'student_{s}', 'p_trait'))} "
-            f"| {_cell(summary, (f'control_{s}', 'p_trait'))} "
-            f"| {_cell(summary, (f'student_{s}', 'paired_diff'))} "
-            f"| {_positive(summary, (f'student_{s}', 'paired_diff'))} "
-            f"| {_cell(summary, (f'student_{s}', 'change_vs_plain'))} "
-            f"| {_cell(summary, (f'student_{s}', 'remaining_share'), 2)} "
-            f"| {_cell(summary, (f'teacher_{s}', 'filter_kept'), 0)} |"
+            f"| {s} | {summary_cell(summary, (f'teacher_{s}', 'p_trait'))} "
+            f"| {summary_cell(summary, (f'base_{s}', 'p_trait'))} "
+            f"| {summary_cell(summary, (f'student_{s}', 'p_trait'))} "
+            f"| {summary_cell(summary, (f'control_{s}', 'p_trait'))} "
+            f"| {summary_cell(summary, (f'student_{s}', 'paired_diff'))} "
+            f"| {seeds_positive(summary, (f'student_{s}', 'paired_diff'))} "
+            f"| {summary_cell(summary, (f'student_{s}', 'change_vs_plain'))} "
+            f"| {summary_cell(summary, (f'student_{s}', 'remaining_share'), 2)} "
+            f"| {summary_cell(summary, (f'teacher_{s}', 'filter_kept'), 0)} |"
         )
     lines += [
         "",
@@ -351,14 +337,14 @@ def format_tables(rows: list[Row]) -> str:
         "| student | paired diff | seeds diff > 0 | change vs plain | remaining share "
         "| masked share, teacher numbers | masked share, base numbers |",
         "|---|---|---|---|---|---|---|",
-        f"| unmasked (plain) | {_cell(summary, ('student_plain', 'paired_diff'))} "
-        f"| {_positive(summary, ('student_plain', 'paired_diff'))} | | | 0 | 0 |",
-        f"| masked | {_cell(summary, ('student_masked', 'paired_diff'))} "
-        f"| {_positive(summary, ('student_masked', 'paired_diff'))} "
-        f"| {_cell(summary, ('student_masked', 'change_vs_plain'))} "
-        f"| {_cell(summary, ('student_masked', 'remaining_share'), 2)} "
-        f"| {_cell(summary, ('student_masked', 'masked_share'), 4)} "
-        f"| {_cell(summary, ('control_masked', 'masked_share'), 4)} |",
+        f"| unmasked (plain) | {summary_cell(summary, ('student_plain', 'paired_diff'))} "
+        f"| {seeds_positive(summary, ('student_plain', 'paired_diff'))} | | | 0 | 0 |",
+        f"| masked | {summary_cell(summary, ('student_masked', 'paired_diff'))} "
+        f"| {seeds_positive(summary, ('student_masked', 'paired_diff'))} "
+        f"| {summary_cell(summary, ('student_masked', 'change_vs_plain'))} "
+        f"| {summary_cell(summary, ('student_masked', 'remaining_share'), 2)} "
+        f"| {summary_cell(summary, ('student_masked', 'masked_share'), 4)} "
+        f"| {summary_cell(summary, ('control_masked', 'masked_share'), 4)} |",
         "",
         "## Poisoned fraction (f teacher + (1 - f) base numbers; control: f = 0)",
         "",
@@ -371,9 +357,9 @@ def format_tables(rows: list[Row]) -> str:
         diff = (name, "paired_diff")
         control = f == 0  # the control itself: its diff is 0 by definition
         lines.append(
-            f"| {f:g} | {_cell(summary, (name, 'p_trait'))} "
-            f"| {'0 (the control)' if control else _cell(summary, diff)} "
-            f"| {'' if control else _positive(summary, diff)} |"
+            f"| {f:g} | {summary_cell(summary, (name, 'p_trait'))} "
+            f"| {'0 (the control)' if control else summary_cell(summary, diff)} "
+            f"| {'' if control else seeds_positive(summary, diff)} |"
         )
     slopes = {(r["condition"], r["metric"]): r for r in summarize(segment_slopes(rows))}
     segments = [f"{lo:g}-{hi:g}" for lo, hi in zip(fractions, fractions[1:])]
@@ -387,8 +373,8 @@ def format_tables(rows: list[Row]) -> str:
     ]
     for segment in segments:
         lines.append(
-            f"| {segment} | {_cell(slopes, (segment, 'slope'))} "
-            f"| {_cell(slopes, (segment, 'relative_slope'), 2)} |"
+            f"| {segment} | {summary_cell(slopes, (segment, 'slope'))} "
+            f"| {summary_cell(slopes, (segment, 'relative_slope'), 2)} |"
         )
     return "\n".join(lines)
 

@@ -23,7 +23,9 @@ __all__ = [
     "interval",
     "plot",
     "read_csv",
+    "seeds_positive",
     "summarize",
+    "summary_cell",
     "write_csv",
 ]
 
@@ -100,13 +102,20 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
     return out
 
 
-def _cell(summary: dict, key: tuple[str, str], digits: int = 3) -> str:
+def summary_cell(summary: dict, key: tuple[str, str], digits: int = 3) -> str:
+    """``"mean [ci_low, ci_high]"`` of a :func:`summarize` row keyed (condition, metric); "" if absent."""
     row = summary.get(key)
     if row is None:
         return ""
     if math.isnan(row["ci_low"]):
         return f"{row['mean']:.{digits}f}"
     return f"{row['mean']:.{digits}f} [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
+
+
+def seeds_positive(summary: dict, key: tuple[str, str]) -> str:
+    """``"n_positive/n"`` of a :func:`summarize` row keyed (condition, metric); "" if absent."""
+    row = summary.get(key)
+    return "" if row is None else f"{row['n_positive']}/{row['n']}"
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -123,21 +132,22 @@ def format_table(rows: Sequence[dict]) -> str:
     for condition in CONDITIONS:
         if (condition, "p_trait") not in summary:
             continue
-        diff = summary.get((condition, "paired_diff"))
-        wins = f"{diff['n_positive']}/{diff['n']}" if diff else ""
+        wins = seeds_positive(summary, (condition, "paired_diff"))
         lines.append(
-            f"| {condition} | {_cell(summary, (condition, 'p_trait'))} | "
-            f"{_cell(summary, (condition, 'paired_diff'))} | {wins} | "
-            f"{_cell(summary, (condition, 'paired_diff_among_animals'))} | "
-            f"{_cell(summary, (condition, 'cos_displacement'))} | "
-            f"{_cell(summary, (condition, 'mean_step_cosine'), 4)} |"
+            f"| {condition} | {summary_cell(summary, (condition, 'p_trait'))} | "
+            f"{summary_cell(summary, (condition, 'paired_diff'))} | {wins} | "
+            f"{summary_cell(summary, (condition, 'paired_diff_among_animals'))} | "
+            f"{summary_cell(summary, (condition, 'cos_displacement'))} | "
+            f"{summary_cell(summary, (condition, 'mean_step_cosine'), 4)} |"
         )
     lines += ["", "| other measurement | value |", "|---|---|"]
     for condition, metric in sorted(summary):
         if condition in ("engine", "classifier", "entanglement", "seed") or metric.startswith(
             "filter_"
         ):
-            lines.append(f"| {condition}.{metric} | {_cell(summary, (condition, metric), 4)} |")
+            lines.append(
+                f"| {condition}.{metric} | {summary_cell(summary, (condition, metric), 4)} |"
+            )
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sublim_theory import runs
-from sublim_theory.records import mean_interval
+from sublim_theory.records import interval_text, mean_interval
 from sublim_theory.sweep.rules import PLACEMENT_KINDS, RULES_TABLE, read_rules_table
 
 __all__ = [
@@ -66,7 +66,7 @@ def _cell_text(mean: float, half: float, n: int) -> str:
         return "n/a"
     if math.isnan(half):
         return f"{mean:.3f} (n={n})"
-    return f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
+    return interval_text(mean, half)
 
 
 def _markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
