@@ -44,6 +44,7 @@ __all__ = [
     "batched_cosine",
     "batched_dot",
     "batched_norm",
+    "checked_problem",
     "cosine",
     "distillation_targets",
     "dot",
@@ -134,6 +135,39 @@ def _check_inputs(inputs: Tensor, batch_size: int | None) -> None:
         _check_finite("inputs", inputs)
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def checked_problem(
+    model: FunctionalModel,
+    direction: Tensor,
+    inputs: Tensor,
+    eps: float,
+    theta0: Tensor | None,
+    student_init: Tensor | None,
+    batch_size: int | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Check one teacher-step problem and return (theta0, theta_S0, v), detached, v in theta0's dtype.
+
+    The shared input checks of ``report.alignment_report`` and ``rule_report.student_gradients``:
+    eps finite and > 0, non-empty finite inputs, flat finite vectors of the model's size.
+    ``theta0`` defaults to the module's parameters and ``student_init`` to ``theta0``.
+
+    Returns:
+        theta0, theta_S0 and v.
+
+    Raises:
+        InputError: one line naming the argument at fault.
+
+    """
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise InputError(f"eps must be a finite number > 0, got {eps}")
+    _check_inputs(inputs, batch_size)
+    theta0 = model.flat_params() if theta0 is None else theta0.detach()
+    _check_vector(model, "theta0", theta0)
+    _check_vector(model, "direction", direction)
+    theta_s0 = theta0 if student_init is None else student_init.detach()
+    _check_vector(model, "student_init", theta_s0)
+    return theta0, theta_s0, direction.detach().to(theta0.dtype)
 
 
 def _forward(model: FunctionalModel, theta: Tensor, inputs: Tensor) -> Tensor:

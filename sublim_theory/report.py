@@ -21,13 +21,12 @@ from torch.func import jvp
 from sublim_theory.alignment import (
     TeacherTask,
     _check_finite,
-    _check_inputs,
-    _check_vector,
     _chunks,
     _dual_forward,
     _forward,
     _positions,
     batched_norm,
+    checked_problem,
     distillation_targets,
     dot,
     gauss_newton_kernel,
@@ -436,17 +435,11 @@ def alignment_report(
             inputs/vectors, teacher outputs that overflow, or a model in train mode.
 
     """
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-        raise InputError(f"eps must be a finite number > 0, got {eps}")
     if not (math.isfinite(student_lr) and student_lr > 0):
         raise InputError(f"student_lr must be a finite number > 0, got {student_lr}")
-    _check_inputs(inputs, batch_size)
-    theta0 = model.flat_params() if theta0 is None else theta0.detach()
-    _check_vector(model, "theta0", theta0)
-    _check_vector(model, "direction", direction)
-    theta_s0 = theta0 if student_init is None else student_init.detach()
-    _check_vector(model, "student_init", theta_s0)
-    v = direction.detach().to(theta0.dtype)
+    theta0, theta_s0, v = checked_problem(
+        model, direction, inputs, eps, theta0, student_init, batch_size
+    )
 
     theta_teacher = theta0 + eps * v
     targets = distillation_targets(model, theta_teacher, inputs, batch_size)
@@ -480,7 +473,11 @@ def alignment_report(
 
     rule_rows = None
     if rule is not None:  # the rule acts on this report's exact and first-order updates
-        k_v = first / eps if shared_init else gauss_newton_product(model, theta0, inputs, loss, v)
+        k_v = (
+            first / eps
+            if shared_init
+            else gauss_newton_product(model, theta0, inputs, loss, v, batch_size)
+        )
         control = torch.zeros_like(exact) if shared_init else None  # grad_z l(y, y) = 0
         gradients = StudentGradients(model, theta0, theta_s0, v, eps, -exact, -first, k_v, control)
         rule_rows = report_rule(gradients, rule, rule_state, teacher)

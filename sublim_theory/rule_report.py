@@ -39,9 +39,9 @@ from torch import Tensor
 from sublim_theory.alignment import (
     TeacherTask,
     _check_finite,
-    _check_inputs,
     _check_vector,
     batched_norm,
+    checked_problem,
     distillation_targets,
     dot,
     gauss_newton_product,
@@ -168,21 +168,15 @@ def student_gradients(
             another size, or teacher outputs that overflow.
 
     """
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-        raise InputError(f"eps must be a finite number > 0, got {eps}")
-    _check_inputs(inputs, batch_size)
-    theta0 = model.flat_params() if theta0 is None else theta0.detach()
-    _check_vector(model, "theta0", theta0)
-    _check_vector(model, "direction", direction)
+    theta0, theta_s0, v = checked_problem(
+        model, direction, inputs, eps, theta0, student_init, batch_size
+    )
     student = model if student_model is None else student_model
     if student.num_params != model.num_params:
         raise InputError(
             f"the student model has {student.num_params} trainable parameters, the teacher's "
             f"{model.num_params}; give both the same layout (e.g. the same LoRA rank and targets)"
         )
-    theta_s0 = theta0 if student_init is None else student_init.detach()
-    _check_vector(model, "student_init", theta_s0)
-    v = direction.detach().to(theta0.dtype)
     targets = distillation_targets(model, theta0 + eps * v, inputs, batch_size)
     _check_finite("teacher outputs", targets)
     gradient = -student_update(student, theta_s0, inputs, targets, loss, batch_size)
