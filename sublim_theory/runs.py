@@ -18,6 +18,7 @@ what was wrong and what to do.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import errno
 import fcntl
@@ -31,7 +32,7 @@ import tempfile
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ __all__ = [
     "append_durably",
     "atomic_save_figure",
     "atomic_write_bytes",
+    "atomic_write_csv",
     "atomic_write_json",
     "atomic_write_text",
     "bound",
@@ -322,6 +324,17 @@ def _fsync_folder(folder: Path) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8) atomically; see :func:`atomic_write_bytes`."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_csv(
+    path: str | os.PathLike[str], rows: Iterable[dict], columns: list[str]
+) -> None:
+    """Replace ``path`` with a CSV of dict ``rows`` (header ``columns``) atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

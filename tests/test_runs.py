@@ -17,6 +17,7 @@ from sublim_theory.runs import (
     OutputFolder,
     append_durably,
     atomic_save_figure,
+    atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
     bound,
@@ -225,3 +226,16 @@ def test_figures_are_saved_whole(tmp_path):
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "f.png"]
+
+
+def test_atomic_write_csv_writes_the_header_and_every_row(tmp_path):
+    import csv
+
+    path = tmp_path / "rows.csv"
+    path.write_text("old")
+    rows = [{"a": 1, "b": "x"}, {"a": 2.5, "b": "y, z"}]
+    atomic_write_csv(path, rows, ["a", "b"])
+    with open(path, newline="") as handle:
+        assert list(csv.DictReader(handle)) == [{"a": "1", "b": "x"}, {"a": "2.5", "b": "y, z"}]
+    atomic_write_csv(path, [], ["a", "b"])
+    assert path.read_text().splitlines() == ["a,b"]

@@ -12,7 +12,6 @@ figure read from ``models.csv`` (:func:`plot_study`).
 from __future__ import annotations
 
 import csv
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 
 from sublim_theory.mnist.experiment import ExperimentResult
 from sublim_theory.records import mean_interval
-from sublim_theory.runs import atomic_save_figure, atomic_write_text
+from sublim_theory.runs import atomic_save_figure, atomic_write_csv
 
 __all__ = [
     "MODEL_COLUMNS",
@@ -124,11 +123,7 @@ def tidy_table(results: Sequence[ExperimentResult]) -> list[dict[str, object]]:
 
 def write_table(table: Sequence[dict[str, object]], path: str | Path) -> None:
     """Write the tidy table as CSV, atomically (a reader sees the old file or the new one)."""
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=TABLE_COLUMNS)
-    writer.writeheader()
-    writer.writerows(table)
-    atomic_write_text(path, text.getvalue())
+    atomic_write_csv(path, table, TABLE_COLUMNS)
 
 
 def read_table(path: str | Path) -> list[dict[str, object]]:
@@ -262,11 +257,7 @@ def model_rows(
 
 def write_models(rows: Sequence[dict[str, object]], path: str | Path) -> None:
     """Write the per-model rows (``MODEL_COLUMNS``) as CSV, atomically."""
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=MODEL_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, text.getvalue())
+    atomic_write_csv(path, rows, MODEL_COLUMNS)
 
 
 def read_models(path: str | Path) -> list[dict[str, object]]:

@@ -6,14 +6,13 @@ The figure and the table read only the tidy rows ``{seed, condition, metric, val
 from __future__ import annotations
 
 import csv
-import io
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sublim_theory.records import mean_interval
-from sublim_theory.runs import atomic_save_figure, atomic_write_text
+from sublim_theory.runs import atomic_save_figure, atomic_write_csv
 
 __all__ = [
     "CONDITIONS",
@@ -55,13 +54,8 @@ STUDENTS = ("student", "soft", "cross_student", "order_student", "shuffle_within
 
 def write_csv(path: Path, rows: Sequence[dict]) -> None:
     """Write dict rows (same keys) as CSV, atomically: a reader sees the old file or the new one."""
-    if not rows:
-        return
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, text.getvalue())
+    if rows:
+        atomic_write_csv(path, rows, list(rows[0]))
 
 
 def read_csv(path: Path) -> list[dict]:
