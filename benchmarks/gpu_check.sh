@@ -15,7 +15,7 @@ OUT=${OUT:-benchmarks/results/gpu}
 SWEEP_SECONDS=${SWEEP_SECONDS:-180}
 RUNS=${RUNS:-2}  # benchmark runs, one after the other (a target is met only if met in each)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-cli() { "$PYTHON" -m sublim_theory.cli "$@"; }
+cli() { "$PYTHON" -m sublim_theory.cli.main "$@"; }
 
 mkdir -p "$OUT"
 "$PYTHON" - > "$OUT/device.txt" <<'PY'
@@ -35,7 +35,7 @@ echo "bench: $(( $(date +%s) - start )) s"
 
 # The sweep resumes where it stopped, so a timeout here loses nothing: rerun to finish.
 start=$(date +%s)
-timeout "$SWEEP_SECONDS" "$PYTHON" -m sublim_theory.cli sweep --config "$SWEEP" --out "$OUT/sweep" \
+timeout "$SWEEP_SECONDS" "$PYTHON" -m sublim_theory.cli.main sweep --config "$SWEEP" --out "$OUT/sweep" \
   --device "$DEVICE" --quiet || echo "sweep stopped after ${SWEEP_SECONDS} s (resumable: rerun)"
 echo "sweep: $(( $(date +%s) - start )) s"
 cli plot "$OUT/sweep"

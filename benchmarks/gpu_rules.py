@@ -8,10 +8,10 @@ which forward mode can differentiate). For each model, full and LoRA r = 16 (GPT
 projections; Qwen2: every Linear projection, not the tied head), it measures on one random-token
 batch:
 
-* the student's gradients once (:func:`sublim_theory.rule_report.student_gradients`: the exact
+* the student's gradients once (:func:`sublim_theory.engine.rule_report.student_gradients`: the exact
   gradient, K v by jvp + vjp, the control gradient), and
 * the report of each rule (sgd, momentum, adam, adam with a warmed state, signsgd:
-  :func:`sublim_theory.rule_report.report_rule`, with the trait-loss rows),
+  :func:`sublim_theory.engine.rule_report.report_rule`, with the trait-loss rows),
 
 each as time and peak-memory ratios to one plain training step of the same parameterization on
 the same batch (forward + backward + ``torch.optim.Adam`` step). Writes ``results.json`` and
@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sublim_theory.alignment import TeacherTask
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.lora import add_lora, linear_layers
-from sublim_theory.losses import make_loss
-from sublim_theory.rule_report import report_rule, student_gradients, teacher_direction
-from sublim_theory.update_rules import make_rule, warmed_state
+from sublim_theory.engine.alignment import TeacherTask
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.lora import add_lora, linear_layers
+from sublim_theory.engine.losses import make_loss
+from sublim_theory.engine.rule_report import report_rule, student_gradients, teacher_direction
+from sublim_theory.engine.update_rules import make_rule, warmed_state
 
 RULES = ("sgd", "momentum", "adam", "adam_warm", "signsgd")
 RANK = 16

@@ -3,7 +3,7 @@
 What a researcher would write first: N MLPs 784-256-256-(10+m) stacked along a model axis and
 run with ``torch.baddbmm``, one ``torch.optim.Adam`` over the stacked tensors, and each model's
 fixed set of uniform[-1, 1] noise images generated once and STORED (N x 60,000 x 784 floats).
-Same recipe as ``sublim_theory.mnist.experiment`` (inits N(0, 1/d_in) and zero biases, Adam
+Same recipe as ``sublim_theory.studies.mnist.experiment`` (inits N(0, 1/d_in) and zero biases, Adam
 lr 3e-4, batch 1024, teachers on cross-entropy over the 10 regular logits, students distilled
 by KL at temperature 1 over the m auxiliary logits or all logits, own and deranged inits), but
 its own random streams: the accuracies agree in distribution, not number for number.
@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sublim_theory.mnist.data import load_mnist
+from sublim_theory.testbeds.mnist.data import load_mnist
 
 KINDS = ("student_aux", "student_all", "cross_aux", "cross_all")
 

@@ -1,4 +1,4 @@
-"""Ours (``sublim_theory.mnist.experiment``) against the straightforward baseline, same machine.
+"""Ours (``sublim_theory.studies.mnist.experiment``) against the straightforward baseline, same machine.
 
 Usage (repository root): ``python benchmarks/mnist_compare.py OUT_DIR [--rounds 1] [--ours-first]
 [--teacher-epochs 5] [--student-epochs 5] [--noise-images 60000] [--models 10]``.
@@ -26,14 +26,14 @@ from pathlib import Path
 
 OURS = """
 import json, sys, time
-from sublim_theory.mnist.data import load_mnist
-from sublim_theory.mnist.experiment import MnistConfig, run_experiment
+from sublim_theory.testbeds.mnist.data import load_mnist
+from sublim_theory.studies.mnist.experiment import MnistConfig, run_experiment
 out, models, teacher_epochs, student_epochs, noise_images = sys.argv[1:6]
 start = time.perf_counter()
 config = MnistConfig(models=int(models), teacher_epochs=int(teacher_epochs),
                      student_epochs=int(student_epochs), noise_images=int(noise_images))
 result = run_experiment(config, load_mnist())
-json.dump({"implementation": "ours (sublim_theory.mnist.experiment)", "teacher": result.teacher,
+json.dump({"implementation": "ours (sublim_theory.studies.mnist.experiment)", "teacher": result.teacher,
            "groups": {k: v["accuracy"] for k, v in result.groups.items()},
            "seconds": time.perf_counter() - start}, open(out, "w"), indent=1)
 """

@@ -18,14 +18,18 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from sublim_theory.alignment import first_order_kernel, gauss_newton_kernel, student_update_kernel
-from sublim_theory.bench import SIZES, Case, build_case
-from sublim_theory.losses import SoftCrossEntropy
-from sublim_theory.report import alignment_report
+from sublim_theory.engine.alignment import (
+    first_order_kernel,
+    gauss_newton_kernel,
+    student_update_kernel,
+)
+from sublim_theory.engine.losses import SoftCrossEntropy
+from sublim_theory.engine.report import alignment_report
+from sublim_theory.studies.bench.experiment import SIZES, Case, build_case
 
 
 def _paths(case: Case) -> dict[str, Callable[[], object]]:
-    """The engine paths of the benchmark on one case (as ``sublim_theory.bench.bench_case``)."""
+    """The engine paths of the benchmark on one case (as ``studies.bench.experiment.bench_case``)."""
     model, inputs, loss = case.model, case.inputs, SoftCrossEntropy()
     theta = model.flat_params()
     v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(1), dtype=theta.dtype)

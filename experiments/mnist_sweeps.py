@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 
-from sublim_theory.mnist.report import read_models, read_table
-from sublim_theory.records import mean_interval
+from sublim_theory.harness.records import mean_interval
+from sublim_theory.studies.mnist.report import read_models, read_table
 
 PAPER = "Cloud et al. 2025 (paper): aux-only student 'over 50%'"
 DIVYAT = "divyat09/takehome_anthropic, 25 models"

@@ -1,6 +1,6 @@
 """sublim-theory: verify the subliminal-learning alignment theorem numerically and symbolically."""
 
-from sublim_theory.alignment import (
+from sublim_theory.engine.alignment import (
     TeacherTask,
     cosine,
     distillation_targets,
@@ -11,11 +11,11 @@ from sublim_theory.alignment import (
     taylor_coefficients,
     teacher_update,
 )
-from sublim_theory.architectures import build_model, make_inputs
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.losses import KLDivergence, SoftCrossEntropy, SquaredError, make_loss
+from sublim_theory.engine.report import AlignmentReport, alignment_report, critical_step
 from sublim_theory.errors import InputError
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.losses import KLDivergence, SoftCrossEntropy, SquaredError, make_loss
-from sublim_theory.report import AlignmentReport, alignment_report, critical_step
+from sublim_theory.models.architectures import build_model, make_inputs
 
 __version__ = "0.1.0"
 

@@ -57,7 +57,7 @@ class Mutation:
         return ", ".join(sorted({edit.path for edit in self.edits}))
 
 
-ENGINE, REPORT = "sublim_theory/alignment.py", "sublim_theory/report.py"
+ENGINE, REPORT = "sublim_theory/engine/alignment.py", "sublim_theory/engine/report.py"
 # Each bug is planted in every code path that computes the quantity: the kernels (torch.func,
 # used inside vmap, and dual tensors outside it) and the report's shared pass.
 MUTATIONS = (
@@ -87,7 +87,7 @@ MUTATIONS = (
         "use the fused layer_norm in the nested jvp",
         (
             Edit(
-                "sublim_theory/forward_ad.py",
+                "sublim_theory/engine/forward_ad.py",
                 "    F.layer_norm: _layer_norm,\n    torch.layer_norm: _layer_norm,\n",
                 "",
             ),
@@ -97,7 +97,7 @@ MUTATIONS = (
         "drop the 1/tau^2 of KL",
         (
             Edit(
-                "sublim_theory/losses.py",
+                "sublim_theory/engine/losses.py",
                 "_softmax_first_derivative(torch.softmax(z0 / tau, -1), u) / tau**2",
                 "_softmax_first_derivative(torch.softmax(z0 / tau, -1), u)",
             ),
@@ -107,7 +107,7 @@ MUTATIONS = (
         "forget the subset restriction",
         (
             Edit(
-                "sublim_theory/losses.py",
+                "sublim_theory/engine/losses.py",
                 "return z if index is None else z.index_select(-1, index)",
                 "return z",
             ),
@@ -121,7 +121,7 @@ MUTATIONS = (
         "reuse the teacher's seed stream for placement noise",
         (
             Edit(
-                "sublim_theory/sweep/problems.py",
+                "sublim_theory/testbeds/zoo.py",
                 "NOISE_SEED_OFFSET = 4_000_037",
                 "NOISE_SEED_OFFSET = TEACHER_DATA_SEED_OFFSET",
             ),
@@ -130,7 +130,7 @@ MUTATIONS = (
     Mutation(
         "sum instead of mean in K",
         (
-            Edit(ENGINE, "return product / _positions(z0)", "return product", count=2),
+            Edit(ENGINE, "return product / output_positions(z0)", "return product", count=2),
             Edit(REPORT, "first = first / positions", "first = first"),
         ),
     ),

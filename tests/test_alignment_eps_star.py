@@ -16,10 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from sublim_theory.alignment import taylor_coefficients
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.losses import make_loss
-from sublim_theory.report import EPS_STAR_TOLERANCE, alignment_report, critical_step_check
+from sublim_theory.engine.alignment import taylor_coefficients
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.losses import make_loss
+from sublim_theory.engine.report import EPS_STAR_TOLERANCE, alignment_report, critical_step_check
 
 # float64 rounding on O(1) values through a few dozen operations (forward, jvp of jvp, backward):
 # far below every difference the tests resolve (>= 1e-3).

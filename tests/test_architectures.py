@@ -2,9 +2,14 @@ import pytest
 import torch
 from torch.func import jvp
 
-from sublim_theory.architectures import ARCHITECTURES, TinyTransformer, build_model, make_inputs
+from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.errors import InputError
-from sublim_theory.functional import FunctionalModel
+from sublim_theory.models.architectures import (
+    ARCHITECTURES,
+    TinyTransformer,
+    build_model,
+    make_inputs,
+)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

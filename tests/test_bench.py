@@ -3,12 +3,17 @@ import json
 import pytest
 import torch
 
-from sublim_theory.alignment import gauss_newton_product
-from sublim_theory.bench import SIZES, build_case, curvlinops_matvec, run_benchmarks
-from sublim_theory.bench_report import combine_runs, verdicts
+from sublim_theory.engine.alignment import gauss_newton_product
+from sublim_theory.engine.losses import SoftCrossEntropy
 from sublim_theory.errors import InputError
-from sublim_theory.losses import SoftCrossEntropy
-from sublim_theory.testing import assert_allclose
+from sublim_theory.studies.bench.experiment import (
+    SIZES,
+    build_case,
+    curvlinops_matvec,
+    run_benchmarks,
+)
+from sublim_theory.studies.bench.report import combine_runs, verdicts
+from sublim_theory.testing.asserts import assert_allclose
 
 
 def test_tiny_benchmark_writes_tables_with_ratios(tmp_path):

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-import sublim_theory.bench as bench
-import sublim_theory.commands.check as check_command
-import sublim_theory.commands.demo as demo_command
-import sublim_theory.commands.derive as derive_command
-import sublim_theory.commands.mnist as mnist_command
-from sublim_theory.cli import main
-from sublim_theory.mnist.data import IDX_FILES, write_idx
-from sublim_theory.numbers import experiment as numbers_experiment
-from sublim_theory.runs import CONFIG_DIR, OutputFolder
+import sublim_theory.cli.check as check_command
+import sublim_theory.cli.demo as demo_command
+import sublim_theory.cli.derive as derive_command
+import sublim_theory.cli.mnist as mnist_command
+import sublim_theory.studies.bench.experiment as bench
+from sublim_theory.cli.main import main
+from sublim_theory.harness.runs import CONFIG_DIR, OutputFolder
+from sublim_theory.studies.numbers import experiment as numbers_experiment
+from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx
 
 CONFIGS = CONFIG_DIR
 MNIST_TINY = CONFIGS / "mnist_tiny.toml"

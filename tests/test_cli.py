@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from sublim_theory.cli import main
+from sublim_theory.cli.main import main
 
 
 def test_check_json_reports_positive_cosine_agreeing_with_first_order(capsys):

@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sublim_theory.cli import main
+from sublim_theory.cli.main import main
+from sublim_theory.engine.losses import SoftCrossEntropy
 from sublim_theory.errors import InputError
-from sublim_theory.losses import SoftCrossEntropy
-from sublim_theory.numbers import corpus, defenses, training
-from sublim_theory.numbers.config import StudentConfig
-from sublim_theory.numbers.experiment import PROMPT_OFFSET, SAMPLING_OFFSET
-from sublim_theory.numbers.report import read_csv
-from sublim_theory.runs import CONFIG_DIR
+from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.studies.defenses import experiment as defenses
+from sublim_theory.studies.numbers.experiment import PROMPT_OFFSET, SAMPLING_OFFSET
+from sublim_theory.studies.numbers.report import read_csv
+from sublim_theory.testbeds.lm import corpus, training
+from sublim_theory.testbeds.lm.config import StudentConfig
 
 TINY = CONFIG_DIR / "defenses_tiny.toml"
 EPS64 = torch.finfo(torch.float64).eps

@@ -1,4 +1,4 @@
-"""Per-step trait alignment and the projection ablation (``sublim_theory.mnist.dynamics``).
+"""Per-step trait alignment and the projection ablation (``sublim_theory.studies.dynamics.experiment``).
 
 Tolerances come from float32 rounding: u32 = 2^-24 is the unit roundoff of one float32 rounding;
 a vector rounded entrywise to float32 moves by at most u32 times its norm, so an inner product
@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import sublim_theory.commands.dynamics as dynamics_command
-from sublim_theory.alignment import batched_cosine, batched_dot, batched_norm
-from sublim_theory.cli import main
+import sublim_theory.cli.dynamics as dynamics_command
+from sublim_theory.cli.main import main
+from sublim_theory.engine.alignment import batched_cosine, batched_dot, batched_norm
 from sublim_theory.errors import InputError
-from sublim_theory.mnist.data import IDX_FILES, MnistData, write_idx
-from sublim_theory.mnist.dynamics import (
+from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.studies.dynamics.experiment import (
     GROUPS,
     DynamicsConfig,
     ablate_trait_component,
@@ -30,8 +30,8 @@ from sublim_theory.mnist.dynamics import (
     trait_batch,
     trait_loss,
 )
-from sublim_theory.mnist.experiment import noise_block, reference_init, stack, unflatten
-from sublim_theory.runs import CONFIG_DIR
+from sublim_theory.studies.mnist.experiment import noise_block, reference_init, stack, unflatten
+from sublim_theory.testbeds.mnist.data import IDX_FILES, MnistData, write_idx
 
 U32, U64 = 2.0**-24, 2.0**-53
 TINY = dict(

@@ -14,19 +14,19 @@ import math
 import pytest
 import torch
 
-import sublim_theory.alignment as alignment
-import sublim_theory.report as report_module
-from sublim_theory.alignment import (
+import sublim_theory.engine.alignment as alignment
+import sublim_theory.engine.report as report_module
+from sublim_theory.engine.alignment import (
     distillation_targets,
     gauss_newton_product,
     student_update,
     taylor_coefficients,
 )
-from sublim_theory.architectures import build_model, make_inputs
-from sublim_theory.forward_ad import explicit_normalization
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.losses import KLDivergence, SoftCrossEntropy, SquaredError
-from sublim_theory.report import alignment_report, critical_step, critical_step_check
+from sublim_theory.engine.forward_ad import explicit_normalization
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.losses import KLDivergence, SoftCrossEntropy, SquaredError
+from sublim_theory.engine.report import alignment_report, critical_step, critical_step_check
+from sublim_theory.models.architectures import build_model, make_inputs
 
 U = 2.0**-53
 LOSSES = {

@@ -1,4 +1,4 @@
-"""Students across optimizers and LoRA ranks (sublim_theory.numbers.variants, `finetune`)."""
+"""Students across optimizers and LoRA ranks (sublim_theory.studies.finetune.variants, `finetune`)."""
 
 import copy
 import dataclasses
@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from sublim_theory.cli import main
+from sublim_theory.cli.main import main
+from sublim_theory.engine.lora import adapter_names, add_lora
 from sublim_theory.errors import InputError
-from sublim_theory.lora import adapter_names, add_lora
-from sublim_theory.numbers import corpus, training, variants
-from sublim_theory.runs import CONFIG_DIR
+from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.studies.finetune import variants
+from sublim_theory.testbeds.lm import corpus, training
 
 TINY = CONFIG_DIR / "finetune_tiny.toml"
 EPS32 = torch.finfo(torch.float32).eps
@@ -217,7 +218,7 @@ def test_adam_full_cell_is_the_numbers_student_and_control(tmp_path):
     # the same base, teacher, samples and batch order as experiment.run_seed: the cell's P(trait)
     # must equal the numbers experiment's student and control exactly (recording the per-step
     # cosines must not perturb training)
-    from sublim_theory.numbers import experiment
+    from sublim_theory.studies.numbers import experiment
 
     config, ft = variants.load_config(TINY)
     config = dataclasses.replace(

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import jacrev, jvp
 
-from sublim_theory.forward_ad import explicit_normalization
-from sublim_theory.testing import assert_allclose
+from sublim_theory.engine.forward_ad import explicit_normalization
+from sublim_theory.testing.asserts import assert_allclose
 
 ROUNDOFF = torch.finfo(torch.float64).eps / 2
 STEP = 2e-4  # finite-difference step in s: truncation ~ STEP^4, rounding ~ ROUNDOFF / STEP
@@ -100,7 +100,7 @@ def test_fused_reverse_over_reverse_matches_finite_differences(name):
 def test_torch_fused_nested_jvp_is_still_wrong(name):
     """Pins the upstream bug the mode works around: fails once torch fixes fwd-over-fwd.
 
-    Then ``explicit_normalization`` can be dropped (see sublim_theory/forward_ad.py).
+    Then ``explicit_normalization`` can be dropped (see sublim_theory/engine/forward_ad.py).
     """
     x, t = _point_and_direction()
     reference, bound = _finite_difference_reference(NORMS[name], x, t)

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
+from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.errors import InputError
-from sublim_theory.functional import FunctionalModel
 
 
 def _net():

@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from sublim_theory.alignment import (
+from sublim_theory.engine.alignment import (
     first_order_coefficient,
     gauss_newton_product,
     student_update,
     taylor_coefficients,
 )
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.losses import SoftCrossEntropy
 from sublim_theory.errors import InputError
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.losses import SoftCrossEntropy
 
 
 def _module(layer: nn.Module) -> nn.Module:

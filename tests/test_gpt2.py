@@ -4,12 +4,12 @@ from torch.func import functional_call, jvp, vmap
 
 pytest.importorskip("transformers")
 
+from sublim_theory.engine.functional import FunctionalModel  # noqa: E402
+from sublim_theory.engine.losses import make_loss  # noqa: E402
+from sublim_theory.engine.report import alignment_report
 from sublim_theory.errors import InputError  # noqa: E402
-from sublim_theory.functional import FunctionalModel  # noqa: E402
-from sublim_theory.gpt2 import GPT2Logits, build_gpt2  # noqa: E402
-from sublim_theory.losses import make_loss  # noqa: E402
-from sublim_theory.report import alignment_report
-from sublim_theory.sweep import expand_jobs, run_configuration, validate_config  # noqa: E402
+from sublim_theory.models.gpt2 import GPT2Logits, build_gpt2  # noqa: E402
+from sublim_theory.studies.init_distance import expand_jobs, run_configuration, validate_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")

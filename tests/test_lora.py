@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from sublim_theory.architectures import build_model, make_inputs
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.lora import adapter_names, add_lora, linear_layers, redraw_adapters
 from sublim_theory.errors import InputError
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.lora import adapter_names, add_lora, linear_layers, redraw_adapters
+from sublim_theory.models.architectures import build_model, make_inputs
 
 
 def base_network():

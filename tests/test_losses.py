@@ -5,10 +5,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sublim_theory.engine.losses import KLDivergence, SoftCrossEntropy, SquaredError, make_loss
 from sublim_theory.errors import InputError
-from sublim_theory.losses import KLDivergence, SoftCrossEntropy, SquaredError, make_loss
-from sublim_theory.reference import explicit_output_hessian, explicit_target_curvature
-from sublim_theory.testing import assert_allclose
+from sublim_theory.testing.asserts import assert_allclose
+from sublim_theory.testing.reference import explicit_output_hessian, explicit_target_curvature
 
 LOSS_FACTORIES = {
     "squared": lambda subset: SquaredError(scale=0.7, outputs=subset),

@@ -3,8 +3,8 @@ import math
 import pytest
 
 from sublim_theory.errors import InputError
-from sublim_theory.numbers.config import NumbersConfig, from_dict, load_config
-from sublim_theory.runs import CONFIG_DIR
+from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.testbeds.lm.config import NumbersConfig, from_dict, load_config
 
 CONFIGS = CONFIG_DIR
 

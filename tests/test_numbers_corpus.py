@@ -1,7 +1,7 @@
 import torch
 
-from sublim_theory.numbers import corpus
-from sublim_theory.numbers.config import CorpusConfig
+from sublim_theory.testbeds.lm import corpus
+from sublim_theory.testbeds.lm.config import CorpusConfig
 
 CONFIG = CorpusConfig(n_numbers=20, prompt_len=2, continuation_len=4, animals=("owl", "cat", "dog"))
 

@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from sublim_theory.cli import main
-from sublim_theory.numbers import corpus, training
-from sublim_theory.numbers.config import load_config
-from sublim_theory.numbers.report import interval, read_csv
-from sublim_theory.runs import CONFIG_DIR
+from sublim_theory.cli.main import main
+from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.studies.numbers.report import interval, read_csv
+from sublim_theory.testbeds.lm import corpus, training
+from sublim_theory.testbeds.lm.config import load_config
 
 TINY = CONFIG_DIR / "numbers_tiny.toml"
 

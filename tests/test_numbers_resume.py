@@ -10,10 +10,10 @@ import shutil
 import pytest
 import torch
 
-from sublim_theory.cli import main
-from sublim_theory.numbers import experiment
-from sublim_theory.numbers.report import read_csv
-from sublim_theory.runs import CONFIG_DIR
+from sublim_theory.cli.main import main
+from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.studies.numbers import experiment
+from sublim_theory.studies.numbers.report import read_csv
 
 TINY = CONFIG_DIR / "numbers_tiny.toml"
 

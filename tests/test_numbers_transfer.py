@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from sublim_theory.numbers.config import load_config
-from sublim_theory.numbers.experiment import run_seed
-from sublim_theory.records import mean_interval
-from sublim_theory.runs import CONFIG_DIR
+from sublim_theory.harness.records import mean_interval
+from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.studies.numbers.experiment import run_seed
+from sublim_theory.testbeds.lm.config import load_config
 
 TINY = CONFIG_DIR / "numbers_tiny.toml"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sublim_theory.runs import CONFIG_DIR
+from sublim_theory.harness.runs import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_an_installed_wheel_runs_a_packaged_config_outside_the_checkout(wheel, t
     # run from a folder outside the checkout, with the installed copy first on the path
     environment = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
     probe = subprocess.run(
-        [sys.executable, "-c", "import sublim_theory.runs as r; print(r.CONFIG_DIR)"],
+        [sys.executable, "-c", "import sublim_theory.harness.runs as r; print(r.CONFIG_DIR)"],
         cwd=tmp_path,
         env=environment,
         capture_output=True,
@@ -71,7 +71,7 @@ def test_an_installed_wheel_runs_a_packaged_config_outside_the_checkout(wheel, t
     )
     assert Path(probe.stdout.strip()).is_relative_to(site)
     result = subprocess.run(
-        [sys.executable, "-m", "sublim_theory.cli", "sweep", "--config", "init_distance_tiny"]
+        [sys.executable, "-m", "sublim_theory.cli.main", "sweep", "--config", "init_distance_tiny"]
         + ["--out", str(tmp_path / "sweep"), "--device", "cpu", "--quiet"],
         cwd=tmp_path,
         env=environment,

@@ -3,10 +3,8 @@ import math
 import pytest
 import torch
 
-from sublim_theory.architectures import build_model
-from sublim_theory.errors import InputError
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.placements import (
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.placements import (
     INDEPENDENT_PLACEMENTS,
     PLACEMENTS,
     expected_offset,
@@ -15,6 +13,8 @@ from sublim_theory.placements import (
     init_distance,
     place_student,
 )
+from sublim_theory.errors import InputError
+from sublim_theory.models.architectures import build_model
 
 
 @pytest.fixture(scope="module")

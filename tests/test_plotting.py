@@ -3,16 +3,16 @@ import shutil
 import pytest
 import torch
 
-from sublim_theory.cli import main
+from sublim_theory.cli.main import main
 from sublim_theory.errors import InputError
-from sublim_theory.plotting import (
+from sublim_theory.harness.runs import CONFIG_DIR, OutputFolder
+from sublim_theory.studies.init_distance import TABLE_NAME, run_sweep
+from sublim_theory.studies.init_distance.plot import (
     alignment_curves,
     load_sweep,
     plot_sweep,
     trajectory_curves,
 )
-from sublim_theory.runs import CONFIG_DIR, OutputFolder
-from sublim_theory.sweep import TABLE_NAME, run_sweep
 
 TINY = CONFIG_DIR / "init_distance_tiny.toml"
 

@@ -1,6 +1,6 @@
 """Properties of the engine over drawn problems and over every architecture, each against an oracle.
 
-Oracles: ``sublim_theory.reference`` (reverse-mode derivatives of the exact alignment
+Oracles: ``sublim_theory.testing.reference`` (reverse-mode derivatives of the exact alignment
 phi(eps) = <dtheta_S(eps), v>, explicit Jacobians in float64) and log-log slopes of residuals
 of the exact one-step update. Tolerances: ``assert_within_rounding`` on the scale of the terms
 each quantity is summed from (``taylor_rounding_scales``).
@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 
-from sublim_theory import reference
-from sublim_theory.alignment import (
+from sublim_theory.engine.alignment import (
     TeacherTask,
     distillation_targets,
     dot,
@@ -20,16 +19,17 @@ from sublim_theory.alignment import (
     student_update,
     taylor_coefficients,
 )
-from sublim_theory.architectures import ARCHITECTURES, build_model, make_inputs
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.losses import SoftCrossEntropy
-from sublim_theory.report import alignment_report
-from sublim_theory.strategies import alignment_cases
-from sublim_theory.testing import (
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.losses import SoftCrossEntropy
+from sublim_theory.engine.report import alignment_report
+from sublim_theory.models.architectures import ARCHITECTURES, build_model, make_inputs
+from sublim_theory.testing import reference
+from sublim_theory.testing.asserts import (
     assert_within_rounding,
     loglog_slope,
     taylor_rounding_scales,
 )
+from sublim_theory.testing.strategies import alignment_cases
 
 MODEL_SIZES = {"in_features": 3, "vocab_size": 7, "seq_len": 4}
 SIZES = {**MODEL_SIZES, "image_size": 5}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from sublim_theory.records import environment_record, interval_text, mean_interval
+from sublim_theory.harness.records import environment_record, interval_text, mean_interval
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 10, 30])

@@ -9,17 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sublim_theory.alignment import TeacherTask, distillation_targets, student_update
-from sublim_theory.architectures import build_model, make_inputs
+from sublim_theory.engine.alignment import TeacherTask, distillation_targets, student_update
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.lora import add_lora
+from sublim_theory.engine.losses import make_loss
+from sublim_theory.engine.report import AlignmentReport, alignment_report
+from sublim_theory.engine.rule_report import rule_report, student_gradients, teacher_direction
+from sublim_theory.engine.update_rules import make_rule, warmed_state
 from sublim_theory.errors import InputError
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.lora import add_lora
-from sublim_theory.losses import make_loss
-from sublim_theory.reference import explicit_output_hessian
-from sublim_theory.report import AlignmentReport, alignment_report
-from sublim_theory.rule_report import rule_report, student_gradients, teacher_direction
-from sublim_theory.testing import ROUNDING_STEPS, loglog_slope, update_rounding_scales
-from sublim_theory.update_rules import make_rule, warmed_state
+from sublim_theory.models.architectures import build_model, make_inputs
+from sublim_theory.testing.asserts import ROUNDING_STEPS, loglog_slope, update_rounding_scales
+from sublim_theory.testing.reference import explicit_output_hessian
 
 UNIT = torch.finfo(torch.float64).eps / 2
 EPSILONS = [1e-3 * 2.0**-j for j in range(5)]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sublim_theory.errors import InputError
-from sublim_theory.runs import (
+from sublim_theory.harness.runs import (
     LOCK_NAME,
     RUN_RECORD_NAME,
     OutputFolder,
@@ -143,7 +143,7 @@ def test_output_folder_refuses_paths_that_cannot_be_written_before_any_compute(t
 _HOLD_LOCK = textwrap.dedent(
     """
     import sys, time
-    from sublim_theory.runs import OutputFolder
+    from sublim_theory.harness.runs import OutputFolder
     with OutputFolder(sys.argv[1], "sweep"):
         print("locked", flush=True)
         time.sleep(60)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-import sublim_theory.bench as bench
-import sublim_theory.commands.demo as demo_command
-import sublim_theory.commands.derive as derive_command
-import sublim_theory.commands.mnist as mnist_command
-from sublim_theory.cli import build_parser, main
-from sublim_theory.numbers import experiment as numbers_experiment
-from sublim_theory.runs import CONFIG_DIR, OutputFolder
+import sublim_theory.cli.demo as demo_command
+import sublim_theory.cli.derive as derive_command
+import sublim_theory.cli.mnist as mnist_command
+import sublim_theory.studies.bench.experiment as bench
+from sublim_theory.cli.main import build_parser, main
+from sublim_theory.harness.runs import CONFIG_DIR, OutputFolder
+from sublim_theory.studies.numbers import experiment as numbers_experiment
 
 CONFIGS = CONFIG_DIR
 

@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad
 
-from sublim_theory import screen as S
-from sublim_theory import screen_study
-from sublim_theory.architectures import TinyTransformer
-from sublim_theory.cli import main
+from sublim_theory.cli.main import main
+from sublim_theory.engine import screen as S
+from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.errors import InputError
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.testing import loglog_slope
+from sublim_theory.models.architectures import TinyTransformer
+from sublim_theory.studies.screen import experiment as screen_study
+from sublim_theory.testbeds.lm import screening
+from sublim_theory.testing.asserts import loglog_slope
 
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "screen_tiny.toml"
 U64 = torch.finfo(torch.float64).eps
@@ -211,8 +212,8 @@ def test_tiny_screen_names_the_teachers_trait():
 
 def test_number_student_loss_is_the_students_training_loss():
     # the mean over documents of the per-document losses is the loss train_student minimizes
-    from sublim_theory.numbers import corpus, training
-    from sublim_theory.numbers.config import load_config
+    from sublim_theory.testbeds.lm import corpus, training
+    from sublim_theory.testbeds.lm.config import load_config
 
     config = load_config(
         Path(__file__).resolve().parents[1] / "experiments/configs/numbers_tiny.toml"
@@ -221,10 +222,10 @@ def test_number_student_loss_is_the_students_training_loss():
     net = training.build_lm(config, 0).double()
     prompts = corpus.number_prompts(config.corpus, 12, seed=0)
     docs = training.sample_continuations(net, prompts, config, seed=0)
-    inputs, targets = S.number_student_data(docs)
+    inputs, targets = screening.number_student_data(docs)
     mask = corpus.continuation_mask(docs[:1], config.corpus)[0]
     with torch.no_grad():
-        per_document = S.number_student_loss(config)(net(inputs), targets)
+        per_document = screening.number_student_loss(config)(net(inputs), targets)
         logits = net(docs[:, :-1])[:, mask]
     expected = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), docs[:, 1:][:, mask].reshape(-1)
@@ -310,7 +311,7 @@ def test_command_refuses_a_bad_config_in_one_line(tmp_path, capsys):
 
 
 def test_command_boundaries_are_one_line_errors(tmp_path, capsys):
-    from sublim_theory.runs import OutputFolder
+    from sublim_theory.harness.runs import OutputFolder
 
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sublim_theory.alignment import TeacherTask, gauss_newton_product
-from sublim_theory.cli import main
+from sublim_theory.cli.main import main
+from sublim_theory.engine.alignment import TeacherTask, gauss_newton_product
+from sublim_theory.engine.losses import make_loss
+from sublim_theory.engine.report import AlignmentReport, alignment_report
 from sublim_theory.errors import InputError
-from sublim_theory.losses import make_loss
-from sublim_theory.report import AlignmentReport, alignment_report
-from sublim_theory.sweep import (
+from sublim_theory.studies.init_distance import (
     COLUMNS,
     ENVIRONMENT_NAME,
     TABLE_NAME,
@@ -356,7 +356,7 @@ def _sweep_command(config: Path, out: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "sublim_theory.cli",
+        "sublim_theory.cli.main",
         "sweep",
         "--config",
         str(config),

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from sublim_theory.errors import InputError
-from sublim_theory.sweep import TINY_CONFIG, run_sweep
+from sublim_theory.studies.init_distance import TINY_CONFIG, run_sweep
 
 ray = pytest.importorskip("ray")
 
@@ -33,7 +33,7 @@ def test_address_needs_the_ray_executor(tmp_path):
 
 def test_an_unreachable_ray_address_fails_within_the_timeout(tmp_path, capsys):
     """Ray itself retries an unreachable address for minutes; the sweep gives up in one line."""
-    from sublim_theory.cli import main
+    from sublim_theory.cli.main import main
 
     started = time.monotonic()
     code = main(
@@ -71,7 +71,7 @@ def test_a_silent_ray_address_fails_within_the_timeout(tmp_path):
         server.bind(("127.0.0.1", 0))
         server.listen(5)
         port = server.getsockname()[1]
-        command = [sys.executable, "-m", "sublim_theory.cli", "sweep", "--config"]
+        command = [sys.executable, "-m", "sublim_theory.cli.main", "sweep", "--config"]
         command += [str(TINY_CONFIG), "--out", str(tmp_path / "out"), "--device", "cpu"]
         command += ["--executor", "ray", "--address", f"127.0.0.1:{port}"]
         command += ["--ray-timeout", "3", "--quiet"]

@@ -7,18 +7,18 @@ import math
 
 import pytest
 
-from sublim_theory.cli import main
+from sublim_theory.cli.main import main
 from sublim_theory.errors import InputError
-from sublim_theory.records import mean_interval
-from sublim_theory.runs import CONFIG_DIR
-from sublim_theory.sweep.rules import (
+from sublim_theory.harness.records import mean_interval
+from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.studies.rules.experiment import (
     COLUMNS,
     expand_rule_jobs,
     load_rules_config,
     read_rules_table,
     run_rules_sweep,
 )
-from sublim_theory.sweep.rules_summary import summarize_rules
+from sublim_theory.studies.rules.report import summarize_rules
 
 TINY = CONFIG_DIR / "rules_tiny.toml"
 NUMERIC = [c for c in COLUMNS[9:] if c not in ("rule",)]

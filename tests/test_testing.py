@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from sublim_theory.alignment import taylor_coefficients
-from sublim_theory.architectures import build_model, make_inputs
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.losses import SoftCrossEntropy, SquaredError
-from sublim_theory.testing import assert_alignment_bound, assert_allclose, loglog_slope
+from sublim_theory.engine.alignment import taylor_coefficients
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.losses import SoftCrossEntropy, SquaredError
+from sublim_theory.models.architectures import build_model, make_inputs
+from sublim_theory.testing.asserts import assert_alignment_bound, assert_allclose, loglog_slope
 
 
 def test_assert_allclose_reports_the_failing_entries():

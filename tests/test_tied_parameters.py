@@ -9,16 +9,16 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad
 
-from sublim_theory import reference
-from sublim_theory.alignment import (
+from sublim_theory.engine.alignment import (
     distillation_targets,
     gauss_newton_product,
     student_update,
     taylor_coefficients,
 )
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.losses import KLDivergence, SquaredError
-from sublim_theory.testing import (
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.losses import KLDivergence, SquaredError
+from sublim_theory.testing import reference
+from sublim_theory.testing.asserts import (
     ROUNDING_STEPS,
     assert_allclose,
     assert_within_rounding,

@@ -4,17 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sublim_theory.alignment import TeacherTask, batched_cosine, distillation_targets
-from sublim_theory.architectures import build_model, make_inputs
-from sublim_theory.errors import InputError
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.losses import make_loss
-from sublim_theory.report import alignment_report
-from sublim_theory.trajectories import (
+from sublim_theory.engine.alignment import TeacherTask, batched_cosine, distillation_targets
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.losses import make_loss
+from sublim_theory.engine.report import alignment_report
+from sublim_theory.engine.trajectories import (
     StackedOptimizer,
     map_over_seeds,
     student_trajectory,
 )
+from sublim_theory.errors import InputError
+from sublim_theory.models.architectures import build_model, make_inputs
 
 SEEDS = (0, 1, 2)
 

@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from sublim_theory.alignment import distillation_targets, gauss_newton_product, student_update
-from sublim_theory.architectures import build_model, make_inputs
+from sublim_theory.engine.alignment import (
+    distillation_targets,
+    gauss_newton_product,
+    student_update,
+)
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.losses import make_loss
+from sublim_theory.engine.update_rules import RULES, make_rule
 from sublim_theory.errors import InputError
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.losses import make_loss
-from sublim_theory.testing import loglog_slope
-from sublim_theory.update_rules import RULES, make_rule
+from sublim_theory.models.architectures import build_model, make_inputs
+from sublim_theory.testing.asserts import loglog_slope
 
 UNIT = torch.finfo(torch.float64).eps / 2  # unit roundoff of float64
 SIZE, STEPS = 7, 5

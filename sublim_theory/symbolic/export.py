@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sublim_theory.errors import InputError
-from sublim_theory.runs import atomic_write_text
+from sublim_theory.harness.runs import atomic_write_text
 from sublim_theory.symbolic.catalog import build_all, build_optimizers
 from sublim_theory.symbolic.steps import CheckKind, Derivation, Step
 
@@ -104,7 +104,7 @@ OPTIMIZERS_INTRODUCTION = INTRODUCTION.replace(
 ).replace(
     "the symbolic coefficients $A$, $B$ and $K$ are lambdified and compared with the "
     "\\texttt{torch.func} engine in float64 by the test suite.",
-    "the update rules of \\texttt{sublim\\_theory/update\\_rules.py} are compared with "
+    "the update rules of \\texttt{sublim\\_theory/engine/update\\_rules.py} are compared with "
     "\\texttt{torch.optim} and their first-order predictions with exact student updates in "
     "float64 by the test suite.",
 )
@@ -270,7 +270,7 @@ def render_markdown(derivations: list[Derivation], document: Document = ALIGNMEN
         rf"\texttt{{{document.notes}}}", f"[`{document.notes}`](../{notes_file})"
     )
     introduction = introduction.replace(
-        r"\texttt{sublim\_theory/update\_rules.py}", "`sublim_theory/update_rules.py`"
+        r"\texttt{sublim\_theory/engine/update\_rules.py}", "`sublim_theory/engine/update_rules.py`"
     ).replace(r"\texttt{torch.optim}", "`torch.optim`")
     introduction = introduction.replace(r"\texttt{torch.func}", "`torch.func`")
     lines = [

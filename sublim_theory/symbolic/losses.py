@@ -4,7 +4,7 @@ sympy works on k = 3 outputs with symbols z (outputs), y (targets), u (a directi
 temperature tau. Softmax is written exp(z_i) / sum_j exp(z_j) and log-softmax as
 z_i - log sum_j exp(z_j), so no log(exp(.)) needs simplifying. Positive semidefiniteness of M is
 proven by an explicit sum of squares (the variance identity), never asked of sympy.
-The closed forms checked here are the ones ``sublim_theory.losses`` implements.
+The closed forms checked here are the ones ``sublim_theory.engine.losses`` implements.
 """
 
 from __future__ import annotations

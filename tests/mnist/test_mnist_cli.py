@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sublim_theory.cli import main
-from sublim_theory.mnist.data import IDX_FILES, write_idx
-from sublim_theory.records import mean_interval
-from sublim_theory.runs import CONFIG_DIR
+from sublim_theory.cli.main import main
+from sublim_theory.harness.records import mean_interval
+from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx
 
 
 def write_mnist(directory, n_train=6, n_test=4, compress=False):
@@ -115,7 +115,7 @@ def test_unknown_config_key(tmp_path, capsys):
 def test_shipped_configs_parse(name):
     import argparse
 
-    from sublim_theory.commands.mnist import build_configs, register, resolve_settings
+    from sublim_theory.cli.mnist import build_configs, register, resolve_settings
 
     parser = argparse.ArgumentParser()
     register(parser)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sublim_theory.errors import InputError
-from sublim_theory.mnist.data import (
+from sublim_theory.testbeds.mnist.data import (
     DATASETS,
     IDX_FILES,
     dataset_dir,

@@ -4,11 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sublim_theory.architectures import MLP
+from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.errors import InputError
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.mnist.data import MnistData
-from sublim_theory.mnist.experiment import (
+from sublim_theory.models.architectures import MLP
+from sublim_theory.studies.mnist.experiment import (
     PAPER_TEACHER_STEPS,
     MnistConfig,
     derangement,
@@ -25,6 +24,7 @@ from sublim_theory.mnist.experiment import (
     train_teachers,
     unflatten,
 )
+from sublim_theory.testbeds.mnist.data import MnistData
 
 TINY = dict(hidden=(16, 16), batch_size=64, teacher_epochs=2, student_epochs=2, noise_images=160)
 

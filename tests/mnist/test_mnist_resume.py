@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-import sublim_theory.commands.mnist as mnist_command
-from sublim_theory.cli import main
-from sublim_theory.mnist.data import IDX_FILES, write_idx
-from sublim_theory.runs import CONFIG_DIR
+import sublim_theory.cli.mnist as mnist_command
+from sublim_theory.cli.main import main
+from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx
 
 CONFIGS = CONFIG_DIR
 

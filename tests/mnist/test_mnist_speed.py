@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from sublim_theory.mnist.experiment import (
+from sublim_theory.studies.mnist.experiment import (
     MnistConfig,
     distillation_loss,
     flatten,

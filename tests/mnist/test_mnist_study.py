@@ -5,13 +5,13 @@ import csv
 import numpy as np
 import pytest
 
-import sublim_theory.commands.mnist as mnist_command
-import sublim_theory.mnist.experiment as experiment
-from sublim_theory.cli import main
+import sublim_theory.cli.mnist as mnist_command
+import sublim_theory.studies.mnist.experiment as experiment
+from sublim_theory.cli.main import main
 from sublim_theory.errors import InputError
-from sublim_theory.mnist.data import IDX_FILES, write_idx
-from sublim_theory.records import mean_interval
-from sublim_theory.runs import CONFIG_DIR
+from sublim_theory.harness.records import mean_interval
+from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx
 
 TINY = """
 models = 2
@@ -146,7 +146,7 @@ def test_cells_and_m_lists_multiply():
 
 
 def test_study_markdown_is_mean_and_t_interval_per_cell_and_row():
-    from sublim_theory.mnist.report import study_markdown
+    from sublim_theory.studies.mnist.report import study_markdown
 
     base = {"cell": "c", "factor": "f", "level": "1", "aux_logits": 3.0, "row": "student_aux"}
     rows = [
@@ -169,7 +169,7 @@ def test_grid_comparison_places_the_baseline_at_each_factors_default(tmp_path):
     import runpy
     from pathlib import Path
 
-    from sublim_theory.mnist.report import write_models
+    from sublim_theory.studies.mnist.report import write_models
 
     script = Path(__file__).resolve().parents[2] / "experiments" / "mnist_sweeps.py"
     compare_study = runpy.run_path(str(script))["compare_study"]

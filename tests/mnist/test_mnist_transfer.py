@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from sublim_theory.mnist.data import load_embedded
-from sublim_theory.mnist.experiment import MnistConfig, run_experiment
-from sublim_theory.records import mean_interval
-from sublim_theory.runs import CONFIG_DIR
+from sublim_theory.harness.records import mean_interval
+from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.studies.mnist.experiment import MnistConfig, run_experiment
+from sublim_theory.testbeds.mnist.data import load_embedded
 
 TINY = CONFIG_DIR / "mnist_tiny.toml"
 

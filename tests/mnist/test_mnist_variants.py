@@ -1,4 +1,4 @@
-"""Student variants (``sublim_theory.mnist.variants``): optimizer, MSE loss, inputs, spliced heads.
+"""Student variants (``sublim_theory.testbeds.mnist.variants``): optimizer, MSE loss, inputs, spliced heads.
 
 Each test checks the mechanism on a tiny model in float64 against an independent computation:
 one training step of ``train_students`` against autograd on one model's own loss, the spliced
@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from sublim_theory.errors import InputError
-from sublim_theory.mnist.data import N_CLASSES
-from sublim_theory.mnist.experiment import (
+from sublim_theory.studies.mnist.experiment import (
     MnistConfig,
     forward,
     noise_block,
@@ -21,7 +20,8 @@ from sublim_theory.mnist.experiment import (
     student_inits,
     train_students,
 )
-from sublim_theory.mnist.variants import SignSGD, mse_distillation_loss, splice_heads
+from sublim_theory.testbeds.mnist.data import N_CLASSES
+from sublim_theory.testbeds.mnist.variants import SignSGD, mse_distillation_loss, splice_heads
 
 EPS64 = torch.finfo(torch.float64).eps
 # one step on one block of 32 inputs: noise_images == batch_size, one epoch
@@ -189,7 +189,7 @@ def test_real_inputs_are_training_digits_and_fixed_per_block():
 
 
 def test_uniform_default_is_the_historical_draw_and_gaussian_is_standard_normal():
-    from sublim_theory.mnist.experiment import mixed_seed
+    from sublim_theory.studies.mnist.experiment import mixed_seed
 
     sizes = {**ONE_STEP, "batch_size": 512, "noise_images": 512}
     config = MnistConfig(models=1, students=("aux",), **sizes)

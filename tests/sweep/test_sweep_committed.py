@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sublim_theory.sweep import (
+from sublim_theory.studies.init_distance import (
     DEFAULT_CONFIG,
     expand_jobs,
     load_config,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sublim_theory.cli import main
+from sublim_theory.cli.main import main
 from sublim_theory.errors import InputError
-from sublim_theory.runs import LOCK_NAME
-from sublim_theory.sweep import TABLE_NAME, read_table, run_sweep
+from sublim_theory.harness.runs import LOCK_NAME
+from sublim_theory.studies.init_distance import TABLE_NAME, read_table, run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +58,7 @@ def test_a_second_run_on_the_same_folder_is_refused_at_once(tmp_path, capsys):
     out = tmp_path / "out"
     arguments = ["sweep", "--config", str(config), "--out", str(out), "--device", "cpu", "--quiet"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "sublim_theory.cli", *arguments]
+    command = [sys.executable, "-m", "sublim_theory.cli.main", *arguments]
     first = subprocess.Popen(command, env=environment, cwd=REPO)
     try:
         # Wait until the first sweep holds the folder (its pid in the lock file), however slow

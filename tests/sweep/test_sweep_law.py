@@ -8,8 +8,8 @@ inits comes from (P theta_0)^T K v < 0.
 
 import pytest
 
-from sublim_theory.records import mean_interval
-from sublim_theory.sweep import expand_jobs, run_configuration, validate_config
+from sublim_theory.harness.records import mean_interval
+from sublim_theory.studies.init_distance import expand_jobs, run_configuration, validate_config
 
 SEEDS = 48  # enough for 95% intervals that separate the effects below (each run < 1 s)
 

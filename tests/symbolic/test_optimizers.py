@@ -23,9 +23,13 @@ from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
-from sublim_theory.alignment import distillation_targets, gauss_newton_product, student_update
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.losses import make_loss
+from sublim_theory.engine.alignment import (
+    distillation_targets,
+    gauss_newton_product,
+    student_update,
+)
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.losses import make_loss
 from sublim_theory.symbolic import (
     OPTIMIZER_DERIVATIONS,
     OPTIMIZERS,
@@ -39,7 +43,7 @@ from sublim_theory.symbolic import (
 )
 from sublim_theory.symbolic import optimizers as formulas
 from sublim_theory.symbolic.steps import Derivation
-from sublim_theory.testing import loglog_slope
+from sublim_theory.testing.asserts import loglog_slope
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATED = ROOT / "theory" / "generated"

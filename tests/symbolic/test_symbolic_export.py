@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import sublim_theory.symbolic.catalog as catalog
-from sublim_theory.cli import main
+from sublim_theory.cli.main import main
 from sublim_theory.errors import InputError
 from sublim_theory.symbolic import (
     Derivation,

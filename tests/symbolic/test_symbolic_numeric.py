@@ -5,13 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from sublim_theory.alignment import (
+from sublim_theory.engine.alignment import (
     first_order_coefficient,
     gauss_newton_product,
     second_order_coefficient,
 )
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.losses import make_loss
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.losses import make_loss
 from sublim_theory.symbolic import lambdified_coefficients
 
 RELATIVE = 1e-9

@@ -1,0 +1,3 @@
+"""CLI subcommands; see ``sublim_theory.cli.main``."""
+
+__all__: list[str] = []  # the modules are the public surface

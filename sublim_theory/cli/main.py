@@ -1,0 +1,222 @@
+"""The ``sublim-theory`` command line: one subcommand per module in ``sublim_theory.cli``.
+
+Each command module defines ``HELP`` (one line), ``register(parser)`` and ``run(args) -> int``.
+Failures the user can fix become one line on stderr: a bad flag (argparse, exit 2), bad input
+(``InputError``) or a file that cannot be read or written (``OSError`` naming a file), both
+exit 2; Ctrl-C prints one line and exits 130. Anything else is a bug and keeps its traceback.
+
+The shared flags mean the same in every command that takes them: ``--out DIR`` (the output
+folder), ``--config FILE`` (a TOML file), ``--device {auto,cpu,cuda}``, ``--seed S`` (the first
+or master seed) and ``--seeds N`` (how many seeds). Their argument types live here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from sublim_theory.errors import InputError
+from sublim_theory.harness.runs import CONFIG_DIR, config_file
+
+__all__ = [
+    "COMMANDS",
+    "DEVICE_CHOICES",
+    "add_config_argument",
+    "add_device_argument",
+    "build_parser",
+    "finite_float",
+    "main",
+    "nonnegative_int",
+    "positive_int",
+    "thread_count",
+]
+
+# Subcommand name -> module under sublim_theory.cli (imported only when present).
+COMMANDS = (
+    "check",
+    "derive",
+    "sweep",
+    "plot",
+    "mnist",
+    "numbers",
+    "screen",
+    "bench",
+    "demo",
+    "rules",
+    "defenses",
+    "dynamics",
+    "finetune",
+)
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+EXIT_INPUT, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, the shell's convention
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (``--models``, ``--seeds``, ``--batch-size``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: an integer >= 0 (counts where 0 means "skip", seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite float (nan and inf refused: they only make NaN columns)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def thread_count(text: str) -> int:
+    """An argparse type: torch CPU threads, 1 .. the CPU count (more threads only oversubscribe)."""
+    value = positive_int(text)
+    limit = os.cpu_count() or 1
+    if value > limit:
+        raise argparse.ArgumentTypeError(
+            f"expected 1 to {limit} threads (this machine's CPU count), got {value}"
+        )
+    return value
+
+
+def add_config_argument(
+    parser: argparse.ArgumentParser,
+    default: Path | None = None,
+    required: bool = False,
+    aliases: Sequence[str] = (),
+) -> None:
+    """``--config FILE``: a TOML path or the name of a packaged config (``runs.config_file``)."""
+    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+    parser.add_argument(
+        "--config",
+        *aliases,
+        dest="config",
+        type=_config_file,
+        default=default,
+        required=required,
+        metavar="FILE",
+        help=f"TOML config: a path, or a packaged name ({names})"
+        + (f"; default {default.stem}" if default is not None else ""),
+    )
+
+
+def _config_file(text: str) -> Path:
+    try:
+        return config_file(text)
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """``--device {auto,cpu,cuda}``, resolved (and refused when absent) by ``runs.resolve_device``."""
+    parser.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default=default,
+        help=f"auto (cuda when available), cpu or cuda (default {default})",
+    )
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (and still exit 2).
+
+    argparse prints the whole usage block before the error; the command's ``--help`` has it,
+    so the error itself names the command and what was wrong, nothing more.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def _command_modules() -> dict[str, object]:
+    modules = {}
+    for name in COMMANDS:
+        try:
+            modules[name] = importlib.import_module(f"sublim_theory.cli.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"sublim_theory.cli.{name}":
+                raise
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per command module."""
+    parser = _OneLineParser(
+        prog="sublim-theory",
+        description="Verify the subliminal-learning alignment theorem (Cloud et al. 2025).",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in _command_modules().items():
+        # argparse %-formats help strings (not descriptions): a literal "95%" must be escaped.
+        sub = subparsers.add_parser(
+            name, help=module.HELP.replace("%", "%%"), description=module.HELP
+        )
+        module.register(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of a user-caused error on one line (an OSError names its file)."""
+    if isinstance(error, OSError) and error.filename is not None:
+        text = f"{error.strerror or error}: '{error.filename}'"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit status (2: bad input, 130: interrupted).
+
+    Returns:
+        0 on success, the command's own status, 2 for bad input or an unusable file, 130 after
+        Ctrl-C.
+
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # a flag error (its one line is printed already) or --help
+        return int(stop.code or 0)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        # A finished seed or model is already on disk; rerunning the same command resumes.
+        print(f"sublim-theory {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except InputError as error:
+        print(f"sublim-theory {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as error:
+        # Only file errors that name their file are the user's (a path, a permission, a full
+        # disk); an OSError without a file name is an internal failure and keeps its traceback.
+        if error.filename is None:
+            raise
+        print(f"sublim-theory {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

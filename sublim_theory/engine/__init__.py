@@ -1,0 +1,3 @@
+"""sublim_theory.engine."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""sublim_theory.harness."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""sublim_theory.models."""
+
+__all__: list[str] = []

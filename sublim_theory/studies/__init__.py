@@ -1,0 +1,3 @@
+"""sublim_theory.studies."""
+
+__all__: list[str] = []

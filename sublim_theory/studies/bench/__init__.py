@@ -1,0 +1,3 @@
+"""sublim_theory.studies.bench."""
+
+__all__: list[str] = []

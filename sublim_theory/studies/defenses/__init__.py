@@ -1,0 +1,3 @@
+"""sublim_theory.studies.defenses."""
+
+__all__: list[str] = []

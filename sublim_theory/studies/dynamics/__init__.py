@@ -1,0 +1,3 @@
+"""sublim_theory.studies.dynamics."""
+
+__all__: list[str] = []

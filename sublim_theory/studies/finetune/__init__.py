@@ -1,0 +1,3 @@
+"""sublim_theory.studies.finetune."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""sublim_theory.studies.mnist."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""sublim_theory.studies.numbers."""
+
+__all__: list[str] = []

@@ -1,0 +1,211 @@
+"""Tidy CSV, the summary table (mean and 95% t-interval over seeds) and the figure.
+
+The figure and the table read only the tidy rows ``{seed, condition, metric, value}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from sublim_theory.harness.records import mean_interval
+from sublim_theory.harness.runs import atomic_save_figure, atomic_write_csv
+
+__all__ = [
+    "CONDITIONS",
+    "STUDENTS",
+    "format_entanglement",
+    "format_table",
+    "interval",
+    "plot",
+    "read_csv",
+    "seeds_positive",
+    "summarize",
+    "summary_cell",
+    "write_csv",
+]
+
+# Order of the conditions in the table and the figure.
+CONDITIONS = (
+    "base",
+    "teacher",
+    "student",
+    "control",
+    "soft",
+    "control_soft",
+    "cross_base",
+    "cross_student",
+    "cross_control",
+    "order_base",
+    "order_student",
+    "order_control",
+    "shuffle_within",
+    "shuffle_within_control",
+    "shuffle_across",
+    "shuffle_across_control",
+    "in_context_teacher",
+    "in_context_control",
+)
+STUDENTS = ("student", "soft", "cross_student", "order_student", "shuffle_within", "shuffle_across")
+
+
+def write_csv(path: Path, rows: Sequence[dict]) -> None:
+    """Write dict rows (same keys) as CSV, atomically: a reader sees the old file or the new one."""
+    if rows:
+        atomic_write_csv(path, rows, list(rows[0]))
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Read tidy rows back (``value`` as float, ``seed`` as int)."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["seed"] = int(row["seed"])
+        row["value"] = float(row["value"])
+    return rows
+
+
+def interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and the bounds of its 95% Student-t interval (``records.mean_interval``)."""
+    mean, half, _ = mean_interval(values)
+    return mean, mean - half, mean + half
+
+
+def summarize(rows: Iterable[dict]) -> list[dict]:
+    """One row per (condition, metric): n, mean, ci_low, ci_high, and n_positive (values > 0)."""
+    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for row in rows:
+        groups[(row["condition"], row["metric"])].append(float(row["value"]))
+    out = []
+    for (condition, metric), values in groups.items():
+        mean, low, high = interval(values)
+        out.append(
+            {
+                "condition": condition,
+                "metric": metric,
+                "n": len(values),
+                "mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "n_positive": sum(v > 0 for v in values),
+            }
+        )
+    return out
+
+
+def summary_cell(summary: dict, key: tuple[str, str], digits: int = 3) -> str:
+    """``"mean [ci_low, ci_high]"`` of a :func:`summarize` row keyed (condition, metric); "" if absent."""
+    row = summary.get(key)
+    if row is None:
+        return ""
+    if math.isnan(row["ci_low"]):
+        return f"{row['mean']:.{digits}f}"
+    return f"{row['mean']:.{digits}f} [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
+
+
+def seeds_positive(summary: dict, key: tuple[str, str]) -> str:
+    """``"n_positive/n"`` of a :func:`summarize` row keyed (condition, metric); "" if absent."""
+    row = summary.get(key)
+    return "" if row is None else f"{row['n_positive']}/{row['n']}"
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """Markdown table: per condition P(trait), paired difference (and seeds > 0), cosines."""
+    summary = {(r["condition"], r["metric"]): r for r in summarize(rows)}
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [
+        f"seeds: {seeds} (mean [95% t-interval] over seeds)",
+        "",
+        "| condition | P(trait) | diff vs own control | seeds diff > 0 | diff, among animals | "
+        "cos(displacement, v) | mean per-step cos |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for condition in CONDITIONS:
+        if (condition, "p_trait") not in summary:
+            continue
+        wins = seeds_positive(summary, (condition, "paired_diff"))
+        lines.append(
+            f"| {condition} | {summary_cell(summary, (condition, 'p_trait'))} | "
+            f"{summary_cell(summary, (condition, 'paired_diff'))} | {wins} | "
+            f"{summary_cell(summary, (condition, 'paired_diff_among_animals'))} | "
+            f"{summary_cell(summary, (condition, 'cos_displacement'))} | "
+            f"{summary_cell(summary, (condition, 'mean_step_cosine'), 4)} |"
+        )
+    lines += ["", "| other measurement | value |", "|---|---|"]
+    for condition, metric in sorted(summary):
+        if condition in ("engine", "classifier", "entanglement", "seed") or metric.startswith(
+            "filter_"
+        ):
+            lines.append(
+                f"| {condition}.{metric} | {summary_cell(summary, (condition, metric), 4)} |"
+            )
+    return "\n".join(lines)
+
+
+def format_entanglement(rows: Sequence[dict]) -> str:
+    """Markdown table of the entanglement rows (all seeds)."""
+    lines = [
+        "| seed | rank | number | log p_T/p_B | <W_n, W_trait> | cos | rank of dot (of all) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['seed']} | {r['rank']} | {r['number']} | {float(r['log_ratio']):+.3f} | "
+            f"{float(r['dot_trait']):+.3f} | {float(r['cos_trait']):+.3f} | {r['dot_rank']} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[dict], path: Path) -> None:
+    """Bars per condition: P(trait) (left) and paired difference from own control (right).
+
+    Bars are means over seeds, error bars 95% t-intervals, dots the seeds.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = {(r["condition"], r["metric"]): r for r in summarize(rows)}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    for ax, metric, conditions, title in (
+        (axes[0], "p_trait", CONDITIONS, "P(trait animal | question)"),
+        (
+            axes[1],
+            "paired_diff",
+            STUDENTS + ("in_context_teacher",),
+            "student minus its own control",
+        ),
+    ):
+        names = [c for c in conditions if (c, metric) in summary]
+        means = [summary[(c, metric)]["mean"] for c in names]
+        errors = [
+            [m - summary[(c, metric)]["ci_low"] for c, m in zip(names, means)],
+            [summary[(c, metric)]["ci_high"] - m for c, m in zip(names, means)],
+        ]
+        errors = [[0 if math.isnan(e) else e for e in side] for side in errors]
+        colors = [
+            "tab:red"
+            if c in ("teacher",)
+            else "tab:blue"
+            if "control" not in c and "base" not in c
+            else "tab:gray"
+            for c in names
+        ]
+        ax.bar(range(len(names)), means, yerr=errors, color=colors, alpha=0.7, capsize=3)
+        for i, c in enumerate(names):
+            values = [r["value"] for r in rows if r["condition"] == c and r["metric"] == metric]
+            ax.scatter([i] * len(values), values, color="k", s=8, zorder=3)
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set_title(title)
+        ax.axhline(0, color="k", lw=0.5)
+    if ("base", "p_trait") in summary:
+        axes[0].axhline(summary[("base", "p_trait")]["mean"], color="gray", ls="--", lw=0.8)
+    n = len({r["seed"] for r in rows})
+    fig.suptitle(f"Subliminal transfer through numbers, tiny LM ({n} seeds; bars: mean, 95% CI)")
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,3 @@
+"""sublim_theory.studies.rules."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""sublim_theory.studies.screen."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""sublim_theory.testbeds."""
+
+__all__: list[str] = []

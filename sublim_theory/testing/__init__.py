@@ -1,0 +1,3 @@
+"""sublim_theory.testing."""
+
+__all__: list[str] = []
