@@ -14,6 +14,11 @@ no forward-mode derivative, and the engine's jvp (u = J v) needs one. The model 
 eval mode with every parameter trainable. float64 is the float32 model cast with ``.double()``
 (the GGUF's quantized weights are exact in both).
 
+transformers' Llama and Gemma code computes RMSNorm, the attention softmax and the rotary
+angles in float32 whatever the model's dtype (``.to(torch.float32)``, ``.float()``,
+``softmax(..., dtype=torch.float32)``), so a float64 model is float32 there; run it inside
+:func:`float64_throughout` (``real_theorem.CompletionLogits`` does) to keep float64 end to end.
+
 Dequantizing is slow, so ``cache_dir`` keeps the float32 weights, config and tokenizer of a GGUF
 under ``<cache_dir>/<sha256>/`` (written to a uniquely named temporary directory and renamed into
 place, so concurrent loaders never see a half-written cache); later loads read that directory.
@@ -32,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from sublim_theory.errors import InputError
 
@@ -42,6 +49,7 @@ __all__ = [
     "PackagedModel",
     "Pretrained",
     "file_sha256",
+    "float64_throughout",
     "load_pretrained",
     "packaged_gguf",
 ]
@@ -119,6 +127,34 @@ class Pretrained:
     chat_template: str | None
     name: str
     sha256: str
+
+
+_SOFTMAX = (torch.softmax, F.softmax, Tensor.softmax, F.log_softmax, torch.log_softmax)
+
+
+class float64_throughout(TorchFunctionMode):  # noqa: N801 (used as a context manager)
+    """Context manager: float64 tensors are never cast down to float32.
+
+    While active, ``t.to(torch.float32)`` (any form), ``t.float()`` and ``softmax``/
+    ``log_softmax`` with ``dtype=torch.float32`` leave a float64 ``t`` in float64. Every other
+    call, and every tensor of another dtype, is untouched, so a float32 model runs unchanged.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = dict(kwargs or {})
+        first = args[0] if args else None
+        if isinstance(first, Tensor) and first.dtype == torch.float64:
+            if func is Tensor.float:
+                return first
+            if func is Tensor.to:
+                args = tuple(torch.float64 if a is torch.float32 else a for a in args)
+                if kwargs.get("dtype") is torch.float32:
+                    kwargs["dtype"] = torch.float64
+            elif func in _SOFTMAX:
+                if kwargs.get("dtype") is torch.float32:
+                    kwargs["dtype"] = torch.float64
+                args = tuple(torch.float64 if a is torch.float32 else a for a in args)
+        return func(*args, **kwargs)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
