@@ -319,6 +319,7 @@ def real_check(
     teacher_steps: int = 3,
     teacher_lr: float = 1e-5,
     eps: Sequence[float] = (0.01, 0.1, 1.0),
+    student_lr: float = 1.0,
     lora_rank: int | None = None,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
@@ -337,6 +338,9 @@ def real_check(
             ``teacher_lr``; eps = 1 is that teacher) or ``gradient`` (v = -grad L_T).
         teacher_steps, teacher_lr: the Adam teacher's steps and learning rate.
         eps: the teacher steps theta_T = theta_0 + eps v to report.
+        student_lr: alpha, the student's step for the trait-loss change rows
+            (``teacher_loss_change_exact`` and ``_first_order``: L_T after theta_0 + alpha
+            dtheta_S, minus L_T at theta_0).
         lora_rank: None for all parameters, else LoRA adapters of this rank (alpha = rank).
         dtype: torch.float32 or torch.float64 (the model is cast if it differs).
         seed: seed of the number documents and of the LoRA A_0 draw.
@@ -381,7 +385,15 @@ def real_check(
     for step in eps:
         began = time.perf_counter()
         report = alignment_report(
-            model, v, inputs, loss, float(step), theta0=theta0, teacher=task, batch_size=batch_size
+            model,
+            v,
+            inputs,
+            loss,
+            float(step),
+            theta0=theta0,
+            teacher=task,
+            student_lr=student_lr,
+            batch_size=batch_size,
         )
         rows.append(report.to_dict() | {"seconds": time.perf_counter() - began})
     done = time.perf_counter()
@@ -398,6 +410,7 @@ def real_check(
         "teacher": teacher,
         "teacher_steps": teacher_steps if teacher == "adam" else None,
         "teacher_lr": teacher_lr if teacher == "adam" else None,
+        "student_lr": student_lr,
         "trait_logp_base": -base_loss,
         "trait_logp_teacher_eps1": -teacher_loss,
         "sequences": sequences,
