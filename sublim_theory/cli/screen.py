@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
         InputError: for a bad config, device, cache or output folder, before any training.
 
     """
-    from sublim_theory.studies.screen import experiment as screen_study
     from sublim_theory.studies.numbers.experiment import CROSS_OFFSET
+    from sublim_theory.studies.screen import experiment as screen_study
     from sublim_theory.testbeds.lm import training
 
     raw = load_toml(args.config) if args.config is not None else {}
