@@ -92,8 +92,8 @@ def run(config_path: str | Path, out: str | Path, quiet: bool = False) -> str:
             folder.path / "environment.json",
             records.environment_record(
                 "cpu",
-                command=f"python experiments/sign_population.py --config {config_path} "
-                f"--out {out} --threads {torch.get_num_threads()}",
+                command=f"python experiments/sign_population.py --config "
+                f"{Path(config_path).stem} --out {out} --threads {torch.get_num_threads()}",
                 cpu_seconds_total=cpu,
                 problems=len({(r["stratum"], r["problem"]) for r in rows}),
             ),
