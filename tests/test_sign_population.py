@@ -275,3 +275,33 @@ def test_logistic_fit_against_sklearn():
     reference = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10_000).fit(standardized, y)
     expected = np.concatenate([reference.intercept_, reference.coef_[0]])
     np.testing.assert_allclose(fit["coefficients"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_rise_is_the_exact_change_not_the_first_order_one():
+    """A curved trait: L_T = -(z - z0) + (c/2)(z - z0)^2 on one input u = v, K = I. The sign
+    step moves z by alpha ||v||_1, so the first-order change -alpha ||v||_1 < 0 while the exact
+    one adds (c/2) alpha^2 ||v||_1^2 and is > 0 for c alpha ||v||_1 > 2."""
+    v = torch.tensor([0.7, -0.4], dtype=torch.float64)
+    problem = _two_parameter_problem(torch.eye(2, dtype=torch.float64), v)
+    z0 = float(problem.model(problem.theta0, v.reshape(1, 2)).sum())
+    curvature = 1e4  # c alpha ||v||_1 = 1e4 * 1e-3 * 1.1 = 11 > 2
+    task = TeacherTask(
+        lambda z, _: -(z.sum() - z0) + curvature / 2 * (z.sum() - z0) ** 2,
+        v.reshape(1, 2),
+        torch.zeros(1),
+    )
+    curved = study.Problem(
+        problem.model,
+        problem.theta0,
+        task,
+        problem.inputs,
+        problem.loss,
+        problem.eps,
+        problem.rules,
+    )
+    _, rows = study.measure_problem(curved)
+    sign_row = next(r for r in rows if r["rule"] == "signsgd")
+    moved = 1e-3 * 1.1
+    assert sign_row["change_exact"] == pytest.approx(-moved + curvature / 2 * moved**2, rel=1e-9)
+    assert sign_row["change_first_order"] == pytest.approx(-moved, rel=1e-9)
+    assert sign_row["rose"] and not sign_row["rose_first_order"]
