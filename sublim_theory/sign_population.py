@@ -877,21 +877,27 @@ def _flag(value: Any) -> bool:
 def rate_rows(rows: Iterable[Mapping[str, Any]], by: Sequence[str]) -> list[dict[str, Any]]:
     """Rise rates (exact change > 0) per rule and group, with Clopper-Pearson 95% intervals.
 
-    Degenerate problems (K v = 0: no first-order step) are left out of ``n`` and counted in
-    ``degenerate``.
+    Left out of ``n``: degenerate problems (K v = 0: no first-order step), counted in
+    ``degenerate``, and changes below the rounding floor (their sign is not determined in
+    float64), counted in ``unresolved``. ``n_linear``/``rises_linear`` restrict to the
+    first-order regime (:func:`in_first_order_regime`).
 
     Returns:
         One dict per (group, rule): the group's keys, ``rule``, ``n``, ``rises``, ``rate``,
-        ``low``, ``high``, ``rises_first_order``, ``rises_vs_control``, ``unresolved``,
-        ``degenerate``.
+        ``low``, ``high``, ``n_linear``, ``rises_linear``, ``high_linear`` (the CP upper end of
+        the rate in the first-order regime), ``rises_first_order``, ``rises_vs_control``,
+        ``unresolved``, ``degenerate``.
 
     """
     groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
-    left_out: dict[tuple, int] = defaultdict(int)
+    degenerate: dict[tuple, int] = defaultdict(int)
+    unresolved: dict[tuple, int] = defaultdict(int)
     for row in rows:
         key = (*(row[k] for k in by), row["rule"])
         if _flag(row["degenerate"]):
-            left_out[key] += 1
+            degenerate[key] += 1
+        elif not _flag(row["resolved"]):
+            unresolved[key] += 1
         else:
             groups[key].append(row)
     out = []
@@ -900,6 +906,9 @@ def rate_rows(rows: Iterable[Mapping[str, Any]], by: Sequence[str]) -> list[dict
         n = len(members)
         rises = sum(_flag(r["rose"]) for r in members)
         low, high = clopper_pearson(rises, n)
+        linear = [r for r in members if in_first_order_regime(r)]
+        rises_linear = sum(_flag(r["rose"]) for r in linear)
+        high_linear = clopper_pearson(rises_linear, len(linear))[1] if linear else math.nan
         out.append(
             {
                 **dict(zip(by, key[:-1])),
@@ -909,13 +918,32 @@ def rate_rows(rows: Iterable[Mapping[str, Any]], by: Sequence[str]) -> list[dict
                 "rate": rises / n,
                 "low": low,
                 "high": high,
+                "n_linear": len(linear),
+                "rises_linear": rises_linear,
+                "high_linear": high_linear,
                 "rises_first_order": sum(_flag(r["rose_first_order"]) for r in members),
                 "rises_vs_control": sum(_flag(r["rose_vs_control"]) for r in members),
-                "unresolved": sum(not _flag(r["resolved"]) for r in members),
-                "degenerate": left_out[key],
+                "unresolved": unresolved[key],
+                "degenerate": degenerate[key],
             }
         )
     return out
+
+
+def in_first_order_regime(row: Mapping[str, Any], tolerance: float = 0.5) -> bool:
+    """Whether the step is small enough for the first-order change to describe the exact one.
+
+    ``|exact - first order| <= tolerance |first order|``: then both have the same sign, and a
+    rise is the first-order effect the theory is about, not an overshoot of a large step.
+
+    Returns:
+        The flag (False when the first-order change is 0 or missing).
+
+    """
+    exact, first = _number(row["change_exact"]), _number(row["change_first_order"])
+    if not (math.isfinite(exact) and math.isfinite(first)) or first == 0:
+        return False
+    return abs(exact - first) <= tolerance * abs(first)
 
 
 def _percent(low: float, high: float) -> str:
@@ -932,9 +960,9 @@ def _rate_text(entry: Mapping[str, Any]) -> str:
 def report(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> str:
     """Write the tidy CSV, the rates, the predictor scores and ``table.md``; return the table.
 
-    Files: ``sign_population.csv`` (every row), ``rates.csv`` (per rule x stratum and per
-    stratum x factor), ``predictors.csv`` (AUROC per rule x predictor, population stratum),
-    ``logistic.csv`` and ``table.md``.
+    Files: ``sign_population.csv`` (every row, floats to 10 significant digits),
+    ``rates.csv`` (per rule x stratum and per stratum x factor), ``predictors.csv`` (AUROC per
+    rule x predictor, population stratum), ``logistic.csv`` and ``table.md``.
 
     Returns:
         The Markdown of ``table.md``.
@@ -946,39 +974,66 @@ def report(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> str:
     if not rows:
         raise InputError("no rows to report; run the units first")
     out = Path(out_dir)
-    runs.atomic_write_csv(out / "sign_population.csv", [dict(r) for r in rows], list(COLUMNS))
+    # 10 significant digits: the signs and sizes the report uses, at 2/3 of repr's size
+    compact = [{k: f"{x:.10g}" if isinstance(x, float) else x for k, x in r.items()} for r in rows]
+    runs.atomic_write_csv(out / "sign_population.csv", compact, list(COLUMNS))
     lines = ["# One student step at the shared init: how often the trait loss rises", ""]
     lines += [
         "Exact Delta L_T = L_T(theta_S0 + s) - L_T(theta_S0) > 0 after one step s of each rule "
         "(float64); rates with Clopper-Pearson 95% intervals. At the shared init the control "
         "step is 0, so 'vs control' equals 'exact'. `first-order rises` count "
         "<grad L_T, s1> > 0 for the predicted step s1; `unresolved` counts |Delta L_T| below "
-        "1024 u max(|L_T|, 1); `degenerate` problems (K v = 0 to rounding: the student does not "
-        "move at first order, e.g. LoRA on a CNN's head when the trait and the imitated outputs "
-        "are disjoint rows) are left out of n.",
+        "1024 u max(|L_T|, 1) (left out of n); `degenerate` problems (K v = 0 to rounding: "
+        "the student does not move at first order, e.g. LoRA on a CNN's head when the trait "
+        "and the imitated outputs are disjoint rows) are left out of n.",
         "",
         "## Rates per stratum",
         "",
-        "| stratum | rule | rises / n = rate [95% CP] | first-order rises | vs-control rises "
-        "| unresolved | degenerate (left out) |",
+        "| stratum | rule | rises / n = rate [95% CP] | rises / n in the first-order regime "
+        "| first-order rises | unresolved (left out) | degenerate (left out) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     by_stratum = rate_rows(rows, ["stratum"])
     for entry in by_stratum:
         lines.append(
             f"| {entry['stratum']} | {entry['rule']} | {_rate_text(entry)} | "
-            f"{entry['rises_first_order']} | {entry['rises_vs_control']} | {entry['unresolved']} "
-            f"| {entry['degenerate']} |"
+            f"{entry['rises_linear']}/{entry['n_linear']} | {entry['rises_first_order']} | "
+            f"{entry['unresolved']} | {entry['degenerate']} |"
         )
+    same = all(e["rises_vs_control"] == e["rises"] for e in by_stratum)
+    lines += [
+        "",
+        "'first-order regime': |exact - first-order change| <= 0.5 |first-order change|. "
+        f"Rises against the control step equal the exact rises in every row: {same}.",
+    ]
     zero = [e for e in by_stratum if e["rises"] == 0]
-    if zero:
-        lines += ["", "Where no problem rose, the largest rate n allows:", ""]
-        for entry in zero:
-            one_sided = 1 - 0.05 ** (1 / entry["n"])
-            lines.append(
-                f"- {entry['stratum']} {entry['rule']}: 0/{entry['n']}, two-sided 95% CP upper "
-                f"{100 * entry['high']:.2f}%, one-sided 95% upper {100 * one_sided:.2f}%"
-            )
+    theorem = [dict(r) for r in rows if r["rule"] == "sgd" and r["teacher"] == "gradient"]
+    for row in theorem:
+        row["scope"] = "sgd, gradient teacher, every stratum"
+    checked = rate_rows(theorem, ["scope"])
+    lines += [
+        "",
+        "Where no problem rose, the largest rate n allows (two-sided 95% CP upper end; "
+        "one-sided 95%: 1 - 0.05^(1/n)):",
+        "",
+    ]
+    for entry in checked:
+        n_linear, k_linear = entry["n_linear"], entry["rises_linear"]
+        lines.append(
+            f"- sgd with the gradient teacher (first order: Delta L_T = -alpha eps v^T K v <= 0), "
+            f"every stratum: {entry['rises']}/{entry['n']} rose; in the first-order regime "
+            f"{k_linear}/{n_linear}, upper {100 * entry['high_linear']:.2f}% "
+            f"(one-sided {100 * (1 - 0.05 ** (1 / n_linear)):.2f}%)"
+            if k_linear == 0 and n_linear
+            else f"- sgd with the gradient teacher: {_rate_text(entry)}; first-order regime "
+            f"{k_linear}/{n_linear}"
+        )
+    for entry in zero:
+        one_sided = 1 - 0.05 ** (1 / entry["n"])
+        lines.append(
+            f"- {entry['stratum']} {entry['rule']}: 0/{entry['n']}, upper "
+            f"{100 * entry['high']:.2f}% (one-sided {100 * one_sided:.2f}%)"
+        )
     factors = (
         "channel",
         "channel_teacher",
@@ -1027,6 +1082,9 @@ def report(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> str:
         "high",
         "rises_first_order",
         "rises_vs_control",
+        "n_linear",
+        "rises_linear",
+        "high_linear",
         "unresolved",
         "degenerate",
     ]
@@ -1044,17 +1102,16 @@ def report(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> str:
         "## What separates rises (population stratum)",
         "",
         "AUROC of each predictor for 'rose' (DeLong 95% interval); 0.5 = no separation, below "
-        "0.5 = lower values go with rises. The first three are the first-order sign itself "
-        "(near-tautological for the gradient teacher: Delta L_T ~ -alpha <v, sign(Kv)>).",
+        "0.5 = lower values go with rises. `cos_signKv_trait` is the sign of the sign step's "
+        "first-order change and `cos_trait_Kv` that of sgd's (near-tautological); for the "
+        "gradient teacher `cos_signKv_v` is the same as `cos_signKv_trait`.",
         "",
-        "| predictor | " + " | ".join(r for r in RULES if r != "sgd") + " |",
-        "| --- | " + " | ".join("---" for r in RULES if r != "sgd") + " |",
+        "| predictor | " + " | ".join(SHOWN) + " |",
+        "| --- | " + " | ".join("---" for _ in SHOWN) + " |",
     ]
     for name, description in PREDICTORS:
         cells = []
-        for rule in RULES:
-            if rule == "sgd":
-                continue
+        for rule in SHOWN:
             match = [s for s in scored if s["predictor"] == name and s["rule"] == rule]
             entry = match[0] if match else None
             cells.append(
@@ -1102,7 +1159,11 @@ def _level_key(level: str) -> tuple:
 def _predictor_scores(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     scored = []
     for rule in RULES:
-        members = [r for r in rows if r["rule"] == rule and not _flag(r["degenerate"])]
+        members = [
+            r
+            for r in rows
+            if r["rule"] == rule and not _flag(r["degenerate"]) and _flag(r["resolved"])
+        ]
         labels = [_flag(r["rose"]) for r in members]
         for name, description in PREDICTORS:
             values = [_derived(r, name) for r in members]
@@ -1117,7 +1178,11 @@ def _logistic_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     z = float(norm.ppf(0.975))
     out = []
     for rule in RULES:
-        members = [r for r in rows if r["rule"] == rule and not _flag(r["degenerate"])]
+        members = [
+            r
+            for r in rows
+            if r["rule"] == rule and not _flag(r["degenerate"]) and _flag(r["resolved"])
+        ]
         labels = np.array([_flag(r["rose"]) for r in members], dtype=float)
         if labels.sum() < 5 or (1 - labels).sum() < 5:
             continue
