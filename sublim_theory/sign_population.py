@@ -974,8 +974,9 @@ def report(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> str:
     if not rows:
         raise InputError("no rows to report; run the units first")
     out = Path(out_dir)
-    # 10 significant digits: the signs and sizes the report uses, at 2/3 of repr's size
-    compact = [{k: f"{x:.10g}" if isinstance(x, float) else x for k, x in r.items()} for r in rows]
+    # 10 significant digits: the signs and sizes the report uses, at 2/3 of repr's size; NaN
+    # as an empty cell, as rows read back from a unit's JSON (null) have it
+    compact = [{k: _cell(x) for k, x in r.items()} for r in rows]
     runs.atomic_write_csv(out / "sign_population.csv", compact, list(COLUMNS))
     lines = ["# One student step at the shared init: how often the trait loss rises", ""]
     lines += [
@@ -1146,6 +1147,12 @@ def report(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> str:
     text = "\n".join(lines)
     runs.atomic_write_text(out / "table.md", text)
     return text
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.10g}" if math.isfinite(value) else ""
+    return value
 
 
 def _level_key(level: str) -> tuple:

@@ -70,8 +70,11 @@ def test_tiny_run_end_to_end_and_resume(tmp_path, monkeypatch):
     def refuse(*_):
         raise AssertionError("a finished unit was run again")
 
+    csv_text = (out / "sign_population.csv").read_text()
     monkeypatch.setattr(study, "run_unit", refuse)
     assert driver.run(TINY, out, quiet=True) == text
+    # rows read back from the units' JSON (NaN as null) give the same CSV as fresh rows
+    assert (out / "sign_population.csv").read_text() == csv_text
 
 
 def test_unit_rows_are_deterministic():
