@@ -3,7 +3,7 @@
     python experiments/sign_population.py --config sign_population_default \
         --out experiments/results/sign_population --threads 1
 
-Each unit (a block of problems, :func:`sublim_theory.sign_population.units`) is written
+Each unit (a block of problems, :func:`sublim_theory.studies.sign_population.experiment.units`) is written
 atomically to ``OUT/units/<name>.json`` with its rows and CPU seconds; a rerun skips every unit
 whose JSON exists, then rebuilds ``sign_population.csv``, ``rates.csv``, ``predictors.csv``,
 ``logistic.csv`` and ``table.md`` from all units (:func:`sublim_theory.sign_population.report`).
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from sublim_theory import records, runs
-from sublim_theory import sign_population as study
 from sublim_theory.errors import InputError
+from sublim_theory.harness import records, runs
+from sublim_theory.studies.sign_population import experiment as study
 
 DEFAULT_CONFIG = "sign_population_default"
 

@@ -15,16 +15,16 @@ import torch
 from scipy.stats import beta
 from torch import nn
 
-from sublim_theory import runs
-from sublim_theory import sign_population as study
-from sublim_theory.alignment import TeacherTask
-from sublim_theory.architectures import build_model, make_inputs
+from sublim_theory.engine.alignment import TeacherTask
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.lora import add_lora
+from sublim_theory.engine.losses import make_loss
+from sublim_theory.engine.update_rules import make_rule
 from sublim_theory.errors import InputError
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.lora import add_lora
-from sublim_theory.losses import make_loss
-from sublim_theory.reference import explicit_gauss_newton
-from sublim_theory.update_rules import make_rule
+from sublim_theory.harness import runs
+from sublim_theory.models.architectures import build_model, make_inputs
+from sublim_theory.studies.sign_population import experiment as study
+from sublim_theory.testing.reference import explicit_gauss_newton
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = runs.config_file("sign_population_tiny")

@@ -17,7 +17,7 @@ Issue 21, item 2; theory/optimizers.md. At the shared init the student's gradien
 The README claimed, from 40 model-seed pairs per cell, that a sign step "never rose". This study
 draws a population of small float64 problems (architecture family and sizes, seeds, teacher
 kind, imitation loss, input distribution and count, full or LoRA r = 1), takes ONE student step
-under each rule with :func:`sublim_theory.rule_report.report_rule`, and counts how often the
+under each rule with :func:`sublim_theory.engine.rule_report.report_rule`, and counts how often the
 exact ``Delta L_T = L_T(theta_S0 + s) - L_T(theta_S0)`` is positive, with Clopper-Pearson 95%
 intervals per rule and stratum. Beside it, per problem, the predictors: the explicit
 Gauss-Newton K (its condition number, effective rank and off-diagonal mass), ``cos(v, K v)``,
@@ -55,18 +55,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import jacfwd
 
-from sublim_theory import runs
-from sublim_theory.alignment import TeacherTask
-from sublim_theory.architectures import MLP, build_model, make_inputs
+from sublim_theory.engine.alignment import TeacherTask
+from sublim_theory.engine.functional import FunctionalModel
+from sublim_theory.engine.lora import add_lora
+from sublim_theory.engine.losses import ImitationLoss, make_loss
+from sublim_theory.engine.rule_report import report_rule, student_gradients, teacher_direction
+from sublim_theory.engine.update_rules import UpdateRule, make_rule
 from sublim_theory.errors import InputError
-from sublim_theory.functional import FunctionalModel
-from sublim_theory.lora import add_lora
-from sublim_theory.losses import ImitationLoss, make_loss
-from sublim_theory.reference import explicit_jacobian
-from sublim_theory.rule_report import report_rule, student_gradients, teacher_direction
-from sublim_theory.update_rules import UpdateRule, make_rule
+from sublim_theory.harness import runs
+from sublim_theory.models.architectures import MLP, build_model, make_inputs
+from sublim_theory.testing.reference import explicit_jacobian
 
 __all__ = [
+    "in_first_order_regime",
+    "rate_rows",
+    "rounding_floor",
     "COLUMNS",
     "FAMILIES",
     "RULES",
@@ -422,7 +425,7 @@ def explicit_gauss_newton_matrix(
     """K = E_x[J^T M J] as a dense P x P matrix (theory/alignment.md, Lemma 1).
 
     J is materialized with ``jacfwd`` when P is below the number of outputs, else with
-    ``jacrev`` (:func:`sublim_theory.reference.explicit_jacobian`); M at each position comes from
+    ``jacrev`` (:func:`sublim_theory.testing.reference.explicit_jacobian`); M at each position comes from
     the loss's closed-form ``hessian_vector_product`` applied to the k unit vectors, so the cost
     is one Jacobian and no per-position autograd Hessians. The caller checks ``K v`` against the
     engine's matrix-free product.
