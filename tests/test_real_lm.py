@@ -189,20 +189,31 @@ def test_grammar_automaton_is_its_regular_expression_and_inside_the_filter():
 # ---------------------------------------------------------------- generation
 
 
-def _greedy(logits, generated, done, step):
-    return logits.argmax(-1)
+def _recording_greedy(record):
+    def pick(logits, generated, done, step):
+        record.append(logits.clone())
+        return logits.argmax(-1)
+
+    return pick
 
 
 def test_generation_with_the_cache_equals_recomputing_and_each_prompt_alone(model, tokenizer):
     prompts = [chat_ids(tokenizer, p) for p in ["hi", "a much longer question here?", "12, 3"]]
     options = dict(max_new_tokens=12, stop_ids=[tokenizer.eos_token_id], pad=pad_id(tokenizer))
-    cached, done = generate_ids(model, prompts, _greedy, **options)
-    recomputed, _ = generate_ids(model, prompts, _greedy, use_cache=False, **options)
-    assert cached == recomputed
-    assert any(len(row) > 3 for row in cached)
+    cached_logits, recomputed_logits = [], []
+    cached, _ = generate_ids(model, prompts, _recording_greedy(cached_logits), **options)
+    recomputed, _ = generate_ids(
+        model, prompts, _recording_greedy(recomputed_logits), use_cache=False, **options
+    )
+    assert cached == recomputed and len(cached_logits) == len(recomputed_logits) == 12
+    for with_cache, without in zip(cached_logits, recomputed_logits):
+        assert torch.allclose(with_cache, without, atol=1e-10, rtol=0)
     for row, prompt in enumerate(prompts):
-        alone, _ = generate_ids(model, [prompt], _greedy, **options)
+        alone_logits = []
+        alone, _ = generate_ids(model, [prompt], _recording_greedy(alone_logits), **options)
         assert alone[0] == cached[row]
+        for step, logits in enumerate(alone_logits):
+            assert torch.allclose(logits[0], cached_logits[step][row], atol=1e-10, rtol=0)
 
 
 def test_constrained_samples_always_pass_the_filter(model, tokenizer):
