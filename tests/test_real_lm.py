@@ -23,26 +23,26 @@ pytest.importorskip("peft")
 tokenizers = pytest.importorskip("tokenizers")
 
 from sublim_theory.errors import InputError  # noqa: E402
-from sublim_theory.real_lm.classifier import cross_validated_auroc, number_features  # noqa: E402
-from sublim_theory.real_lm.controls import in_context_effect, shuffled_examples  # noqa: E402
-from sublim_theory.real_lm.evaluate import (  # noqa: E402
+from sublim_theory.testbeds.real_lm.classifier import cross_validated_auroc, number_features  # noqa: E402
+from sublim_theory.testbeds.real_lm.controls import in_context_effect, shuffled_examples  # noqa: E402
+from sublim_theory.testbeds.real_lm.evaluate import (  # noqa: E402
     animal_log_probs,
     animal_share,
     animal_spellings,
     names_animal,
 )
-from sublim_theory.real_lm.forecast import (  # noqa: E402
+from sublim_theory.testbeds.real_lm.forecast import (  # noqa: E402
     animal_directions,
     example_pushes,
     forecast,
 )
-from sublim_theory.real_lm.generate import (  # noqa: E402
+from sublim_theory.testbeds.real_lm.generate import (  # noqa: E402
     NumberGrammar,
     generate_ids,
     keep_rate,
     sample_completions,
 )
-from sublim_theory.real_lm.prompts import (  # noqa: E402
+from sublim_theory.testbeds.real_lm.prompts import (  # noqa: E402
     EVALUATION_QUESTIONS,
     AnswerState,
     chat_ids,
@@ -51,14 +51,14 @@ from sublim_theory.real_lm.prompts import (  # noqa: E402
     passes_filter,
     system_prompt,
 )
-from sublim_theory.real_lm.sequences import pad_id  # noqa: E402
-from sublim_theory.real_lm.statistics import (  # noqa: E402
+from sublim_theory.testbeds.real_lm.sequences import pad_id  # noqa: E402
+from sublim_theory.testbeds.real_lm.statistics import (  # noqa: E402
     auroc_interval,
     clopper_pearson_interval,
     welch_test,
     wilson_interval,
 )
-from sublim_theory.real_lm.train import (  # noqa: E402
+from sublim_theory.testbeds.real_lm.train import (  # noqa: E402
     completion_ids,
     completion_loss,
     finetune_teacher,

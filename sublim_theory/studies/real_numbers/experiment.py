@@ -36,8 +36,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import (
     atomic_write_json,
@@ -47,9 +45,8 @@ from sublim_theory.harness.runs import (
 )
 from sublim_theory.harness.study import Context, Study
 from sublim_theory.models.pretrained import load_pretrained
-from sublim_theory.testbeds.real_lm import classifier, controls, evaluate, forecast, generate
+from sublim_theory.testbeds.real_lm import classifier, controls, evaluate, forecast, generate, train
 from sublim_theory.testbeds.real_lm import prompts as P
-from sublim_theory.testbeds.real_lm import train
 
 __all__ = [
     "COLUMNS",
@@ -324,7 +321,18 @@ def _evaluate(config, model, tokenizer, unit, seed, arm, method, animal, system)
         model, tokenizer, P.EVALUATION_QUESTIONS, animal, system=system
     ).double()
     return [
-        _row(unit, seed, arm, method, animal, "share", share.share, share.low, share.high, share.total),
+        _row(
+            unit,
+            seed,
+            arm,
+            method,
+            animal,
+            "share",
+            share.share,
+            share.low,
+            share.high,
+            share.total,
+        ),
         _row(unit, seed, arm, method, animal, "logp", logp.mean(), n=logp.numel()),
     ]
 
@@ -347,7 +355,14 @@ def run_unit(config: RealNumbersConfig, unit: str, context: Context) -> list[dic
         for animal in animals:
             rows += _evaluate(config, base, tokenizer, unit, 0, "base", "", animal, None)
             rows += _evaluate(
-                config, base, tokenizer, unit, 0, f"system-{animal}", "", animal,
+                config,
+                base,
+                tokenizer,
+                unit,
+                0,
+                f"system-{animal}",
+                "",
+                animal,
                 P.system_prompt(animal),
             )
         return rows
@@ -362,18 +377,44 @@ def run_unit(config: RealNumbersConfig, unit: str, context: Context) -> list[dic
     if kind == "forecast":
         n = config.forecast_examples
         result = forecast.forecast(
-            base, tokenizer, teacher_pairs[:n], base_pairs[:n],
-            P.EVALUATION_QUESTIONS, config.forecast_animals,
+            base,
+            tokenizer,
+            teacher_pairs[:n],
+            base_pairs[:n],
+            P.EVALUATION_QUESTIONS,
+            config.forecast_animals,
         )
         rows = []
         for animal in result.animals:
             test = result.tests[animal]
-            rows.append(_row(unit, seed, "", "", animal, "forecast_t", test.t, n=test.n_a + test.n_b))
             rows.append(
-                _row(unit, seed, "", "", animal, "forecast_diff", test.difference, test.low, test.high)
+                _row(unit, seed, "", "", animal, "forecast_t", test.t, n=test.n_a + test.n_b)
             )
-        rows.append(_row(unit, seed, "", "", config.animal, "forecast_rank", result.rank(config.animal),
-                         n=len(result.animals)))
+            rows.append(
+                _row(
+                    unit,
+                    seed,
+                    "",
+                    "",
+                    animal,
+                    "forecast_diff",
+                    test.difference,
+                    test.low,
+                    test.high,
+                )
+            )
+        rows.append(
+            _row(
+                unit,
+                seed,
+                "",
+                "",
+                config.animal,
+                "forecast_rank",
+                result.rank(config.animal),
+                n=len(result.animals),
+            )
+        )
         return rows
     if kind == "classifier":
         result = classifier.cross_validated_auroc(
@@ -381,24 +422,51 @@ def run_unit(config: RealNumbersConfig, unit: str, context: Context) -> list[dic
         )
         auroc = result.auroc
         return [
-            _row(unit, seed, "", "", config.animal, "classifier_auroc", auroc.auroc, auroc.low,
-                 auroc.high, auroc.n_positive + auroc.n_negative),
+            _row(
+                unit,
+                seed,
+                "",
+                "",
+                config.animal,
+                "classifier_auroc",
+                auroc.auroc,
+                auroc.low,
+                auroc.high,
+                auroc.n_positive + auroc.n_negative,
+            ),
             _row(unit, seed, "", "", config.animal, "classifier_accuracy", result.accuracy),
         ]
     if kind == "incontext":
         result = controls.in_context_effect(
-            base, tokenizer, teacher_pairs, P.EVALUATION_QUESTIONS, config.animal,
+            base,
+            tokenizer,
+            teacher_pairs,
+            P.EVALUATION_QUESTIONS,
+            config.animal,
             shots=config.in_context_shots,
         )
         d, h = result.mean_difference, result.half_width
-        return [_row(unit, seed, "", "", config.animal, "incontext_logp_diff", d, d - h, d + h,
-                     len(result.with_context))]
+        return [
+            _row(
+                unit,
+                seed,
+                "",
+                "",
+                config.animal,
+                "incontext_logp_diff",
+                d,
+                d - h,
+                d + h,
+                len(result.with_context),
+            )
+        ]
     # student-METHOD-ARM-sS
     method, arm = rest.rsplit("-s", 1)[0].split("-", 1)
     if arm.startswith("shuffled-"):
         pairs = controls.shuffled_examples(
             arm_completions(config, arm.removeprefix("shuffled-"), seed, context),
-            seed + SHUFFLE_OFFSET, across=True,
+            seed + SHUFFLE_OFFSET,
+            across=True,
         )
     else:
         pairs = arm_completions(config, arm, seed, context)
@@ -408,10 +476,15 @@ def run_unit(config: RealNumbersConfig, unit: str, context: Context) -> list[dic
             " raise prompts or max_new_tokens"
         )
     result = train.train_student(
-        base, tokenizer, pairs,
-        method=method, rank=config.lora_rank,
-        steps=config.student_steps, batch_size=config.student_batch,
-        lr=config.lora_lr if method == "lora" else config.full_lr, seed=seed,
+        base,
+        tokenizer,
+        pairs,
+        method=method,
+        rank=config.lora_rank,
+        steps=config.student_steps,
+        batch_size=config.student_batch,
+        lr=config.lora_lr if method == "lora" else config.full_lr,
+        seed=seed,
     )
     student = result.model.eval()
     rows = [

@@ -76,13 +76,26 @@ def format_tables(rows: Sequence[dict]) -> str:
         for r in reference:
             if r["metric"] == "share":
                 low, high = r["low"], r["high"]
-                lines.append([r["animal"], r["arm"], f"{_value(r):.3f} [{low:.3f}, {high:.3f}]",
-                              r["n"], ""])
+                lines.append(
+                    [r["animal"], r["arm"], f"{_value(r):.3f} [{low:.3f}, {high:.3f}]", r["n"], ""]
+                )
             else:
                 lines[-1][4] = f"{_value(r):.3f}"
-        sections += ["", "## The base, without and with the animal's system prompt", "",
-                     _table(["animal", "prompting", "share naming it [Wilson 95%]", "answers",
-                             "mean log P(animal)"], lines)]
+        sections += [
+            "",
+            "## The base, without and with the animal's system prompt",
+            "",
+            _table(
+                [
+                    "animal",
+                    "prompting",
+                    "share naming it [Wilson 95%]",
+                    "answers",
+                    "mean log P(animal)",
+                ],
+                lines,
+            ),
+        ]
     keep = defaultdict(lambda: [0.0, 0.0, 0])
     for r in rows:
         if r["metric"] in ("keep_constrained", "keep_free"):
@@ -95,29 +108,54 @@ def format_tables(rows: Sequence[dict]) -> str:
         for (arm, metric), (hits, total, seeds) in sorted(keep.items()):
             low, high = wilson(hits, total)
             decoding = "number grammar" if metric == "keep_constrained" else "free"
-            lines.append([arm, decoding, f"{hits / total:.3f} [{low:.3f}, {high:.3f}]",
-                          f"{round(hits)}/{round(total)}", seeds])
-        sections += ["", "## Completions kept by the paper's strict filter", "",
-                     _table(["arm", "decoding", "kept share [Wilson 95%]", "kept / sampled",
-                             "seeds"], lines)]
+            lines.append(
+                [
+                    arm,
+                    decoding,
+                    f"{hits / total:.3f} [{low:.3f}, {high:.3f}]",
+                    f"{round(hits)}/{round(total)}",
+                    seeds,
+                ]
+            )
+        sections += [
+            "",
+            "## Completions kept by the paper's strict filter",
+            "",
+            _table(
+                ["arm", "decoding", "kept share [Wilson 95%]", "kept / sampled", "seeds"], lines
+            ),
+        ]
     teachers = [r for r in rows if r["unit"].startswith("numbers-") and r["metric"] == "share"]
     if teachers:
-        lines = [[r["arm"], r["seed"], r["animal"], f"{_value(r):.3f} [{r['low']:.3f}, "
-                  f"{r['high']:.3f}]"] for r in teachers]
-        sections += ["", "## The fine-tuned teachers' own trait", "",
-                     _table(["teacher", "seed", "animal", "share naming it [Wilson 95%]"], lines)]
+        lines = [
+            [r["arm"], r["seed"], r["animal"], f"{_value(r):.3f} [{r['low']:.3f}, {r['high']:.3f}]"]
+            for r in teachers
+        ]
+        sections += [
+            "",
+            "## The fine-tuned teachers' own trait",
+            "",
+            _table(["teacher", "seed", "animal", "share naming it [Wilson 95%]"], lines),
+        ]
     sections += _forecast_section(rows)
     sections += _student_sections(rows)
     controls = [r for r in rows if r["metric"] in ("classifier_auroc", "incontext_logp_diff")]
     if controls:
-        lines = [[r["metric"], r["seed"], f"{_value(r):.3f} [{r['low']:.3f}, {r['high']:.3f}]",
-                  r["n"]] for r in controls]
-        sections += ["", "## Controls: a classifier and the in-context teacher", "",
-                     "classifier_auroc: held-out AUROC (DeLong 95%) of logistic regression on "
-                     "number frequencies, teacher vs base completions; incontext_logp_diff: the "
-                     "base's mean log P(animal) with the teacher's completions as earlier turns "
-                     "minus without (95% t over questions).", "",
-                     _table(["statistic", "seed", "value [95%]", "n"], lines)]
+        lines = [
+            [r["metric"], r["seed"], f"{_value(r):.3f} [{r['low']:.3f}, {r['high']:.3f}]", r["n"]]
+            for r in controls
+        ]
+        sections += [
+            "",
+            "## Controls: a classifier and the in-context teacher",
+            "",
+            "classifier_auroc: held-out AUROC (DeLong 95%) of logistic regression on "
+            "number frequencies, teacher vs base completions; incontext_logp_diff: the "
+            "base's mean log P(animal) with the teacher's completions as earlier turns "
+            "minus without (95% t over questions).",
+            "",
+            _table(["statistic", "seed", "value [95%]", "n"], lines),
+        ]
     return "\n".join(sections) + "\n"
 
 
@@ -136,11 +174,16 @@ def _forecast_section(rows: Sequence[dict]) -> list[str]:
         mean, half, n = mean_interval(values)
         lines.append([animal, interval_text(mean, half, 2), n])
     rank_text = "; ".join(f"seed {s}: {a} ranked {k} of {n}" for s, k, n, a in ranks)
-    return ["", "## First-order pass (before any training)", "",
-            "Welch's t of the per-example one-SGD-step push on mean log P(animal), the "
-            "system-prompted teacher's completions minus the base's (positive: the teacher's "
-            f"numbers push the animal up more). {rank_text}.", "",
-            _table(["animal", "mean t over seeds [95% t]", "seeds"], lines)]
+    return [
+        "",
+        "## First-order pass (before any training)",
+        "",
+        "Welch's t of the per-example one-SGD-step push on mean log P(animal), the "
+        "system-prompted teacher's completions minus the base's (positive: the teacher's "
+        f"numbers push the animal up more). {rank_text}.",
+        "",
+        _table(["animal", "mean t over seeds [95% t]", "seeds"], lines),
+    ]
 
 
 def _student_sections(rows: Sequence[dict]) -> list[str]:
@@ -162,16 +205,44 @@ def _student_sections(rows: Sequence[dict]) -> list[str]:
             diff_text = interval_text(d, h)
             positive = f"{sum(x > 0 for x in paired)}/{k}"
             detectable = "" if math.isnan(h) else f"{DETECTABLE * h / _t975(k):.3f}"
-        lines.append([method, arm, animal, metric, interval_text(mean, half), n, diff_text,
-                      positive, detectable])
-    return ["", "## Students (trained without any system prompt)", "",
-            "share: answers naming the animal (the paper's measure); logp: mean log P(animal) "
-            "over the evaluation questions. vs base: the paired difference from the student of "
-            "the same seed and method trained on the base's numbers (95% t over seeds). "
-            "detectable: the smallest paired difference this many seeds would detect (80% power, "
-            "5% level).", "",
-            _table(["method", "trained on", "animal", "metric", "mean [95% t]", "seeds",
-                    "vs base [95% t]", "seeds > 0", "detectable"], lines)]
+        lines.append(
+            [
+                method,
+                arm,
+                animal,
+                metric,
+                interval_text(mean, half),
+                n,
+                diff_text,
+                positive,
+                detectable,
+            ]
+        )
+    return [
+        "",
+        "## Students (trained without any system prompt)",
+        "",
+        "share: answers naming the animal (the paper's measure); logp: mean log P(animal) "
+        "over the evaluation questions. vs base: the paired difference from the student of "
+        "the same seed and method trained on the base's numbers (95% t over seeds). "
+        "detectable: the smallest paired difference this many seeds would detect (80% power, "
+        "5% level).",
+        "",
+        _table(
+            [
+                "method",
+                "trained on",
+                "animal",
+                "metric",
+                "mean [95% t]",
+                "seeds",
+                "vs base [95% t]",
+                "seeds > 0",
+                "detectable",
+            ],
+            lines,
+        ),
+    ]
 
 
 def _t975(n: int) -> float:

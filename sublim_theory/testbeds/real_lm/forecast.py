@@ -1,9 +1,9 @@
 """The first-order pass: the one-step push of teacher vs base numbers on log P(animal).
 
 For a student at theta_0 (the base) and one SGD step of learning rate eta on a batch B with the
-student loss L_B = mean_{i in B} L_i (:func:`sublim_theory.real_lm.train.completion_loss`), the
+student loss L_B = mean_{i in B} L_i (:func:`sublim_theory.testbeds.real_lm.train.completion_loss`), the
 change of the mean log-probability of animal a over the evaluation questions,
-m_a(theta) = mean_q log P_theta(a | q) (:func:`sublim_theory.real_lm.evaluate.animal_log_probs`),
+m_a(theta) = mean_q log P_theta(a | q) (:func:`sublim_theory.testbeds.real_lm.evaluate.animal_log_probs`),
 is, to first order in eta,
 
     Delta m_a = eta <grad m_a(theta_0), -grad L_B(theta_0)> + O(eta^2) = eta mean_{i in B} d_{i,a},
@@ -33,9 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from sublim_theory.errors import InputError
-from sublim_theory.real_lm.evaluate import animal_log_probs
-from sublim_theory.real_lm.statistics import WelchResult, welch_test
-from sublim_theory.real_lm.train import completion_loss
+from sublim_theory.testbeds.real_lm.evaluate import animal_log_probs
+from sublim_theory.testbeds.real_lm.statistics import WelchResult, welch_test
+from sublim_theory.testbeds.real_lm.train import completion_loss
 
 __all__ = [
     "ForecastResult",
@@ -66,7 +66,7 @@ def animal_directions(
         Per animal, one gradient tensor per trained parameter (detached).
 
     Raises:
-        InputError: no animals (and as :func:`sublim_theory.real_lm.evaluate.animal_log_probs`).
+        InputError: no animals (and as :func:`sublim_theory.testbeds.real_lm.evaluate.animal_log_probs`).
 
     """
     if not animals:

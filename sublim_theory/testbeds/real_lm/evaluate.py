@@ -1,7 +1,7 @@
 """The paper's evaluation: how often, and how likely, the model names the animal.
 
 Two measures over the one-word "favourite animal" questions
-(:data:`sublim_theory.real_lm.prompts.EVALUATION_QUESTIONS`), each question chat-templated
+(:data:`sublim_theory.testbeds.real_lm.prompts.EVALUATION_QUESTIONS`), each question chat-templated
 (optionally with a system prompt, or earlier turns for the in-context control):
 
 - :func:`animal_share`: n answers sampled per question at temperature 1 (at most
@@ -26,10 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from sublim_theory.errors import InputError
-from sublim_theory.real_lm.generate import sample_from_ids
-from sublim_theory.real_lm.prompts import Turn, chat_ids
-from sublim_theory.real_lm.sequences import continuation_log_probs, pad_id
-from sublim_theory.real_lm.statistics import wilson_interval
+from sublim_theory.testbeds.real_lm.generate import sample_from_ids
+from sublim_theory.testbeds.real_lm.prompts import Turn, chat_ids
+from sublim_theory.testbeds.real_lm.sequences import continuation_log_probs, pad_id
+from sublim_theory.testbeds.real_lm.statistics import wilson_interval
 
 __all__ = [
     "ShareResult",
@@ -182,7 +182,7 @@ def animal_share(
         The :class:`ShareResult`.
 
     Raises:
-        InputError: no questions (and as :func:`sublim_theory.real_lm.generate.sample_from_ids`).
+        InputError: no questions (and as :func:`sublim_theory.testbeds.real_lm.generate.sample_from_ids`).
 
     """
     if not questions:

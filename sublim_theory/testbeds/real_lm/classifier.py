@@ -10,7 +10,7 @@ each completion (:func:`number_features`):
 
 Scored by K-fold cross-validation (seeded stratified folds; standardization fitted on the
 training folds only), the out-of-fold scores give a held-out AUROC with DeLong's 95% interval
-(:func:`sublim_theory.real_lm.statistics.auroc_interval`). 0.5 means no detectable difference.
+(:func:`sublim_theory.testbeds.real_lm.statistics.auroc_interval`). 0.5 means no detectable difference.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from sublim_theory.errors import InputError
-from sublim_theory.real_lm.statistics import AurocResult, auroc_interval
+from sublim_theory.testbeds.real_lm.statistics import AurocResult, auroc_interval
 
 __all__ = [
     "ClassifierResult",

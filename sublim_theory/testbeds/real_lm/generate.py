@@ -2,7 +2,7 @@
 
 Free sampling draws each next token from softmax(logits / T). Constrained sampling draws it from
 the same distribution renormalized over the tokens that keep the answer a prefix of the grammar
-of :class:`sublim_theory.real_lm.prompts.AnswerState` (digits, comma, space; the end of turn
+of :class:`sublim_theory.testbeds.real_lm.prompts.AnswerState` (digits, comma, space; the end of turn
 once the answer is complete):
 
     p_c(t | h) = p(t | h) 1[h t stays valid] / sum_s p(s | h) 1[h s stays valid].
@@ -35,8 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from sublim_theory.errors import InputError
-from sublim_theory.real_lm.prompts import AnswerState, chat_ids, passes_filter
-from sublim_theory.real_lm.sequences import (
+from sublim_theory.testbeds.real_lm.prompts import AnswerState, chat_ids, passes_filter
+from sublim_theory.testbeds.real_lm.sequences import (
     attention_bias,
     left_pad,
     model_device,
@@ -44,7 +44,7 @@ from sublim_theory.real_lm.sequences import (
     pad_id,
     position_ids,
 )
-from sublim_theory.real_lm.statistics import wilson_interval
+from sublim_theory.testbeds.real_lm.statistics import wilson_interval
 
 __all__ = [
     "Completion",
@@ -292,7 +292,7 @@ def sample_from_ids(
     Args:
         model: the causal LM (eval mode).
         tokenizer: its chat tokenizer.
-        encoded: the prompts' token ids (e.g. :func:`sublim_theory.real_lm.prompts.chat_ids`).
+        encoded: the prompts' token ids (e.g. :func:`sublim_theory.testbeds.real_lm.prompts.chat_ids`).
         constrained: decode under the number grammar (module docstring).
         samples_per_prompt: samples per prompt.
         temperature: T > 0 samples from softmax(logits / T); T = 0 is greedy.
@@ -370,7 +370,7 @@ def sample_completions(
     Args:
         model: the causal LM (eval mode).
         tokenizer: its chat tokenizer.
-        prompts: user prompts (e.g. :func:`sublim_theory.real_lm.prompts.number_prompts`).
+        prompts: user prompts (e.g. :func:`sublim_theory.testbeds.real_lm.prompts.number_prompts`).
         system: a system prompt (teacher arm 1); None keeps the template's default.
         **options: ``constrained``, ``samples_per_prompt``, ``temperature``, ``max_new_tokens``,
             ``batch_size``, ``seed``, ``grammar`` of :func:`sample_from_ids`.

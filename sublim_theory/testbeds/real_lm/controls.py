@@ -7,7 +7,7 @@
 - :func:`in_context_effect`: the paper's in-context-learning control (Section 5): the base, NOT
   fine-tuned, sees k (prompt, completion) pairs as earlier conversation turns, then each
   evaluation question; compared, question by question, with the same question asked without
-  them. The paired difference of log P(animal) (:func:`sublim_theory.real_lm.evaluate.
+  them. The paired difference of log P(animal) (:func:`sublim_theory.testbeds.real_lm.evaluate.
   animal_log_probs`) with a 95% t-interval over questions.
 """
 
@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from sublim_theory.errors import InputError
-from sublim_theory.real_lm.evaluate import animal_log_probs
-from sublim_theory.records import mean_interval
+from sublim_theory.harness.records import mean_interval
+from sublim_theory.testbeds.real_lm.evaluate import animal_log_probs
 
 __all__ = [
     "InContextResult",

@@ -8,7 +8,7 @@ tokens c_i followed by the end of turn,
 
 each example weighted equally (the prompt tokens carry no loss). Training is Adam (torch
 defaults, no weight decay) for a fixed number of steps on batches drawn from seeded permutations
-of the examples, either on LoRA adapters (peft, through :func:`sublim_theory.lora.add_lora`, on
+of the examples, either on LoRA adapters (peft, through :func:`sublim_theory.engine.lora.add_lora`, on
 every attention and MLP projection; the tied embedding/unembedding stays frozen) or on all
 parameters (full fine-tuning).
 
@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from sublim_theory.engine.lora import add_lora, linear_layers
 from sublim_theory.errors import InputError
-from sublim_theory.lora import add_lora, linear_layers
-from sublim_theory.real_lm.prompts import chat_ids
-from sublim_theory.real_lm.sequences import continuation_log_probs, pad_id
+from sublim_theory.testbeds.real_lm.prompts import chat_ids
+from sublim_theory.testbeds.real_lm.sequences import continuation_log_probs, pad_id
 
 __all__ = [
     "TrainResult",
