@@ -29,7 +29,7 @@ from sublim_theory.engine.losses import KLDivergence  # noqa: E402
 from sublim_theory.engine.report import alignment_report  # noqa: E402
 from sublim_theory.errors import InputError  # noqa: E402
 from sublim_theory.models.pretrained import Pretrained, float64_throughout  # noqa: E402
-from sublim_theory.real_theorem import (  # noqa: E402
+from sublim_theory.studies.real_check import (  # noqa: E402
     ANIMAL_QUESTIONS,
     CompletionLogits,
     animal_token,

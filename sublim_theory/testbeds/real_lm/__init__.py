@@ -6,3 +6,5 @@ Library functions, one concern per module: ``prompts`` (text, filter, grammar), 
 ``classifier`` (telling teacher numbers from base numbers), ``controls`` (shuffled numbers, the
 in-context control), ``statistics`` (intervals). Every function takes (model, tokenizer).
 """
+
+__all__: list[str] = []  # the modules are the public surface
