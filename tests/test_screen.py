@@ -299,7 +299,7 @@ def test_command_on_the_tiny_config_writes_its_tables_and_resumes(tmp_path, caps
     written = {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()}
     assert main(args) == 0  # every unit stored: nothing recomputed, no unit rewritten
     assert written == {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()}
-    assert "seed 0: detection units stored" in capsys.readouterr().err
+    assert "screen seed-0-base: stored in" in capsys.readouterr().err
 
 
 def test_command_refuses_a_bad_config_in_one_line(tmp_path, capsys):
