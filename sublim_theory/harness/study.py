@@ -168,9 +168,12 @@ class PartsStore(UnitStore):
     :meth:`get` returns the same tagged list.
 
     Args:
+        folder: where the records live (as :class:`UnitStore`).
+        fingerprint: the settings fingerprint every record carries (as :class:`UnitStore`).
+        file_name: the record's file name for a unit key (as :class:`UnitStore`).
+        legacy: accept records without a fingerprint (as :class:`UnitStore`).
         parts: the names of the extra lists; each must be present in a stored record.
         key_name: also store the unit key under this name (``None``: not).
-        folder, fingerprint, file_name, legacy: as :class:`UnitStore`.
 
     """
 
