@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ class RealNumbersConfig:
     free_prompts: int = 24
     max_new_tokens: int = 40
     generation_batch: int = 16
-    methods: list[str] = field(default_factory=lambda: ["lora", "full"])
+    methods: tuple[str, ...] = ("lora", "full")
     lora_rank: int = 8
     lora_lr: float = 1e-3
     full_lr: float = 2e-5
@@ -88,11 +89,9 @@ class RealNumbersConfig:
     teacher_lr: float = 2e-5
     eval_samples: int = 4
     forecast_examples: int = 32
-    forecast_animals: list[str] = field(default_factory=lambda: list(CANDIDATES))
+    forecast_animals: tuple[str, ...] = CANDIDATES
     in_context_shots: int = 4
-    arms: list[str] = field(
-        default_factory=lambda: ["system", "base", "finetuned", "shuffled", "second"]
-    )
+    arms: tuple[str, ...] = ("system", "base", "finetuned", "shuffled", "second")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain values (fingerprinted by the run layer)."""
@@ -200,12 +199,11 @@ def plan_units(config: RealNumbersConfig, seeds: Sequence[int]) -> list[str]:
 @functools.lru_cache(maxsize=2)
 def _load(model: str, dtype: str, cache: str | None, device: str):
     loaded = load_pretrained(model, dtype=dtype_from_name(dtype), cache_dir=cache)
-    loaded.model.requires_grad_(False)
     return loaded.model.to(device), loaded.tokenizer
 
 
 def _base(config: RealNumbersConfig, context: Context):
-    """The base model (frozen, on the run's device) and its tokenizer, loaded once a process."""
+    """The base model (on the run's device) and its tokenizer, loaded once a process."""
     cache = None if context.cache is None else str(context.cache)
     return _load(config.model, config.dtype, cache, str(context.device))
 
@@ -498,6 +496,14 @@ def run_unit(config: RealNumbersConfig, unit: str, context: Context) -> list[dic
     return rows
 
 
+def _timed(config: RealNumbersConfig, unit: str, context: Context) -> list[dict]:
+    """The unit's rows plus its wall time (``unit_seconds``: kept out of ``table.md``)."""
+    started = time.perf_counter()
+    rows = run_unit(config, unit, context)
+    seconds = time.perf_counter() - started
+    return [*rows, _row(unit, rows[0]["seed"], "", "", "", "unit_seconds", seconds)]
+
+
 def build_study(config: RealNumbersConfig, seeds: Sequence[int], report) -> Study:
     """The study for ``run_study``: settings, units, the unit function and the report.
 
@@ -509,7 +515,7 @@ def build_study(config: RealNumbersConfig, seeds: Sequence[int], report) -> Stud
         name="real-numbers",
         settings={"real_numbers": config.to_dict()},
         units=plan_units(config, seeds),
-        run_unit=lambda unit, context: run_unit(config, unit, context),
+        run_unit=lambda unit, context: _timed(config, unit, context),
         report=report,
         grid={"seeds": list(seeds)},
     )

@@ -19,8 +19,9 @@ from sublim_theory.harness.records import interval_text, mean_interval
 from sublim_theory.harness.runs import atomic_write_csv, atomic_write_text
 from sublim_theory.studies.real_numbers.experiment import COLUMNS
 
-__all__ = ["DETECTABLE", "format_tables", "report", "wilson"]
+__all__ = ["DETECTABLE", "TIMINGS", "format_tables", "format_timings", "report", "wilson"]
 
+TIMINGS = ("unit_seconds", "train_seconds")  # wall times: in timings.md, not in table.md
 DETECTABLE = 2.8  # z_{0.975} + z_{0.80}: the paired effect seen with 80% power at level 5%
 PAPER = (
     "the paper's setting (Cloud et al. 2025, arXiv 2507.14805, Section 3): GPT-4.1 nano teachers "
@@ -260,6 +261,31 @@ def report(out: Path, rows: list[dict]) -> str:
 
     """
     atomic_write_csv(out / "results.csv", rows, list(COLUMNS))
-    text = format_tables(rows)
+    text = format_tables([r for r in rows if r["metric"] not in TIMINGS])
     atomic_write_text(out / "table.md", text)
+    atomic_write_text(out / "timings.md", format_timings(rows))
     return text
+
+
+def format_timings(rows: Sequence[dict]) -> str:
+    """Wall time per kind of unit (kept apart from ``table.md``, which reruns reproduce).
+
+    Returns:
+        The markdown table.
+
+    """
+    kinds = defaultdict(list)
+    for r in rows:
+        if r["metric"] == "unit_seconds":
+            unit = r["unit"]
+            kind = "reference" if unit == "reference" else unit.rsplit("-s", 1)[0]
+            kinds[kind].append(_value(r))
+    lines = [
+        [k, len(v), f"{sum(v):.0f}", f"{sum(v) / len(v):.0f}"] for k, v in sorted(kinds.items())
+    ]
+    total = sum(sum(v) for v in kinds.values())
+    return (
+        "# Wall time per kind of unit (seconds, this machine; see environment.json)\n\n"
+        + _table(["unit kind", "units", "total s", "mean s"], lines)
+        + f"\n\nTotal: {total:.0f} s ({total / 3600:.2f} h).\n"
+    )
