@@ -42,8 +42,14 @@ def test_units_put_the_main_contrast_first():
     config = E.load_config(TINY)
     units = E.plan_units(config, [0, 1])
     assert units[0] == "reference"
-    first_student = units.index("student-lora-system-owl-s0")
-    assert units.index("numbers-base-s1") < first_student
+    assert units[1:6] == [
+        "numbers-base-s0",
+        "numbers-system-owl-s0",
+        "forecast-s0",
+        "student-lora-system-owl-s0",
+        "student-lora-base-s0",
+    ]
+    assert "forecast-s1" not in units  # forecast_seeds = 1
     assert units.index("student-lora-base-s1") < units.index("numbers-finetuned-owl-s0")
     assert len(units) == len(set(units))
     assert units[-1].startswith("student-full-")

@@ -13,11 +13,12 @@ Units (in the order they run, so the main contrast has its seeds first):
   temperature 1 under the number grammar (the teacher's distribution conditioned on a valid
   answer) and stored in ``completions/``; rows: the strict filter's keep rate, constrained and
   free (a free sample of ``free_prompts`` prompts), and the arm's own animal share;
-- ``forecast-sS``: the first-order pass (the one-SGD-step forecast of Delta log P(animal) from the
-  system-prompted teacher's numbers vs the base's, per example, Welch's t per candidate animal):
-  a power check before any training;
+- ``forecast-sS`` (the first ``forecast_seeds`` seeds): the first-order pass (the one-SGD-step
+  forecast of Delta log P(animal) from the system-prompted teacher's numbers vs the base's, per
+  example, Welch's t per candidate animal): a power check before any training;
 - ``student-METHOD-ARM-sS``: a student (LoRA or full fine-tuning, Adam) trained WITHOUT any
-  system prompt on an arm's kept completions; rows: its share and log P for each evaluated animal;
+  system prompt on an arm's kept completions; rows: its share and log P for each evaluated animal
+  (the first method for every arm; the others, costlier, for the main contrast only);
 - ``classifier-sS`` and ``incontext-sS``: the paper's two further controls (a held-out classifier
   telling teacher numbers from base numbers; the teacher's numbers placed in the base's context).
 
@@ -36,6 +37,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import (
@@ -89,6 +92,7 @@ class RealNumbersConfig:
     teacher_lr: float = 2e-5
     eval_samples: int = 4
     forecast_examples: int = 32
+    forecast_seeds: int = 1
     forecast_animals: tuple[str, ...] = CANDIDATES
     in_context_shots: int = 4
     arms: tuple[str, ...] = ("system", "base", "finetuned", "shuffled", "second")
@@ -112,6 +116,7 @@ LIMITS = {
     "teacher_lr": (1e-9, 1.0),
     "eval_samples": (1, 1000),
     "forecast_examples": (2, 100_000),
+    "forecast_seeds": (0, 64),
     "in_context_shots": (1, 64),
 }
 ARMS = ("system", "base", "finetuned", "shuffled", "second")
@@ -174,7 +179,7 @@ def _student_arms(config: RealNumbersConfig) -> list[str]:
 
 
 def plan_units(config: RealNumbersConfig, seeds: Sequence[int]) -> list[str]:
-    """The unit keys, the main contrast's seeds first (a cut run has the most useful units).
+    """The unit keys, the main contrast seed by seed first (a cut run has the most useful units).
 
     Returns:
         Unit keys such as ``numbers-base-s0`` or ``student-lora-system-owl-s1``.
@@ -183,16 +188,17 @@ def plan_units(config: RealNumbersConfig, seeds: Sequence[int]) -> list[str]:
     units = ["reference"]
     system = f"system-{config.animal}"
     first = config.methods[0]
-    units += [f"numbers-{arm}-s{s}" for s in seeds for arm in ("base", system)]
-    units += [f"forecast-s{s}" for s in seeds]
-    units += [f"student-{first}-{arm}-s{s}" for s in seeds for arm in (system, "base")]
+    for index, s in enumerate(seeds):  # seed by seed: a cut run has whole seeds of the contrast
+        units += [f"numbers-base-s{s}", f"numbers-{system}-s{s}"]
+        units += [f"forecast-s{s}"] if index < config.forecast_seeds else []
+        units += [f"student-{first}-{system}-s{s}", f"student-{first}-base-s{s}"]
     for arm in _generation_arms(config)[2:]:
         units += [f"numbers-{arm}-s{s}" for s in seeds]
     for arm in _student_arms(config)[2:]:
         units += [f"student-{first}-{arm}-s{s}" for s in seeds]
     units += [f"{kind}-s{s}" for s in seeds for kind in ("classifier", "incontext")]
-    for method in config.methods[1:]:
-        units += [f"student-{method}-{arm}-s{s}" for s in seeds for arm in _student_arms(config)]
+    for method in config.methods[1:]:  # the costlier methods: the main contrast only
+        units += [f"student-{method}-{arm}-s{s}" for s in seeds for arm in (system, "base")]
     return units
 
 
@@ -305,6 +311,7 @@ def _sample_arm(config: RealNumbersConfig, arm: str, seed: int, context: Context
     return rows
 
 
+@torch.no_grad()
 def _evaluate(config, model, tokenizer, unit, seed, arm, method, animal, system) -> list[dict]:
     share = evaluate.animal_share(
         model,
