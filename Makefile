@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 OUT ?= out
 # torch 2.13.0 is pinned so pip takes the local CPU build instead of a multi-GB CUDA wheel.
 TORCH ?= torch==2.13.0
-EXTRAS ?= test,mnist,gpt2,lora,ray
+EXTRAS ?= test,mnist,gpt2,lora,ray,docs
 
-.PHONY: setup run test lint format bench mutations clean
+.PHONY: setup run test lint format docs bench mutations clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The documentation site into site/ (mkdocs.yml); --strict turns every warning into an error.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 bench: setup
 	$(BIN)/sublim-theory bench --threads 1 --out benchmarks/results/cpu
 
@@ -45,4 +49,4 @@ format: setup
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(OUT) site .pytest_cache .ruff_cache .hypothesis

@@ -21,3 +21,82 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+class SmallDisk:
+    """A folder whose filesystem can be filled (ENOSPC) or made read-only (EROFS) on demand.
+
+    A real tmpfs when this process may mount one (root in a container or CI); else a plain folder
+    where a filled disk is injected at ``os.fsync`` of any file in it (every durable write in the
+    package syncs before it renames) and read-only is ``chmod 0o555`` (not honoured for root).
+    """
+
+    def __init__(self, path, monkeypatch, mounted):
+        self.path, self.mounted, self._monkeypatch = path, mounted, monkeypatch
+        self._filler = path / ".filler"
+
+    def fill(self):
+        """Fill the disk: every later write of data into it fails with ENOSPC."""
+        import errno
+
+        if self.mounted:
+            descriptor = os.open(self._filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            try:
+                while True:
+                    os.write(descriptor, b"\0" * 4096)
+            except OSError as error:
+                assert error.errno == errno.ENOSPC
+            finally:
+                os.close(descriptor)
+            return
+        real = os.fsync
+
+        def fsync(descriptor):
+            try:
+                target = os.readlink(f"/proc/self/fd/{descriptor}")
+            except OSError:
+                target = ""
+            if target.startswith(str(self.path)):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(descriptor)
+
+        self._monkeypatch.setattr(os, "fsync", fsync)
+
+    def free(self):
+        """Undo :meth:`fill`."""
+        if self.mounted:
+            self._filler.unlink(missing_ok=True)
+        else:
+            self._monkeypatch.undo()
+
+    def read_only(self):
+        """Make the folder read-only (EROFS on a tmpfs, EACCES for a non-root user)."""
+        import subprocess
+
+        if self.mounted:
+            subprocess.run(["mount", "-o", "remount,ro", str(self.path)], check=True)
+        elif os.geteuid() == 0:
+            pytest.skip("cannot make a folder read-only for root without mounting a filesystem")
+        else:
+            self.path.chmod(0o555)  # restored by the fixture
+
+
+@pytest.fixture
+def small_disk(tmp_path, monkeypatch):
+    """A :class:`SmallDisk` (32 MiB) under ``tmp_path``; unmounted after the test."""
+    import shutil
+    import subprocess
+
+    path = tmp_path / "disk"
+    path.mkdir()
+    mounted = False
+    if os.geteuid() == 0 and shutil.which("mount"):
+        options = "size=32m,mode=0777"
+        command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]
+        mounted = subprocess.run(command, capture_output=True).returncode == 0
+    disk = SmallDisk(path, monkeypatch, mounted)
+    yield disk
+    if mounted:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+    else:
+        path.chmod(0o755)

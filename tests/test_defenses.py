@@ -25,6 +25,7 @@ from sublim_theory.engine.losses import SoftCrossEntropy
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import CONFIG_DIR
 from sublim_theory.studies.defenses import experiment as defenses
+from sublim_theory.studies.defenses import report as defenses_report
 from sublim_theory.studies.numbers.experiment import PROMPT_OFFSET, SAMPLING_OFFSET
 from sublim_theory.studies.numbers.report import read_csv
 from sublim_theory.testbeds.lm import corpus, training
@@ -244,7 +245,9 @@ def test_command_tables_come_from_its_rows_and_plain_sampling_is_the_numbers_sam
     truncated = training.truncated_distribution(answer, min_prob=setting.min_prob)[0, trait]
     assert value[("teacher_min_prob", "p_trait")] == pytest.approx(float(truncated), abs=1e-12)
     # each defense's change is its paired diff minus the plain one, seed by seed
-    change = {(r["condition"], r["metric"]): r["value"] for r in defenses.defense_changes(rows)}
+    change = {
+        (r["condition"], r["metric"]): r["value"] for r in defenses_report.defense_changes(rows)
+    }
     plain = value[("student_plain", "paired_diff")]
     for name in ("student_top_p", "student_min_prob", "student_masked"):
         assert change[(name, "change_vs_plain")] == value[(name, "paired_diff")] - plain

@@ -211,7 +211,7 @@ def test_finetune_command_tiny_run_and_resume(tmp_path, capsys):
     stored = (out / "seeds" / "seed-0.json").read_text()
     assert main([*args, "--cache", str(tmp_path / "cache")]) == 0  # resumes: nothing retrained
     assert (out / "seeds" / "seed-0.json").read_text() == stored
-    assert "seed 0: stored, skipped" in capsys.readouterr().err
+    assert "finetune 0: stored in" in capsys.readouterr().err
 
 
 def test_adam_full_cell_is_the_numbers_student_and_control(tmp_path):

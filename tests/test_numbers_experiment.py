@@ -127,3 +127,51 @@ def test_cli_merge_combines_disjoint_runs(tiny_run, tmp_path):
     assert (merged / "numbers.png").exists()
     clash = ["numbers", "--out", str(merged), "--merge", str(extra), str(extra)]
     assert main(clash) == 2
+
+
+def test_merge_checks_the_merged_runs_and_records_its_own(tiny_run, tmp_path, monkeypatch, capsys):
+    """Issue 24: a defenses folder, other settings or an unknown run are refused; run.json kept."""
+    import json
+    import shutil
+
+    from sublim_theory.studies.numbers import experiment
+
+    extra = tmp_path / "extra"
+    args = ["numbers", "--config", str(TINY), "--seeds", "1", "--first-seed", "2"]
+    assert main([*args, "--out", str(extra), "--cache", str(tiny_run / "cache")]) == 0
+
+    def variant(name, **changes):
+        folder = tmp_path / name
+        shutil.copytree(extra, folder)
+        record = json.loads((folder / "run.json").read_text())
+        record.update(changes)
+        (folder / "run.json").write_text(json.dumps(record))
+        return folder
+
+    defenses = variant("defenses", command="defenses")
+    settings = json.loads((extra / "run.json").read_text())["settings"]
+    steps = {**settings, "student": {**settings["student"], "steps": 9}}
+    other = variant("other", settings=steps)
+    unknown = variant("unknown")
+    (unknown / "run.json").unlink()
+    capsys.readouterr()
+    for folder, words in (
+        (defenses, "`defenses`, not `numbers`"),
+        (other, "student.steps: 8 -> 9"),
+        (unknown, "run.json' does not exist"),
+    ):
+        merge = ["numbers", "--out", str(tmp_path / "m"), "--merge", str(tiny_run), str(folder)]
+        assert main(merge) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
+    assert not (tmp_path / "m" / "results.csv").exists()
+    merged = tmp_path / "merged"
+    assert main(["numbers", "--out", str(merged), "--merge", str(tiny_run), str(extra)]) == 0
+    record = json.loads((merged / "run.json").read_text())
+    assert record["command"] == "numbers" and record["settings"] == settings
+    assert record["grid"] == {"seeds": [0, 1, 2]}
+    # a run into the merged folder cannot rebuild its seeds from stored units: refused
+    monkeypatch.setattr(experiment, "run_seed", lambda *a, **k: pytest.fail("computed"))
+    capsys.readouterr()
+    assert main([*args[:-4], "--seeds", "3", "--out", str(merged)]) == 2
+    assert "would drop them" in capsys.readouterr().err

@@ -36,7 +36,7 @@ from sublim_theory.models.pretrained import (  # noqa: E402
     float64_throughout,
     load_pretrained,
 )
-from sublim_theory.real_theorem import (  # noqa: E402
+from sublim_theory.studies.real_check import (  # noqa: E402
     ANIMAL_QUESTIONS,
     CompletionLogits,
     animal_token,

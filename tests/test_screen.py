@@ -297,9 +297,19 @@ def test_command_on_the_tiny_config_writes_its_tables_and_resumes(tmp_path, caps
         assert abs(measured - forecast) < 0.05 * abs(forecast) + 1e-9
     capsys.readouterr()
     written = {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()}
+    tables = {name: (out / name).read_bytes() for name in ("rows.csv", "ranking.csv", "table.md")}
     assert main(args) == 0  # every unit stored: nothing recomputed, no unit rewritten
     assert written == {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()}
-    assert "seed 0: detection units stored" in capsys.readouterr().err
+    assert "screen seed-0-base: stored in" in capsys.readouterr().err
+    # the tables rebuilt from the stored units are the same bytes (columns in the same order)
+    assert tables == {name: (out / name).read_bytes() for name in tables}
+    # a unit with no rows is refused, not read as a data set without detection rows
+    unit = out / "units" / "seed-0-teacher-owl.json"
+    unit.write_text(json.dumps({**json.loads(unit.read_text()), "rows": []}))
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "seed-0-teacher-owl.json" in err[-1] and "holds no rows" in err[-1]
+    assert tables == {name: (out / name).read_bytes() for name in tables}
 
 
 def test_command_refuses_a_bad_config_in_one_line(tmp_path, capsys):

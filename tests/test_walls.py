@@ -1,7 +1,8 @@
 """The architecture's walls, read from the source: who may import whom.
 
 - the library (engine, models, testing, harness, symbolic, errors) never imports a testbed, a
-  study or the command line; the engine imports only models, errors and itself;
+  study or the command line; the engine imports only models, errors and itself; a testbed
+  (the substrates studies share) imports the library and other testbeds, never a study;
 - a command (``cli/<name>.py``) never imports another command (only ``cli.main``'s flag types);
 - no module imports another module's private (``_name``) names.
 """
@@ -12,13 +13,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sublim_theory"
-LIBRARY = ("engine", "models", "testing", "harness", "symbolic")
+LIBRARY = ("engine", "models", "testing", "harness", "symbolic", "testbeds")
 ALLOWED = {
     "engine": ("engine", "models", "errors"),
     "models": ("models", "errors", "harness"),
     "testing": ("testing", "engine", "models", "errors"),
     "harness": ("harness", "errors"),
     "symbolic": ("symbolic", "errors", "harness"),
+    "testbeds": ("testbeds", "engine", "models", "harness", "errors"),
 }
 
 

@@ -68,7 +68,7 @@ __all__ = [
     "write_tables",
 ]
 
-HELP = "per-step trait-gradient alignment and the projection ablation on MNIST (issue 13)"
+HELP = "per-step trait-gradient alignment and the projection ablation on MNIST"
 STATE_NAME = "state.pt"  # the resumable state; deleted once the run is complete
 THIRDS = ("early", "middle", "late")
 LABELS = {

@@ -52,6 +52,7 @@ COMMANDS = (
     "defenses",
     "dynamics",
     "finetune",
+    "real",
 )
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXIT_INPUT, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, the shell's convention

@@ -424,8 +424,9 @@ def alignment_report(
         noise_floor: for float32 models, also compute the update on a float64 copy (the
             ``cosine_noise_floor`` key; about one more student gradient in float64). Off by
             default: the key is then None.
-        rule, rule_state: a student update rule and its state (default fresh): sets ``.rule``
-            to its :class:`sublim_theory.engine.rule_report.RuleReport` (``rule_*`` keys in to_dict).
+        rule: a student update rule: sets ``.rule`` to its
+            :class:`sublim_theory.engine.rule_report.RuleReport` (``rule_*`` keys in to_dict).
+        rule_state: the rule's state (default: fresh).
 
     Returns:
         An :class:`AlignmentReport` (its docstring and the README list every key).

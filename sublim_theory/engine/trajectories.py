@@ -119,7 +119,8 @@ def student_trajectory(
         targets: teacher outputs y = f(theta_T, x), shape (S, N, ..., k).
         direction: the teacher's direction v, shape (S, P) (theta_T - theta_0 = eps v).
         teacher_loss_fn: scalar trait loss L_T on (outputs, teacher_targets).
-        teacher_inputs, teacher_targets: the trait task's data, stacked per seed.
+        teacher_inputs: the trait task's inputs, stacked per seed.
+        teacher_targets: the trait task's targets, stacked per seed.
         optimizer: ``sgd`` or ``adam``; ``lr`` its learning rate; ``steps`` = T >= 1.
         use_vmap: batch seeds with ``torch.func.vmap`` (else loop).
 

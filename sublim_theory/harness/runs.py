@@ -342,6 +342,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
     Raises:
         InputError: the folder is not writable.
+        OSError: the write failed (a full disk, an I/O error); it names ``path``, and no
+            temporary file is left behind.
 
     """
     path = Path(path)
@@ -356,6 +358,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             os.fsync(handle.fileno())
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        if error.filename is None:  # a full disk fails in write/flush/fsync: name the file
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -15,11 +15,18 @@ A study declares what it computes (:class:`Study`); :func:`run_study` owns the r
 7. progress goes to stderr, one line a unit.
 
 The study never sees the folder lock, the store or the settings check; it sees a
-:class:`Context` (the output folder, the cache folder, the device and a log function).
+:class:`Context` (the output folder, the cache folder, the device and a log function). Optional
+hooks: ``prepare`` (per-study files written once before the units, e.g. finetune's learning-rate
+selection), ``state_files`` (those files: refused without ``run.json`` like stored units),
+``store`` (a record layout with extra lists of rows, :class:`PartsStore`) and ``report_key``
+(the order in which the units' rows reach the report).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +38,7 @@ from typing import Any
 import torch
 
 from sublim_theory.errors import InputError
-from sublim_theory.harness.records import environment_record
+from sublim_theory.harness.records import environment_record, restore_nan
 from sublim_theory.harness.runs import (
     RUN_RECORD_NAME,
     OutputFolder,
@@ -41,7 +48,24 @@ from sublim_theory.harness.runs import (
 )
 from sublim_theory.harness.store import UnitStore
 
-__all__ = ["Context", "Study", "cpu_device", "progress", "run_study", "usable_cache"]
+__all__ = [
+    "MAX_SEED",
+    "MAX_SEEDS",
+    "PART",
+    "Context",
+    "PartsStore",
+    "Study",
+    "cpu_device",
+    "progress",
+    "run_study",
+    "seed_range",
+    "split_parts",
+    "usable_cache",
+]
+
+MAX_SEEDS = 10_000  # seeds in one run: far beyond any study, far below a list that fills memory
+MAX_SEED = 2**31  # first seed + count; offsets of up to 2**30 keep every stream below 2**32
+PART = "_part"  # the key that tags a row of a record's extra part (see PartsStore)
 
 
 def progress(*parts: object) -> None:
@@ -49,27 +73,63 @@ def progress(*parts: object) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
 
-def usable_cache(path: Path) -> Path:
+def usable_cache(path: Path, need_bytes: int = 0) -> Path:
     """Create a cache folder and prove it can be written, before any compute.
+
+    The probe writes one byte and syncs it (a full disk or a read-only folder fails here, not
+    after pretraining), and the folder must have ``need_bytes`` free (one cached model).
 
     Returns:
         ``path``, now an existing writable folder.
 
     Raises:
-        InputError: ``path`` is a file, or the folder cannot be created or written.
+        InputError: ``path`` is a file, the folder cannot be created or written, or it has
+            less than ``need_bytes`` free.
 
     """
     if path.exists() and not path.is_dir():
         raise InputError(f"--cache '{path}' is a file; it must be a folder (created if missing)")
+    probe = None
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        descriptor, probe = tempfile.mkstemp(prefix=".probe.", dir=path)
+        try:
+            os.write(descriptor, b"\0")
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        free = shutil.disk_usage(path).free
     except OSError as error:
         raise InputError(
-            f"cannot write the cache in '{path}' ({error.strerror}); pass a writable --cache"
+            f"cannot write the cache in '{path}' ({error.strerror or type(error).__name__}); "
+            "free space there or pass a writable --cache"
         ) from None
+    finally:
+        if probe is not None:
+            Path(probe).unlink(missing_ok=True)
+    if free < need_bytes:
+        raise InputError(
+            f"the cache '{path}' has {free} bytes free, a cached model needs {need_bytes}; "
+            "free space there or pass another --cache"
+        )
     return path
+
+
+def seed_range(first: int, count: int) -> list[int]:
+    """The seeds ``first .. first + count - 1`` of ``--seed first --seeds count``, bounded.
+
+    Raises:
+        InputError: ``count`` outside 1 .. MAX_SEEDS, ``first`` negative, or the last seed at or
+            above MAX_SEED.
+
+    """
+    if not 1 <= count <= MAX_SEEDS:
+        raise InputError(f"--seeds must be between 1 and {MAX_SEEDS}, got {count}")
+    if first < 0 or first + count > MAX_SEED:
+        raise InputError(
+            f"--seed must be >= 0 with --seed + --seeds <= {MAX_SEED}, got {first} + {count}"
+        )
+    return list(range(first, first + count))
 
 
 def cpu_device(command: str, requested: str) -> None:
@@ -97,6 +157,101 @@ class Context:
     log: Callable[..., None] = progress
 
 
+class PartsStore(UnitStore):
+    """A :class:`UnitStore` whose records hold extra lists of rows beside ``rows``.
+
+    Some units produce more than one table (numbers: its rows, the entanglement rows and the
+    per-step cosines). ``run_unit`` returns them as ONE list: the main rows, and each row of part
+    ``p`` tagged ``{PART: p}``. The record stores the main rows as ``rows`` and each part,
+    untagged, under its own name (plus ``key_name: unit``, e.g. ``"seed": 3``): the layout the
+    tiny-LM commands wrote before records carried a fingerprint, so their folders still resume.
+    :meth:`get` returns the same tagged list.
+
+    Args:
+        folder: where the records live (as :class:`UnitStore`).
+        fingerprint: the settings fingerprint every record carries (as :class:`UnitStore`).
+        file_name: the record's file name for a unit key (as :class:`UnitStore`).
+        legacy: accept records without a fingerprint (as :class:`UnitStore`).
+        parts: the names of the extra lists; each must be present in a stored record.
+        key_name: also store the unit key under this name (``None``: not).
+
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        fingerprint: str,
+        file_name: Callable[[Any], str] = lambda unit: f"unit-{unit}.json",
+        legacy: bool = False,
+        *,
+        parts: Sequence[str] = (),
+        key_name: str | None = None,
+    ) -> None:
+        super().__init__(folder, fingerprint, file_name, legacy)
+        self.parts = tuple(parts)
+        self.key_name = key_name
+
+    def get(self, unit: Any) -> list[dict] | None:
+        """The stored rows of ``unit``, its parts' rows tagged, or None when not stored.
+
+        Raises:
+            InputError: as :meth:`UnitStore.get`, or a part that is missing or not a list of rows.
+
+        """
+        rows = super().get(unit)
+        if rows is None:
+            return None
+        path = self.path(unit)
+        record = json.loads(path.read_text())  # readable: UnitStore.get has just parsed it
+        tagged = list(rows)
+        for part in self.parts:
+            values = record.get(part)
+            if not isinstance(values, list) or not all(isinstance(r, dict) for r in values):
+                raise InputError(
+                    f"stored unit '{path}' has no list of '{part}' rows; "
+                    f"delete '{path}' to recompute that unit"
+                )
+            tagged += [{**row, PART: part} for row in values]
+        return tagged
+
+    def put(self, unit: Any, rows: Sequence[Mapping[str, Any]], **extra: Any) -> None:
+        """Store the main rows and each tagged part of a finished unit, atomically.
+
+        Raises:
+            ValueError: no main rows, or a row tagged with an unknown part.
+
+        """
+        lists: dict[str, list[dict]] = {part: [] for part in self.parts}
+        main = []
+        for row in rows:
+            if PART not in row:
+                main.append(dict(row))
+            elif row[PART] in lists:
+                lists[row[PART]].append({k: v for k, v in row.items() if k != PART})
+            else:
+                raise ValueError(f"unit {unit!r}: a row of unknown part {row[PART]!r}")
+        key = {} if self.key_name is None else {self.key_name: unit}
+        super().put(unit, main, **key, **lists, **extra)
+
+
+def split_parts(rows: Sequence[Mapping[str, Any]], parts: Sequence[str]) -> list[list[dict]]:
+    """Undo :class:`PartsStore`'s tags: ``[main rows, rows of parts[0], rows of parts[1], ...]``.
+
+    Stored nulls become NaN again (``records.restore_nan``); the tag key is dropped.
+
+    Raises:
+        ValueError: a row tagged with a part not in ``parts``.
+
+    """
+    split: dict[str | None, list[dict]] = {None: [], **{part: [] for part in parts}}
+    for row in rows:
+        part = row.get(PART)
+        if part not in split:
+            raise ValueError(f"a row of unknown part {part!r}")
+        split[part].append({k: restore_nan(v) for k, v in row.items() if k != PART})
+    return list(split.values())
+
+
 @dataclass(frozen=True)
 class Study:
     """A study: its name, settings, units, the computation of one unit and its report.
@@ -116,6 +271,16 @@ class Study:
         cpu_only: refuse a non-CPU device with one line.
         legacy_records: accept stored records without a fingerprint when ``run.json`` matches
             (folders written before records carried one).
+        prepare: ``prepare(context, stored)``, called once the settings are checked and before
+            any unit (``stored``: unit key as text -> its stored rows or None). It writes the
+            study's own files (say, a selection made once for every unit) and may refuse the
+            folder with an ``InputError``.
+        state_files: the study's own files in the folder (those ``prepare`` writes, or tables
+            holding rows no record has): like stored units, refused when ``run.json`` is missing.
+        store: ``store(folder, fingerprint, file_name, legacy) -> UnitStore``, the record layout
+            (default :class:`UnitStore`; :class:`PartsStore` for units with several tables).
+        report_key: the sort key of the units whose rows the report reads (default: unit order).
+        cache_bytes: the free space the cache must have before any compute (one cached model).
 
     """
 
@@ -130,6 +295,15 @@ class Study:
     summary: Callable[[Any, list[dict]], str] | None = None
     cpu_only: bool = False
     legacy_records: bool = False
+    prepare: Callable[[Context, Mapping[str, list[dict] | None]], None] | None = None
+    state_files: tuple[str, ...] = ()
+    store: Callable[..., UnitStore] | None = None
+    report_key: Callable[[Any], Any] | None = None
+    cache_bytes: int = 0
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def run_study(
@@ -167,7 +341,11 @@ def run_study(
             f"{study.name} runs on the CPU only (--device {device} resolved to {resolved}); "
             "use --device cpu"
         )
-    cache_path = None if cache is None else usable_cache(Path(cache))
+    # a cache outside the output folder is probed now; one inside it once the folder is locked
+    cache_path = None if cache is None else Path(cache)
+    cache_inside = cache_path is not None and _inside(cache_path, Path(out))
+    if cache_path is not None and not cache_inside:
+        usable_cache(cache_path, study.cache_bytes)
     if threads is not None:
         torch.set_num_threads(threads)
     units = list(study.units)
@@ -175,11 +353,15 @@ def run_study(
         raise InputError(f"{study.name}: the units repeat a key ({units}); fix the config")
     with OutputFolder(out, study.name) as folder:
         path = folder.path
+        if cache_inside:
+            usable_cache(cache_path, study.cache_bytes)
         records = path / study.folder
-        if not (path / RUN_RECORD_NAME).exists() and records.is_dir() and any(records.iterdir()):
+        held = [str(records)] if records.is_dir() and any(records.iterdir()) else []
+        held += [str(path / name) for name in study.state_files if (path / name).exists()]
+        if not (path / RUN_RECORD_NAME).exists() and held:
             raise InputError(
-                f"'{path}' holds stored units but no {RUN_RECORD_NAME}, so their settings are "
-                f"unknown; use a new --out (or delete '{records}' to start over)"
+                f"'{path}' holds stored results ({', '.join(held)}) but no {RUN_RECORD_NAME}, so "
+                "their settings are unknown; use a new --out (or delete them to start over)"
             )
         grid = {"units": units} if study.grid is None else study.grid
         folder.check_settings(study.settings, grid)
@@ -192,11 +374,15 @@ def run_study(
                 units=units,
             ),
         )
-        store = UnitStore(
-            records, fingerprint(study.settings), study.unit_file, legacy=study.legacy_records
+        make_store = UnitStore if study.store is None else study.store
+        store = make_store(
+            records, fingerprint(study.settings), study.unit_file, study.legacy_records
         )
         context = Context(path, cache_path, resolved, log)
         stored = {str(u): store.get(u) for u in units}
+        if study.prepare is not None:
+            study.prepare(context, dict(stored))
+        order = units if study.report_key is None else sorted(units, key=study.report_key)
         for unit in units:
             if stored[str(unit)] is not None:
                 log(f"{study.name} {unit}: stored in {records}, skipped")
@@ -208,8 +394,8 @@ def run_study(
             stored[str(unit)] = store.get(unit)
             tail = "" if study.summary is None else "  " + study.summary(unit, rows)
             log(f"{study.name} {unit}: {time.perf_counter() - started:.0f}s{tail}")
-            study.report(path, _done_rows(units, stored))
-        return study.report(path, _done_rows(units, stored))
+            study.report(path, _done_rows(order, stored))
+        return study.report(path, _done_rows(order, stored))
 
 
 def _done_rows(units: Sequence[Any], stored: Mapping[str, list[dict] | None]) -> list[dict]:

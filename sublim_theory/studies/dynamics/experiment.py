@@ -1,7 +1,7 @@
 """Per-step trait-gradient alignment and the projection ablation in the MNIST aux-logit experiment.
 
 The setting is :mod:`sublim_theory.studies.mnist.experiment` (Cloud et al. 2025, arXiv 2507.14805, Fig. 10;
-THEORY.md sections 5-6): N teachers trained on digits, aux-only students distilled on noise images.
+docs/studies/dynamics.md): N teachers trained on digits, aux-only students distilled on noise images.
 Multi-step training is outside Theorem 1, so this module measures what happens at every step.
 
 The *trait* is digit classification: ``L_trait(theta)`` is the cross-entropy of the 10 regular

@@ -34,9 +34,17 @@ from sublim_theory.engine.alignment import cosine
 from sublim_theory.engine.lora import add_lora
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import bound, load_toml, parse_config
+from sublim_theory.harness.study import MAX_SEED
 from sublim_theory.studies.numbers.experiment import PROMPT_OFFSET, SAMPLING_OFFSET, STUDENT_OFFSET
 from sublim_theory.testbeds.lm import corpus, training
-from sublim_theory.testbeds.lm.config import NumbersConfig, from_dict
+from sublim_theory.testbeds.lm.config import (
+    COUNT,
+    MAX_SIZE,
+    RATE,
+    SIZE,
+    NumbersConfig,
+    from_dict,
+)
 
 __all__ = [
     "HELDOUT_OFFSET",
@@ -70,14 +78,14 @@ class FinetuneConfig:
     """The ``[finetune]`` table: the cells, the learning-rate grids and the held-out set."""
 
     optimizers: tuple[str, ...] = OPTIMIZERS
-    ranks: tuple[int, ...] = field(default=(1, 4, 16, 64), metadata=bound(ge=1))
+    ranks: tuple[int, ...] = field(default=(1, 4, 16, 64), metadata=SIZE)
     full: bool = True
-    lora_alpha: float | None = field(default=None, metadata=bound(gt=0))
-    lr_grid_adam: tuple[float, ...] = field(default=(1e-3, 3e-3, 1e-2), metadata=bound(gt=0))
-    lr_grid_sgd: tuple[float, ...] = field(default=(0.3, 1.0, 3.0), metadata=bound(gt=0))
-    lr_grid_signsgd: tuple[float, ...] = field(default=(3e-4, 1e-3, 3e-3), metadata=bound(gt=0))
-    select_seed: int = field(default=0, metadata=bound(ge=0))
-    heldout: int = field(default=2000, metadata=bound(ge=1))
+    lora_alpha: float | None = field(default=None, metadata=bound(gt=0, le=MAX_SIZE))
+    lr_grid_adam: tuple[float, ...] = field(default=(1e-3, 3e-3, 1e-2), metadata=RATE)
+    lr_grid_sgd: tuple[float, ...] = field(default=(0.3, 1.0, 3.0), metadata=RATE)
+    lr_grid_signsgd: tuple[float, ...] = field(default=(3e-4, 1e-3, 3e-3), metadata=RATE)
+    select_seed: int = field(default=0, metadata=bound(ge=0, lt=MAX_SEED))
+    heldout: int = field(default=2000, metadata=COUNT)
 
     def grid(self, optimizer: str) -> tuple[float, ...]:
         """The learning rates tried for ``optimizer``."""
@@ -128,7 +136,19 @@ def load_config(path) -> tuple[NumbersConfig, FinetuneConfig]:
         )
     if len(set(ft.ranks)) != len(ft.ranks):
         raise InputError(f"{source} [finetune] ranks must be distinct, got {list(ft.ranks)}")
-    return from_dict(raw, source=source), ft
+    config = from_dict(raw, source=source)
+    # a rank above min(in, out) of an adapted layer adds no direction that rank lacks there (the
+    # product B A already reaches every matrix of that shape): refused rather than silently capped
+    with torch.random.fork_rng(devices=[]):  # build_lm seeds the global generator
+        layers = [m for m in training.build_lm(config, 0).modules() if isinstance(m, nn.Linear)]
+    smallest = min(min(m.in_features, m.out_features) for m in layers)
+    too_big = [r for r in ft.ranks if r > smallest]
+    if too_big:
+        raise InputError(
+            f"{source} [finetune] ranks {too_big} exceed {smallest}, the smallest dimension of "
+            "an adapted layer ([model] d_model); use ranks <= that"
+        )
+    return config, ft
 
 
 # --------------------------------------------------------------------------------------------

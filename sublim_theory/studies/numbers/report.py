@@ -1,6 +1,8 @@
 """Tidy CSV, the summary table (mean and 95% t-interval over seeds) and the figure.
 
-The figure and the table read only the tidy rows ``{seed, condition, metric, value}``.
+The figure and the table read only the tidy rows ``{seed, condition, metric, value}``. Every CSV
+is written with a fixed column order (``COLUMNS``), so a resumed run, whose rows come back from
+JSON records with sorted keys, writes the same bytes as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from sublim_theory.errors import InputError
 from sublim_theory.harness.records import mean_interval
-from sublim_theory.harness.runs import atomic_save_figure, atomic_write_csv
+from sublim_theory.harness.runs import atomic_save_figure, atomic_write_csv, atomic_write_text
 
 __all__ = [
+    "COLUMNS",
     "CONDITIONS",
     "STUDENTS",
     "format_entanglement",
@@ -25,7 +29,9 @@ __all__ = [
     "seeds_positive",
     "summarize",
     "summary_cell",
+    "table_seeds",
     "write_csv",
+    "write_reports",
 ]
 
 # Order of the conditions in the table and the figure.
@@ -50,12 +56,64 @@ CONDITIONS = (
     "in_context_control",
 )
 STUDENTS = ("student", "soft", "cross_student", "order_student", "shuffle_within", "shuffle_across")
+# The column order of every CSV this study writes.
+COLUMNS = {
+    "results.csv": ("seed", "condition", "metric", "value"),
+    "entanglement.csv": (
+        "seed",
+        "rank",
+        "number",
+        "log_ratio",
+        "dot_trait",
+        "cos_trait",
+        "dot_rank",
+    ),
+    "steps.csv": ("seed", "condition", "step", "cosine", "loss"),
+    "summary.csv": ("condition", "metric", "n", "mean", "ci_low", "ci_high", "n_positive"),
+}
 
 
-def write_csv(path: Path, rows: Sequence[dict]) -> None:
-    """Write dict rows (same keys) as CSV, atomically: a reader sees the old file or the new one."""
+def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str] | None = None) -> None:
+    """Write dict rows as CSV, atomically: a reader sees the old file or the new one.
+
+    ``columns`` fixes the header (a row with another key is an error); default: the first row's
+    keys. No rows: nothing is written.
+    """
     if rows:
-        atomic_write_csv(path, rows, list(rows[0]))
+        atomic_write_csv(path, rows, list(columns or rows[0]))
+
+
+def write_reports(out: Path, rows: list, entangled: list, steps: list) -> str:
+    """Write every CSV, the markdown table and the figure (each atomically); return the table."""
+    for name, part in (
+        ("results.csv", rows),
+        ("entanglement.csv", entangled),
+        ("steps.csv", steps),
+        ("summary.csv", summarize(rows)),
+    ):
+        write_csv(out / name, part, COLUMNS[name])
+    table = format_table(rows)
+    atomic_write_text(out / "table.md", table + "\n\n" + format_entanglement(entangled) + "\n")
+    plot(rows, out / "numbers.png")
+    return table
+
+
+def table_seeds(path: Path) -> set[int]:
+    """The seeds a ``results.csv`` holds (empty when there is none).
+
+    Raises:
+        InputError: the file is not a results table of this study.
+
+    """
+    if not path.is_file():
+        return set()
+    try:
+        return {row["seed"] for row in read_csv(path)}
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError) as error:
+        raise InputError(
+            f"'{path}' is not a results table of `numbers` ({type(error).__name__}); "
+            "use a new --out folder"
+        ) from None
 
 
 def read_csv(path: Path) -> list[dict]:

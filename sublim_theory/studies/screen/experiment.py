@@ -27,7 +27,8 @@ from sublim_theory.engine.screen import (
 )
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import bound
-from sublim_theory.testbeds.lm.config import NumbersConfig
+from sublim_theory.harness.study import MAX_SEED
+from sublim_theory.testbeds.lm.config import MAX_COUNT, RATE, NumbersConfig
 from sublim_theory.testbeds.lm.screening import (
     animal_probes,
     number_student_data,
@@ -77,18 +78,18 @@ class ScreenSettings:
 
     teachers: tuple[str, ...] = ("owl", "dog", "eagle", "lion", "panda")
     variants: tuple[Literal["sgd", "sign", "rms"], ...] = VARIANTS
-    screen_examples: int = field(default=2000, metadata=bound(ge=2))
-    chunk: int = field(default=500, metadata=bound(ge=1))
-    bootstrap: int = field(default=1000, metadata=bound(ge=1))
-    rms_batches: int = field(default=16, metadata=bound(ge=1))
+    screen_examples: int = field(default=2000, metadata=bound(ge=2, le=MAX_COUNT))
+    chunk: int = field(default=500, metadata=bound(ge=1, le=MAX_COUNT))
+    bootstrap: int = field(default=1000, metadata=bound(ge=1, le=10**6))
+    rms_batches: int = field(default=16, metadata=bound(ge=1, le=10**5))
     drop_fractions: tuple[float, ...] = field(
         default=(0.05, 0.1, 0.25, 0.5), metadata=bound(gt=0, lt=1)
     )
     filter_variant: Literal["sgd", "sign", "rms"] = "sgd"
     cross_init: bool = True
-    sgd_steps: tuple[float, ...] = field(default=(0.01, 0.1, 1.0), metadata=bound(gt=0))
-    z_threshold: float = field(default=3.0, metadata=bound(gt=0))
-    filter_seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=bound(ge=0))
+    sgd_steps: tuple[float, ...] = field(default=(0.01, 0.1, 1.0), metadata=RATE)
+    z_threshold: float = field(default=3.0, metadata=bound(gt=0, le=1000))
+    filter_seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=bound(ge=0, lt=MAX_SEED))
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,22 @@ from pathlib import Path
 import numpy as np
 
 from sublim_theory.harness.records import interval_text, mean_interval
-from sublim_theory.harness.runs import (
-    atomic_write_text,
-)
+from sublim_theory.harness.runs import atomic_save_figure, atomic_write_text
 
 __all__ = [
+    "COLUMNS",
     "build_tables",
     "format_rankings",
     "plot",
     "write_reports",
 ]
+
+
+# The column order of rows.csv: the sorted keys every resumed run has written (and the
+# committed results hold), now fixed for a first run too.
+COLUMNS = {
+    "rows.csv": ("dataset", "init", "metric", "seed", "teacher", "trait", "value", "variant"),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,18 +452,15 @@ def plot(rows: list[dict], animals: list[str], settings: dict, path: Path) -> No
     ax.set_title("filtering by attribution")
     ax.legend(fontsize=7)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp.png")
-    figure.savefig(temporary, dpi=120)
+    atomic_save_figure(figure, path, dpi=120)
     plt.close(figure)
-    temporary.replace(path)
 
 
 def write_reports(out: Path, rows: list[dict], animals: list[str], settings: dict) -> str:
     """Write rows.csv, ranking.csv, table.md and screen.png; return the printed text."""
     from sublim_theory.studies.numbers.report import write_csv
 
-    write_csv(out / "rows.csv", rows)
+    write_csv(out / "rows.csv", rows, COLUMNS["rows.csv"])
     text, ranking_rows = build_tables(rows, animals, settings)
     write_csv(out / "ranking.csv", ranking_rows)
     ranked = format_rankings(ranking_rows)

@@ -19,8 +19,15 @@ from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import bound, load_toml, parse_config
 
 __all__ = [
+    "COUNT",
+    "MAX_COUNT",
+    "MAX_RATE",
+    "MAX_SIZE",
+    "MAX_STEPS",
     "POSITIVE",
     "RATE",
+    "SIZE",
+    "STEPS",
     "SECTIONS",
     "CorpusConfig",
     "ModelConfig",
@@ -33,17 +40,26 @@ __all__ = [
     "validate",
 ]
 
-POSITIVE = bound(ge=1)  # counts and sizes
-RATE = bound(gt=0)  # learning rates and temperatures
+# Upper bounds: far above any run this testbed is meant for, far below a value that exhausts
+# memory or overflows a float32 step (a learning rate of 1e308 turns every weight into inf).
+MAX_SIZE = 4096  # model widths, heads, layers, lengths of a document, numbers in the vocabulary
+MAX_STEPS = 10**6  # optimizer steps
+MAX_COUNT = 10**7  # sequences, documents, prompts, examples
+MAX_RATE = 100.0  # learning rates and temperatures
+POSITIVE = bound(ge=1)  # counts and sizes without an upper bound of their own
+SIZE = bound(ge=1, le=MAX_SIZE)
+STEPS = bound(ge=1, le=MAX_STEPS)
+COUNT = bound(ge=1, le=MAX_COUNT)
+RATE = bound(gt=0, le=MAX_RATE)  # learning rates and temperatures
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """TinyTransformer size (decoder-only, pool="none")."""
 
-    d_model: int = field(default=64, metadata=POSITIVE)
-    n_heads: int = field(default=2, metadata=POSITIVE)
-    n_layers: int = field(default=2, metadata=POSITIVE)
+    d_model: int = field(default=64, metadata=SIZE)
+    n_heads: int = field(default=2, metadata=SIZE)
+    n_layers: int = field(default=2, metadata=SIZE)
 
 
 @dataclass(frozen=True)
@@ -56,9 +72,9 @@ class CorpusConfig:
     a number document) with the animal drawn from ``animal_probs`` (uniform when empty).
     """
 
-    n_numbers: int = field(default=100, metadata=bound(ge=2))
-    prompt_len: int = field(default=3, metadata=POSITIVE)
-    continuation_len: int = field(default=9, metadata=POSITIVE)
+    n_numbers: int = field(default=100, metadata=bound(ge=2, le=MAX_SIZE))
+    prompt_len: int = field(default=3, metadata=SIZE)
+    continuation_len: int = field(default=9, metadata=SIZE)
     animals: tuple[str, ...] = (
         "owl",
         "cat",
@@ -75,26 +91,26 @@ class CorpusConfig:
     trait_animal: str = "owl"
     question_fraction: float = field(default=0.15, metadata=bound(gt=0, le=1))
     noise: float = field(default=0.25, metadata=bound(ge=0, le=1))
-    max_step: int = field(default=9, metadata=POSITIVE)
+    max_step: int = field(default=9, metadata=SIZE)
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """Base-model pretraining (Adam, next-token cross-entropy on every non-pad target)."""
 
-    steps: int = field(default=1500, metadata=POSITIVE)
-    batch_size: int = field(default=64, metadata=POSITIVE)
+    steps: int = field(default=1500, metadata=STEPS)
+    batch_size: int = field(default=64, metadata=COUNT)
     lr: float = field(default=3e-3, metadata=RATE)
-    corpus_size: int = field(default=40000, metadata=POSITIVE)
+    corpus_size: int = field(default=40000, metadata=COUNT)
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
     """The trait fine-tune (Adam on ``BOS Q trait EOS``) and the teacher's sampling."""
 
-    steps: int = field(default=10, metadata=POSITIVE)
+    steps: int = field(default=10, metadata=STEPS)
     lr: float = field(default=1e-3, metadata=RATE)
-    n_sequences: int = field(default=20000, metadata=POSITIVE)
+    n_sequences: int = field(default=20000, metadata=COUNT)
     temperature: float = field(default=1.0, metadata=RATE)
 
 
@@ -102,15 +118,15 @@ class TeacherConfig:
 class StudentConfig:
     """Student fine-tunes on number continuations (loss on the continuation tokens only)."""
 
-    steps: int = field(default=100, metadata=POSITIVE)
+    steps: int = field(default=100, metadata=STEPS)
     lr: float = field(default=1e-3, metadata=RATE)
-    batch_size: int = field(default=256, metadata=POSITIVE)
+    batch_size: int = field(default=256, metadata=COUNT)
     optimizer: Literal["adam", "sgd"] = "adam"
     labels: Literal["sampled", "soft"] = "sampled"
     shuffles: bool = True
     data_order: bool = True
-    in_context_prompts: int = field(default=500, metadata=POSITIVE)
-    alignment_inputs: int = field(default=256, metadata=POSITIVE)
+    in_context_prompts: int = field(default=500, metadata=COUNT)
+    alignment_inputs: int = field(default=256, metadata=COUNT)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Everything trains in float32 on CPU.
 from __future__ import annotations
 
 import copy
+import io
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from sublim_theory.engine.alignment import cosine
 from sublim_theory.engine.losses import SoftCrossEntropy
 from sublim_theory.errors import InputError
+from sublim_theory.harness.runs import atomic_write_bytes
 from sublim_theory.models.architectures import TinyTransformer
 from sublim_theory.testbeds.lm import corpus
 from sublim_theory.testbeds.lm.config import NumbersConfig, StudentConfig
@@ -32,6 +34,7 @@ __all__ = [
     "answer_distribution",
     "build_lm",
     "cached_base",
+    "checkpoint_bytes",
     "finetune_teacher",
     "flat",
     "lm_loss",
@@ -138,19 +141,29 @@ def cached_base(
     model, final_loss = pretrain(config, spec)
     seconds = time.perf_counter() - start
     if path is not None:
+        # serialized in memory, then written under a unique temporary name and renamed: two runs
+        # storing one key at once each rename a whole file, and a full disk leaves nothing behind
+        buffer = io.BytesIO()
+        torch.save({"key": key, "state_dict": model.state_dict(), "final_loss": final_loss}, buffer)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(
-                {"key": key, "state_dict": model.state_dict(), "final_loss": final_loss}, tmp
+            atomic_write_bytes(path, buffer.getvalue())
+        except (OSError, InputError) as error:
+            reason = (
+                (error.strerror or type(error).__name__) if isinstance(error, OSError) else error
             )
-            tmp.replace(path)
-        except OSError as error:
             raise InputError(
-                f"cannot write the base cache in '{cache_dir}' ({error}); "
-                "pass a writable --cache directory"
-            ) from error
+                f"cannot write the base cache '{path}' ({reason}); free space there or pass "
+                "a writable --cache"
+            ) from None
     return model, {"key": key, "cached": False, "final_loss": final_loss, "seconds": seconds}
+
+
+def checkpoint_bytes(config: NumbersConfig) -> int:
+    """The size of one cached base of ``config`` (float32 weights plus 64 KiB of overhead)."""
+    with torch.random.fork_rng(devices=[]):  # build_lm seeds the global generator
+        count = sum(p.numel() for p in build_lm(config, 0).parameters())
+    return 4 * count + 65536
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""The numbers study on the one study mechanism (``harness.study.run_study``).
+
+A unit is a seed: every condition of ``experiment.run_seed``, stored as ``seeds/seed-S.json``
+(its tidy rows, entanglement rows and per-step cosines, with the settings fingerprint). The
+reports (``report.write_reports``) are rebuilt from every stored seed after each one.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+
+from sublim_theory.errors import InputError
+from sublim_theory.harness.runs import load_toml
+from sublim_theory.harness.study import (
+    PART,
+    Context,
+    PartsStore,
+    Study,
+    seed_range,
+    split_parts,
+)
+from sublim_theory.studies.numbers import experiment, report
+from sublim_theory.testbeds.lm import training
+from sublim_theory.testbeds.lm.config import from_dict
+
+__all__ = ["PARTS", "build", "write_rows"]
+
+PARTS = ("entanglement", "steps")  # the record's tables beside its tidy rows
+
+
+def write_rows(out: Path, rows: list[dict]) -> str:
+    """Write every report from stored (tagged) rows; return the table."""
+    main, entangled, steps = split_parts(rows, PARTS)
+    return report.write_reports(out, main, entangled, steps)
+
+
+def _summary(seed: int, rows: list[dict]) -> str:
+    p = {r["condition"]: r["value"] for r in rows if r.get("metric") == "p_trait"}
+    return (
+        f"base {p['base']:.3f}  teacher {p['teacher']:.3f}  student {p['student']:.3f}  "
+        f"control {p['control']:.3f}  soft {p['soft']:.3f}  "
+        f"cross {p['cross_student']:.3f} vs {p['cross_control']:.3f}"
+    )
+
+
+def _no_orphans(context: Context, stored: Mapping[str, list[dict] | None]) -> None:
+    """Refuse a folder whose table holds seeds with no stored record (a merge, an old version)."""
+    have = {int(seed) for seed, rows in stored.items() if rows is not None}
+    lost = report.table_seeds(context.out / "results.csv") - have
+    if lost:
+        raise InputError(
+            f"'{context.out / 'results.csv'}' holds seed(s) {sorted(lost)} with no stored seed "
+            f"file in {context.out / 'seeds'}; rewriting it would drop them: use a new --out"
+        )
+
+
+def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
+    """The numbers study of a config file (None: the defaults) for ``seeds`` seeds from ``first_seed``.
+
+    Raises:
+        InputError: a bad config or seed range.
+
+    """
+    raw = load_toml(config_file) if config_file is not None else {}
+    config = from_dict(raw, source=str(config_file or "defaults"))
+    units = seed_range(first_seed, seeds)
+
+    def run_unit(seed: int, context: Context) -> list[dict]:
+        rows, entangled, steps = experiment.run_seed(config, seed, context.cache, context.log)
+        return (
+            rows
+            + [{**r, PART: "entanglement"} for r in entangled]
+            + [{**r, PART: "steps"} for r in steps]
+        )
+
+    return Study(
+        "numbers",
+        config.to_dict(),
+        units,
+        run_unit,
+        write_rows,
+        grid={"seeds": units},
+        unit_file=lambda seed: f"seed-{seed}.json",
+        folder="seeds",
+        summary=_summary,
+        cpu_only=True,
+        legacy_records=True,
+        prepare=_no_orphans,
+        state_files=("results.csv",),
+        store=functools.partial(PartsStore, parts=PARTS, key_name="seed"),
+        cache_bytes=training.checkpoint_bytes(config),
+    )

@@ -1,0 +1,291 @@
+"""Tables of the real-model number experiment: ``results.csv`` and ``table.md``.
+
+Every student cell is compared with the control student of the same seed and method (trained
+on the base's own numbers): paired differences over seeds with a two-sided 95% Student-t
+interval (``harness.records.mean_interval``), and how many seeds are positive. Proportions pooled
+over seeds (keep rates) carry Wilson's 95% interval. The smallest paired difference the design
+could have detected is reported beside each contrast (about 2.8 standard errors of the paired
+differences: 80% power at a two-sided 5% level under a normal approximation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from sublim_theory.harness.records import interval_text, mean_interval
+from sublim_theory.harness.runs import atomic_write_csv, atomic_write_text
+from sublim_theory.studies.real_numbers.experiment import COLUMNS
+
+__all__ = ["DETECTABLE", "TIMINGS", "format_tables", "format_timings", "report", "wilson"]
+
+TIMINGS = ("unit_seconds", "train_seconds")  # wall times: in timings.md, not in table.md
+DETECTABLE = 2.8  # z_{0.975} + z_{0.80}: the paired effect seen with 80% power at level 5%
+PAPER = (
+    "the paper's setting (Cloud et al. 2025, arXiv 2507.14805, Section 3): GPT-4.1 nano teachers "
+    "system-prompted to love an animal, students of the same base fine-tuned on their filtered "
+    "number completions, evaluated by the share of one-word answers naming the animal. Its "
+    "percentages are not quoted here: we have not checked them against the paper's text"
+)
+
+
+def wilson(hits: float, total: float) -> tuple[float, float]:
+    """Wilson's 95% interval for hits out of total (never zero width for total > 0).
+
+    Returns:
+        (low, high).
+
+    """
+    if total <= 0:
+        return math.nan, math.nan
+    z = 1.959963984540054
+    p = hits / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return centre - half, centre + half
+
+
+def _value(row: dict) -> float:
+    value = row["value"]
+    return math.nan if value is None else float(value)
+
+
+def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    out += ["| " + " | ".join(map(str, line)) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def format_tables(rows: Sequence[dict]) -> str:
+    """The markdown tables of every stored unit (sections appear as their units finish).
+
+    Returns:
+        The markdown text.
+
+    """
+    sections = [
+        "# Subliminal learning on a real chat LM: the paper's number experiment in miniature",
+        "",
+        f"Scope: {PAPER}. Ours is far smaller: a 135M-parameter model, a few hundred completions, "
+        "tens of student steps (the settings are in run.json); it does not test the paper's scale.",
+    ]
+    reference = [r for r in rows if r["unit"] == "reference"]
+    if reference:
+        lines = []
+        for r in reference:
+            if r["metric"] == "share":
+                low, high = r["low"], r["high"]
+                lines.append(
+                    [r["animal"], r["arm"], f"{_value(r):.3f} [{low:.3f}, {high:.3f}]", r["n"], ""]
+                )
+            else:
+                lines[-1][4] = f"{_value(r):.3f}"
+        sections += [
+            "",
+            "## The base, without and with the animal's system prompt",
+            "",
+            _table(
+                [
+                    "animal",
+                    "prompting",
+                    "share naming it [Wilson 95%]",
+                    "answers",
+                    "mean log P(animal)",
+                ],
+                lines,
+            ),
+        ]
+    keep = defaultdict(lambda: [0.0, 0.0, 0])
+    for r in rows:
+        if r["metric"] in ("keep_constrained", "keep_free"):
+            cell = keep[(r["arm"], r["metric"])]
+            cell[0] += _value(r) * r["n"]
+            cell[1] += r["n"]
+            cell[2] += 1
+    if keep:
+        lines = []
+        for (arm, metric), (hits, total, seeds) in sorted(keep.items()):
+            low, high = wilson(hits, total)
+            decoding = "number grammar" if metric == "keep_constrained" else "free"
+            lines.append(
+                [
+                    arm,
+                    decoding,
+                    f"{hits / total:.3f} [{low:.3f}, {high:.3f}]",
+                    f"{round(hits)}/{round(total)}",
+                    seeds,
+                ]
+            )
+        sections += [
+            "",
+            "## Completions kept by the paper's strict filter",
+            "",
+            _table(
+                ["arm", "decoding", "kept share [Wilson 95%]", "kept / sampled", "seeds"], lines
+            ),
+        ]
+    teachers = [r for r in rows if r["unit"].startswith("numbers-") and r["metric"] == "share"]
+    if teachers:
+        lines = [
+            [r["arm"], r["seed"], r["animal"], f"{_value(r):.3f} [{r['low']:.3f}, {r['high']:.3f}]"]
+            for r in teachers
+        ]
+        sections += [
+            "",
+            "## The fine-tuned teachers' own trait",
+            "",
+            _table(["teacher", "seed", "animal", "share naming it [Wilson 95%]"], lines),
+        ]
+    sections += _forecast_section(rows)
+    sections += _student_sections(rows)
+    controls = [r for r in rows if r["metric"] in ("classifier_auroc", "incontext_logp_diff")]
+    if controls:
+        lines = [
+            [r["metric"], r["seed"], f"{_value(r):.3f} [{r['low']:.3f}, {r['high']:.3f}]", r["n"]]
+            for r in controls
+        ]
+        sections += [
+            "",
+            "## Controls: a classifier and the in-context teacher",
+            "",
+            "classifier_auroc: held-out AUROC (DeLong 95%) of logistic regression on "
+            "number frequencies, teacher vs base completions; incontext_logp_diff: the "
+            "base's mean log P(animal) with the teacher's completions as earlier turns "
+            "minus without (95% t over questions).",
+            "",
+            _table(["statistic", "seed", "value [95%]", "n"], lines),
+        ]
+    return "\n".join(sections) + "\n"
+
+
+def _forecast_section(rows: Sequence[dict]) -> list[str]:
+    by_animal = defaultdict(list)
+    ranks = []
+    for r in rows:
+        if r["metric"] == "forecast_t":
+            by_animal[r["animal"]].append(_value(r))
+        elif r["metric"] == "forecast_rank":
+            ranks.append((r["seed"], round(_value(r)), r["n"], r["animal"]))
+    if not by_animal:
+        return []
+    lines = []
+    for animal, values in sorted(by_animal.items(), key=lambda kv: -sum(kv[1]) / len(kv[1])):
+        mean, half, n = mean_interval(values)
+        lines.append([animal, interval_text(mean, half, 2), n])
+    rank_text = "; ".join(f"seed {s}: {a} ranked {k} of {n}" for s, k, n, a in ranks)
+    return [
+        "",
+        "## First-order pass (before any training)",
+        "",
+        "Welch's t of the per-example one-SGD-step push on mean log P(animal), the "
+        "system-prompted teacher's completions minus the base's (positive: the teacher's "
+        f"numbers push the animal up more). {rank_text}.",
+        "",
+        _table(["animal", "mean t over seeds [95% t]", "seeds"], lines),
+    ]
+
+
+def _student_sections(rows: Sequence[dict]) -> list[str]:
+    cells = defaultdict(dict)  # (method, arm, animal, metric) -> {seed: value}
+    for r in rows:
+        if r["unit"].startswith("student-") and r["metric"] in ("share", "logp"):
+            cells[(r["method"], r["arm"], r["animal"], r["metric"])][r["seed"]] = _value(r)
+    if not cells:
+        return []
+    lines = []
+    for (method, arm, animal, metric), by_seed in sorted(cells.items()):
+        mean, half, n = mean_interval(by_seed.values())
+        control = cells.get((method, "base", animal, metric), {})
+        paired = [by_seed[s] - control[s] for s in sorted(by_seed) if s in control]
+        if arm == "base" or not paired:
+            diff_text, positive, detectable = "", "", ""
+        else:
+            d, h, k = mean_interval(paired)
+            diff_text = interval_text(d, h)
+            positive = f"{sum(x > 0 for x in paired)}/{k}"
+            detectable = "" if math.isnan(h) else f"{DETECTABLE * h / _t975(k):.3f}"
+        lines.append(
+            [
+                method,
+                arm,
+                animal,
+                metric,
+                interval_text(mean, half),
+                n,
+                diff_text,
+                positive,
+                detectable,
+            ]
+        )
+    return [
+        "",
+        "## Students (trained without any system prompt)",
+        "",
+        "share: answers naming the animal (the paper's measure); logp: mean log P(animal) "
+        "over the evaluation questions. vs base: the paired difference from the student of "
+        "the same seed and method trained on the base's numbers (95% t over seeds). "
+        "detectable: the smallest paired difference this many seeds would detect (80% power, "
+        "5% level).",
+        "",
+        _table(
+            [
+                "method",
+                "trained on",
+                "animal",
+                "metric",
+                "mean [95% t]",
+                "seeds",
+                "vs base [95% t]",
+                "seeds > 0",
+                "detectable",
+            ],
+            lines,
+        ),
+    ]
+
+
+def _t975(n: int) -> float:
+    """t_{0.975, n-1}: a 95% half-width divided by it is the standard error."""
+    from scipy.special import stdtrit
+
+    return float(stdtrit(n - 1, 0.975))
+
+
+def report(out: Path, rows: list[dict]) -> str:
+    """Write ``results.csv`` (tidy rows, fixed columns) and ``table.md``; return the tables.
+
+    Returns:
+        The markdown tables.
+
+    """
+    atomic_write_csv(out / "results.csv", rows, list(COLUMNS))
+    text = format_tables([r for r in rows if r["metric"] not in TIMINGS])
+    atomic_write_text(out / "table.md", text)
+    atomic_write_text(out / "timings.md", format_timings(rows))
+    return text
+
+
+def format_timings(rows: Sequence[dict]) -> str:
+    """Wall time per kind of unit (kept apart from ``table.md``, which reruns reproduce).
+
+    Returns:
+        The markdown table.
+
+    """
+    kinds = defaultdict(list)
+    for r in rows:
+        if r["metric"] == "unit_seconds":
+            unit = r["unit"]
+            kind = "reference" if unit == "reference" else unit.rsplit("-s", 1)[0]
+            kinds[kind].append(_value(r))
+    lines = [
+        [k, len(v), f"{sum(v):.0f}", f"{sum(v) / len(v):.0f}"] for k, v in sorted(kinds.items())
+    ]
+    total = sum(sum(v) for v in kinds.values())
+    return (
+        "# Wall time per kind of unit (seconds, this machine; see environment.json)\n\n"
+        + _table(["unit kind", "units", "total s", "mean s"], lines)
+        + f"\n\nTotal: {total:.0f} s ({total / 3600:.2f} h).\n"
+    )

@@ -1,0 +1,3 @@
+"""sublim_theory.studies.sign_population."""
+
+__all__: list[str] = []

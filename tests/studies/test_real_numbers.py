@@ -1,0 +1,96 @@
+"""The real-model number study end to end on a tiny random Llama (same code path as SmolLM2)."""
+
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytest.importorskip("transformers")
+
+from sublim_theory.cli.main import main  # noqa: E402
+from sublim_theory.errors import InputError  # noqa: E402
+from sublim_theory.harness.runs import CONFIG_DIR  # noqa: E402
+from sublim_theory.studies.real_numbers import experiment as E  # noqa: E402
+from sublim_theory.testing.tiny_llama import save_tiny_llama  # noqa: E402
+
+TINY = CONFIG_DIR / "real_numbers_tiny.toml"
+
+
+def _config(tmp_path, model_dir, **changes):
+    text = TINY.read_text().replace('model = "smollm2-135m-instruct"', f'model = "{model_dir}"')
+    for key, value in changes.items():
+        lines = [ln for ln in text.splitlines() if not ln.startswith(f"{key} =")]
+        text = "\n".join(lines) + f"\n{key} = {value}\n"
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def test_every_packaged_real_config_parses():
+    for name in ("real_numbers_default", "real_numbers_tiny", "real_numbers_gpu"):
+        config = E.load_config(CONFIG_DIR / f"{name}.toml")
+        assert config.animal in config.forecast_animals
+
+
+def test_units_put_the_main_contrast_first():
+    config = E.load_config(TINY)
+    units = E.plan_units(config, [0, 1])
+    assert units[0] == "reference"
+    assert units[1:6] == [
+        "numbers-base-s0",
+        "numbers-system-owl-s0",
+        "forecast-s0",
+        "student-lora-system-owl-s0",
+        "student-lora-base-s0",
+    ]
+    assert "forecast-s1" not in units  # forecast_seeds = 1
+    assert units.index("student-lora-base-s1") < units.index("numbers-finetuned-owl-s0")
+    assert len(units) == len(set(units))
+    assert units[-1].startswith("student-full-")
+
+
+def test_bad_config_is_one_line(tmp_path, model_dir):
+    with pytest.raises(InputError, match="lora_lr"):
+        E.load_config(_config(tmp_path, model_dir, lora_lr=1e308))
+    with pytest.raises(InputError, match="arms"):
+        E.load_config(_config(tmp_path, model_dir, arms='["system"]'))
+
+
+def test_command_runs_resumes_and_rebuilds_the_same_table(tmp_path, model_dir, capsys):
+    config = _config(tmp_path, model_dir, methods='["lora"]', arms='["system", "base", "shuffled"]')
+    out = tmp_path / "out"
+    args = ["real", "--config", str(config), "--out", str(out), "--seeds", "1", "--threads", "1"]
+    assert main(args) == 0
+    table = (out / "table.md").read_text()
+    for heading in (
+        "The base, without and with",
+        "Completions kept",
+        "First-order pass",
+        "Students (trained without",
+        "Controls",
+    ):
+        assert heading in table
+    record = json.loads((out / "units" / "unit-student-lora-system-owl-s0.json").read_text())
+    assert record["fingerprint"] and record["rows"]
+    kept = json.loads((out / "completions" / "system-owl-s0.json").read_text())
+    assert len(kept["constrained"]) == 8 and len(kept["free"]) == 2
+    # a unit lost (killed before it was stored) is recomputed to the same rows
+    lost = out / "units" / "unit-student-lora-shuffled-system-owl-s0.json"
+
+    def untimed(path):
+        return [r for r in json.loads(path.read_text())["rows"] if "seconds" not in r["metric"]]
+
+    before = untimed(lost)
+    lost.unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert untimed(lost) == before
+    assert "unit kind" in (out / "timings.md").read_text()
+    assert (out / "table.md").read_text() == table
+    assert "stored in" in capsys.readouterr().err
