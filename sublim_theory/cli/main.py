@@ -53,6 +53,7 @@ COMMANDS = (
     "dynamics",
     "finetune",
     "real",
+    "realcheck",
 )
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXIT_INPUT, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, the shell's convention

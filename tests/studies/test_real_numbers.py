@@ -94,3 +94,16 @@ def test_command_runs_resumes_and_rebuilds_the_same_table(tmp_path, model_dir, c
     assert "unit kind" in (out / "timings.md").read_text()
     assert (out / "table.md").read_text() == table
     assert "stored in" in capsys.readouterr().err
+
+
+def test_realcheck_command_prints_one_row_per_eps(tmp_path, model_dir, capsys):
+    out = tmp_path / "check.json"
+    args = ["realcheck", "--model", str(model_dir), "--eps", "0.01", "0.1", "--json", str(out)]
+    assert main([*args, "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "kl, eps 0.01" in printed and "kl, eps 0.1" in printed
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["eps"] for r in rows] == [0.01, 0.1]
+    # the theorem's first-order agreement, on this model too
+    assert all(r["cos_exact_first_order"] > 0.99 for r in rows)
+    assert main(["realcheck", "--model", str(tmp_path / "absent")]) == 2
