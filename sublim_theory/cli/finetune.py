@@ -10,14 +10,10 @@ rerun resumes, other settings are refused. Reports: ``results.csv``, ``steps.csv
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from sublim_theory.cli.main import (
     add_config_argument,
-    add_device_argument,
-    nonnegative_int,
-    positive_int,
-    thread_count,
+    add_study_arguments,
 )
 from sublim_theory.harness.study import run_study
 
@@ -29,14 +25,7 @@ HELP = "tiny-LM students across optimizers (adam/sgd/signsgd) and LoRA ranks, pa
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``finetune`` flags to ``parser``."""
     add_config_argument(parser)  # default: the numbers defaults and the default design
-    parser.add_argument("--seeds", type=positive_int, default=3, help="number of seeds")
-    parser.add_argument(
-        "--seed", "--first-seed", dest="seed", type=nonnegative_int, default=0, help="first seed"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--cache", type=Path, help="base-model cache (default: OUT/cache)")
-    parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
-    add_device_argument(parser)
+    add_study_arguments(parser, seeds=3, cache_help="base-model cache (default: OUT/cache)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ __all__ = [
     "DEVICE_CHOICES",
     "add_config_argument",
     "add_device_argument",
+    "add_study_arguments",
     "build_parser",
     "finite_float",
     "main",
@@ -139,6 +140,26 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") 
         default=default,
         help=f"auto (cuda when available), cpu or cuda (default {default})",
     )
+
+
+def add_study_arguments(
+    parser: argparse.ArgumentParser,
+    seeds: int,
+    cache_help: str = "base-model cache (default: OUT/cache)",
+) -> None:
+    """The flags of every seeded study, with one meaning everywhere.
+
+    ``--seeds N``, ``--seed S`` (the first seed; alias ``--first-seed``), ``--out DIR``,
+    ``--cache DIR``, ``--threads T`` and ``--device``.
+    """
+    parser.add_argument("--seeds", type=positive_int, default=seeds, help="number of seeds")
+    parser.add_argument(
+        "--seed", "--first-seed", dest="seed", type=nonnegative_int, default=0, help="first seed"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder (rerun to resume)")
+    parser.add_argument("--cache", type=Path, default=None, help=cache_help)
+    parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
+    add_device_argument(parser)
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -13,10 +13,7 @@ from pathlib import Path
 
 from sublim_theory.cli.main import (
     add_config_argument,
-    add_device_argument,
-    nonnegative_int,
-    positive_int,
-    thread_count,
+    add_study_arguments,
 )
 from sublim_theory.harness.study import cpu_device, progress, run_study
 
@@ -28,14 +25,7 @@ HELP = "tiny-LM subliminal learning through number sequences (pretrain, teacher,
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``numbers`` flags to ``parser``."""
     add_config_argument(parser)  # default: the built-in values (= numbers_default)
-    parser.add_argument("--seeds", type=positive_int, default=5, help="number of seeds")
-    parser.add_argument(
-        "--seed", "--first-seed", dest="seed", type=nonnegative_int, default=0, help="first seed"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--cache", type=Path, help="base-model cache (default: OUT/cache)")
-    parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
-    add_device_argument(parser)
+    add_study_arguments(parser, seeds=5, cache_help="base-model cache (default: OUT/cache)")
     parser.add_argument(
         "--merge", nargs="+", type=Path, metavar="DIR", help="combine earlier runs into OUT"
     )

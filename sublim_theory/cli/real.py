@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from sublim_theory.cli.main import (
     add_config_argument,
-    add_device_argument,
-    nonnegative_int,
-    positive_int,
-    thread_count,
+    add_study_arguments,
 )
 from sublim_theory.harness.runs import CONFIG_DIR
 from sublim_theory.harness.study import run_study
@@ -25,14 +21,7 @@ HELP = "number experiment on SmolLM2-135M-Instruct: system-prompted/fine-tuned t
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``real`` flags to ``parser``."""
     add_config_argument(parser, default=CONFIG_DIR / "real_numbers_default.toml")
-    parser.add_argument("--seeds", type=positive_int, default=3, help="number of seeds")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="first seed")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (rerun to resume)")
-    parser.add_argument(
-        "--cache", type=Path, default=None, help="dequantized-weights cache (default: none)"
-    )
-    parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
-    add_device_argument(parser)
+    add_study_arguments(parser, seeds=3, cache_help="dequantized-weights cache (default: none)")
 
 
 def run(args: argparse.Namespace) -> int:

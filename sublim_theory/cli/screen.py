@@ -10,14 +10,11 @@ them, the filter experiment and the null (the base's own numbers); one unit per 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from sublim_theory.cli.main import (
     add_config_argument,
-    add_device_argument,
+    add_study_arguments,
     nonnegative_int,
-    positive_int,
-    thread_count,
 )
 from sublim_theory.harness.study import run_study
 
@@ -29,12 +26,7 @@ HELP = "screen a data set for a hidden trait before training (first-order trait 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``screen`` flags to ``parser``."""
     add_config_argument(parser)  # the numbers tables plus [screen]; default = screen_default
-    parser.add_argument("--seeds", type=positive_int, default=1, help="number of seeds")
-    parser.add_argument(
-        "--seed", "--first-seed", dest="seed", type=nonnegative_int, default=0, help="first seed"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--cache", type=Path, help="base-model cache (default: OUT/cache)")
+    add_study_arguments(parser, seeds=1, cache_help="base-model cache (default: OUT/cache)")
     parser.add_argument(
         "--null-draws",
         type=nonnegative_int,
@@ -48,8 +40,6 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="the filter's specificity control: also drop the top q toward the forecast's "
         "second trait and train on the rest (after the other units)",
     )
-    parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
-    add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
