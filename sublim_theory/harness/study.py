@@ -116,6 +116,9 @@ class Study:
         cpu_only: refuse a non-CPU device with one line.
         legacy_records: accept stored records without a fingerprint when ``run.json`` matches
             (folders written before records carried one).
+        store: ``store(records, fingerprint, log)`` builds the store of the records (anything
+            with ``get(unit)`` and ``put(unit, rows)``, e.g. a ``CsvAppendStore`` whose
+            ``records`` is a file); default a ``UnitStore`` of one JSON file per unit.
 
     """
 
@@ -130,6 +133,7 @@ class Study:
     summary: Callable[[Any, list[dict]], str] | None = None
     cpu_only: bool = False
     legacy_records: bool = False
+    store: Callable[[Path, str, Callable[..., None]], Any] | None = None
 
 
 def run_study(
@@ -176,7 +180,7 @@ def run_study(
     with OutputFolder(out, study.name) as folder:
         path = folder.path
         records = path / study.folder
-        if not (path / RUN_RECORD_NAME).exists() and records.is_dir() and any(records.iterdir()):
+        if not (path / RUN_RECORD_NAME).exists() and _holds_records(records):
             raise InputError(
                 f"'{path}' holds stored units but no {RUN_RECORD_NAME}, so their settings are "
                 f"unknown; use a new --out (or delete '{records}' to start over)"
@@ -192,9 +196,12 @@ def run_study(
                 units=units,
             ),
         )
-        store = UnitStore(
-            records, fingerprint(study.settings), study.unit_file, legacy=study.legacy_records
-        )
+        if study.store is None:
+            store = UnitStore(
+                records, fingerprint(study.settings), study.unit_file, legacy=study.legacy_records
+            )
+        else:
+            store = study.store(records, fingerprint(study.settings), log)
         context = Context(path, cache_path, resolved, log)
         stored = {str(u): store.get(u) for u in units}
         for unit in units:
@@ -210,6 +217,13 @@ def run_study(
             log(f"{study.name} {unit}: {time.perf_counter() - started:.0f}s{tail}")
             study.report(path, _done_rows(units, stored))
         return study.report(path, _done_rows(units, stored))
+
+
+def _holds_records(records: Path) -> bool:
+    """A non-empty folder of unit records, or a non-empty file of them (a CSV store)."""
+    if records.is_dir():
+        return any(records.iterdir())
+    return records.is_file() and records.stat().st_size > 0
 
 
 def _done_rows(units: Sequence[Any], stored: Mapping[str, list[dict] | None]) -> list[dict]:
