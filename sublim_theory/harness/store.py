@@ -308,6 +308,12 @@ class CsvAppendStore:
             log(f"{self.path}: marked the {len(units)} units of a legacy file{dropped}")
         return done
 
+    def stored(self) -> dict[str, list[dict[str, str]]]:
+        """Every complete unit's rows by unit key, in file order (loaded on first use)."""
+        if self._done is None:
+            self._done = self.load()
+        return dict(self._done)
+
     def get(self, unit: Any) -> list[dict[str, str]] | None:
         """The stored rows of ``unit`` (cell text), or None when its marker is absent."""
         if self._done is None:
