@@ -67,7 +67,7 @@ class UnitStore:
         file_name: the record's file name for a unit key (default ``unit-KEY.json``).
         legacy: accept records without a fingerprint (written before stores stamped one). Only
             safe when the caller has already matched the folder's ``run.json`` settings. A
-            callable reads a legacy record of another shape: ``legacy(record) -> rows``.
+            callable reads a legacy record of another shape: ``legacy(unit, record) -> rows``.
 
     """
 
@@ -76,7 +76,7 @@ class UnitStore:
         folder: str | os.PathLike[str],
         fingerprint: str,
         file_name: Callable[[Any], str] = lambda unit: f"unit-{unit}.json",
-        legacy: bool | Callable[[Any], list[dict]] = False,
+        legacy: bool | Callable[[Any, Any], list[dict]] = False,
     ) -> None:
         self.folder = Path(folder)
         self.fingerprint = fingerprint
@@ -105,7 +105,7 @@ class UnitStore:
         try:
             record = json.loads(path.read_text())
             if callable(self.legacy) and "fingerprint" not in record and "rows" not in record:
-                record = {"unit": unit, "rows": self.legacy(record)}
+                record = {"unit": unit, "rows": self.legacy(unit, record)}
             rows = record["rows"]
             key = record.get("unit", unit)
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:

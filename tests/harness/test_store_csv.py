@@ -189,9 +189,9 @@ def test_append_durably_failing_to_open_names_the_file(tmp_path):
 
 
 def test_unit_store_reads_legacy_records_of_another_shape(tmp_path):
-    store = UnitStore(tmp_path, "fp", legacy=lambda record: [record])
+    store = UnitStore(tmp_path, "fp", legacy=lambda unit, record: [{"unit": unit, **record}])
     (tmp_path / "unit-1.json").write_text(json.dumps({"config": {"m": 3}, "teacher": [0.9]}))
-    assert store.get(1) == [{"config": {"m": 3}, "teacher": [0.9]}]
+    assert store.get(1) == [{"unit": 1, "config": {"m": 3}, "teacher": [0.9]}]
     strict = UnitStore(tmp_path, "fp")
     with pytest.raises(InputError, match="unreadable"):
         strict.get(1)
