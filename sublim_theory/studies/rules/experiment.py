@@ -11,7 +11,9 @@ trait-loss change. Axes:
   there: :func:`sublim_theory.engine.update_rules.warmed_state`); ``adam`` (fresh: Adam's first step);
   ``signsgd``;
 * parameterizations: ``full`` or ``lora<r>`` (``add_lora`` on every Linear layer, scale 1,
-  B0 = 0, A0 from an adapter seed; everything in adapter space);
+  B0 = 0, A0 from an adapter seed; everything in adapter space). A rank above a layer's
+  smallest dimension is allowed (``beyond_full_rank``): that layer's adapter is full-rank, so
+  the rank trend up to lora64 shows the adapter-space geometry, not a reach restriction;
 * placements: ``shared`` (same base, same A0), ``other_adapter_seed`` (LoRA only: A0 redrawn
   with ``redraw_adapters``), ``independent`` (another base: full, theta_S0 = an independent
   init; LoRA, the same adapters on an independent base, whose first-order prediction does not
@@ -314,7 +316,8 @@ def _models(job: dict[str, Any], seed: int) -> dict[str, Any]:
         theta0 = teacher.flat_params()
         start = FunctionalModel(other_base).flat_params() if other_base is not None else theta0
         return {"model": teacher, "theta0": theta0, "student_init": start, "student_model": None}
-    adapted = add_lora(base, rank, seed=seed + ADAPTER_SEED_OFFSET)
+    # lora16/lora64 on width-16 nets are above some layers' size on purpose: full-rank there
+    adapted = add_lora(base, rank, seed=seed + ADAPTER_SEED_OFFSET, beyond_full_rank=True)
     teacher = FunctionalModel(adapted)
     theta0 = teacher.flat_params()
     student_model, start = None, theta0
@@ -322,7 +325,8 @@ def _models(job: dict[str, Any], seed: int) -> dict[str, Any]:
         redrawn = redraw_adapters(adapted, seed + OTHER_ADAPTER_SEED_OFFSET)
         start = FunctionalModel(redrawn).flat_params()
     elif placement == "independent":
-        student_model = FunctionalModel(add_lora(other_base, rank, seed=seed + ADAPTER_SEED_OFFSET))
+        other = add_lora(other_base, rank, seed=seed + ADAPTER_SEED_OFFSET, beyond_full_rank=True)
+        student_model = FunctionalModel(other)
         start = student_model.flat_params()
     return {
         "model": teacher,
