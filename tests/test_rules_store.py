@@ -137,3 +137,14 @@ def test_absurd_counts_and_rates_are_one_line(tmp_path, edit, match):
     with pytest.raises(InputError, match=match) as error:
         load_rules_config(path)
     assert "\n" not in str(error.value)
+
+
+def test_a_legacy_table_of_other_settings_is_refused(tiny_run, tmp_path):
+    """Rows without markers carry their settings' fingerprint as the key's last part."""
+    whole = (tiny_run / "rules.csv").read_text()
+    stamp = whole.splitlines()[1].split(",")[0].rsplit("|", 1)[1]
+    legacy = "".join(line for line in whole.splitlines(True) if not line.startswith(MARKER))
+    out = _copy(tiny_run, tmp_path / "other", legacy.replace(stamp, "0" * len(stamp)))
+    with pytest.raises(InputError, match="computed under other settings"):
+        run_rules_sweep(TINY, out, progress_lines=False)
+    assert "#unit" not in (out / "rules.csv").read_text()

@@ -1,6 +1,8 @@
 """``mnist`` under a full disk, lost metadata and absurd sizes (issue 24 items 1, 2, 5)."""
 
+import csv
 import errno
+import json
 import os
 from pathlib import Path
 
@@ -80,3 +82,17 @@ def test_absurd_sizes_are_one_line_before_any_work(tmp_path, capsys, flag, value
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "must be <=" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_models_csv_holds_each_students_last_epoch(digits, tmp_path):
+    """models.csv's cosine is the per-model cosine after the LAST student epoch."""
+    out = tmp_path / "out"
+    assert main(_argv(digits, out, "--aux-logits", "2")) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = list(csv.DictReader((out / "models.csv").open()))
+    last = results["student_aux"]["cosine_per_epoch"]
+    assert len(last) == 2  # two student epochs, so first and last differ
+    for group in ("student_aux", "cross_all"):
+        epochs = results["runs"][0]["rows"][group]["cosine_per_epoch"]
+        cosines = [float(r["cosine"]) for r in rows if r["row"] == group]
+        assert cosines == epochs[-1]["per_model"] != epochs[0]["per_model"]
