@@ -225,7 +225,7 @@ MUTATIONS += (
                 "low, high = np.percentile(means, [5.0, 95.0], axis=0)",
             ),
         ),
-        ("tests/test_screen.py",),
+        ("tests/test_screen_filter.py", "tests/test_screen.py"),
     ),
     Mutation(
         "screen study: the filter drops the least-pushing documents",
@@ -236,7 +236,7 @@ MUTATIONS += (
                 "order = torch.argsort(attributions, descending=False, stable=True)",
             ),
         ),
-        ("tests/test_screen.py",),
+        ("tests/test_screen_filter.py", "tests/test_screen.py"),
     ),
     Mutation(
         "runs: the settings check compares only the keys both runs have",
@@ -247,7 +247,7 @@ MUTATIONS += (
                 "for key in sorted(set(before) & set(after)):",
             ),
         ),
-        ("tests/test_runs.py", "tests/harness"),
+        ("tests/harness", "tests/test_runs.py"),
     ),
     Mutation(
         "store: keep an incomplete unit at the end of a CSV store",
@@ -285,7 +285,7 @@ MUTATIONS += (
                 "expected = eps * k_v.double() + k_mean.double()",
             ),
         ),
-        ("tests/test_sweep.py",),
+        ("tests/sweep/test_sweep_expected.py", "tests/test_sweep.py"),
     ),
     Mutation(
         "rules: legacy rows of other settings are taken as done",
