@@ -8,7 +8,7 @@ OUT ?= out
 TORCH ?= torch==2.13.0
 EXTRAS ?= test,mnist,gpt2,lora,ray,real,docs
 
-.PHONY: setup run test lint format docs bench mutations clean
+.PHONY: setup run test test-fast lint format docs bench mutations clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the tests marked slow (real-model loads, long studies).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

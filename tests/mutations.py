@@ -7,6 +7,11 @@ is a hole in the suite. Run with ``make mutations`` (about 2 minutes per mutatio
 
     python tests/mutations.py [--jobs 2] [--only NAME ...] [--out mutations.json]
 
+``--targeted`` runs, for each mutation that names them, only the test files of the module it
+mutates (``Mutation.tests``): minutes instead of hours for the study-level mutations, and
+conservative (a mutation those files miss is reported as surviving even if another file
+would catch it).
+
 It prints a Markdown table (mutation -> tests that failed) and exits 1 if any mutation survives.
 """
 
@@ -51,6 +56,7 @@ class Edit:
 class Mutation:
     name: str
     edits: tuple[Edit, ...]
+    tests: tuple[str, ...] = ()  # the test files (or node ids) of the module, for --targeted
 
     @property
     def paths(self) -> str:
@@ -137,6 +143,241 @@ MUTATIONS = (
 )
 
 
+RULE_REPORT = "sublim_theory/engine/rule_report.py"
+RULE_TESTS = ("tests/test_engine_bounds.py", "tests/test_rule_report.py")
+LORA_TESTS = ("tests/test_engine_bounds.py", "tests/test_lora.py")
+STORE_TESTS = ("tests/harness",)
+DYNAMICS_STORE = ("tests/test_dynamics_store.py",)
+# Issue 24 item 7: one-line bugs in every module that produces a committed number or keeps the
+# run layer's guarantees; each names the test files that cover its module (--targeted).
+MUTATIONS += (
+    Mutation(
+        "rule_report: flip the sign of the offset term away from the shared init",
+        (Edit(RULE_REPORT, "first = -(eps * k_v - k_offset)", "first = -(eps * k_v + k_offset)"),),
+        RULE_TESTS,
+    ),
+    Mutation(
+        "rule_report: add the control's trait change instead of subtracting it",
+        (
+            Edit(
+                RULE_REPORT,
+                "change_vs_control = stepped - base - change_control",
+                "change_vs_control = stepped - base + change_control",
+            ),
+        ),
+        RULE_TESTS,
+    ),
+    Mutation(
+        "rule_report: the teacher's share of the step ignores the control step",
+        (
+            Edit(
+                RULE_REPORT,
+                "signal = step - control if control is not None else missing",
+                "signal = step if control is not None else missing",
+            ),
+        ),
+        RULE_TESTS,
+    ),
+    Mutation(
+        "rule_report: accept a step that overflowed",
+        (
+            Edit(
+                RULE_REPORT,
+                "if vector is not None and not bool(torch.isfinite(vector).all()):",
+                "if False:",
+            ),
+        ),
+        RULE_TESTS,
+    ),
+    Mutation(
+        "update_rules: correct Adam's second moment with beta1",
+        (
+            Edit(
+                "sublim_theory/engine/update_rules.py",
+                "corrected_sq = exp_avg_sq / (1 - self.beta2**step_count).to(exp_avg.dtype)",
+                "corrected_sq = exp_avg_sq / (1 - self.beta1**step_count).to(exp_avg.dtype)",
+            ),
+        ),
+        ("tests/test_update_rules.py",),
+    ),
+    Mutation(
+        "lora: default alpha 1 (scale 1/r) instead of the rank (scale 1)",
+        (
+            Edit(
+                "sublim_theory/engine/lora.py",
+                "alpha = float(rank if alpha is None else alpha)",
+                "alpha = float(1 if alpha is None else alpha)",
+            ),
+        ),
+        LORA_TESTS,
+    ),
+    Mutation(
+        "lora: refuse the full rank itself",
+        (Edit("sublim_theory/engine/lora.py", "if rank > min(shape):", "if rank >= min(shape):"),),
+        LORA_TESTS,
+    ),
+    Mutation(
+        "screen: a 90% bootstrap interval reported as 95%",
+        (
+            Edit(
+                "sublim_theory/engine/screen.py",
+                "low, high = np.percentile(means, [2.5, 97.5], axis=0)",
+                "low, high = np.percentile(means, [5.0, 95.0], axis=0)",
+            ),
+        ),
+        ("tests/test_screen_filter.py", "tests/test_screen.py"),
+    ),
+    Mutation(
+        "screen study: the filter drops the least-pushing documents",
+        (
+            Edit(
+                "sublim_theory/studies/screen/experiment.py",
+                "order = torch.argsort(attributions, descending=True, stable=True)",
+                "order = torch.argsort(attributions, descending=False, stable=True)",
+            ),
+        ),
+        ("tests/test_screen_filter.py", "tests/test_screen.py"),
+    ),
+    Mutation(
+        "runs: the settings check compares only the keys both runs have",
+        (
+            Edit(
+                "sublim_theory/harness/runs.py",
+                "for key in sorted(set(before) | set(after)):",
+                "for key in sorted(set(before) & set(after)):",
+            ),
+        ),
+        ("tests/harness", "tests/test_runs.py"),
+    ),
+    Mutation(
+        "store: keep an incomplete unit at the end of a CSV store",
+        (Edit("sublim_theory/harness/store.py", "if kept < len(text.encode()):", "if False:"),),
+        STORE_TESTS,
+    ),
+    Mutation(
+        "runs: a failed append leaves its partial bytes",
+        (
+            Edit(
+                "sublim_theory/harness/runs.py",
+                "os.ftruncate(descriptor, start)",
+                "pass",
+            ),
+        ),
+        STORE_TESTS,
+    ),
+    Mutation(
+        "sweep: a configuration counts as done when any of its seeds is stored",
+        (
+            Edit(
+                "sublim_theory/studies/init_distance/run.py",
+                "if not set(self.seeds[key]) <= self.stored_seeds(key):",
+                "if not self.stored_seeds(key):",
+            ),
+        ),
+        ("tests/sweep/test_sweep_folder.py",),
+    ),
+    Mutation(
+        "sweep measure: the expected-offset prediction adds E[Delta]",
+        (
+            Edit(
+                "sublim_theory/studies/init_distance/measure.py",
+                "expected = eps * k_v.double() - k_mean.double()",
+                "expected = eps * k_v.double() + k_mean.double()",
+            ),
+        ),
+        ("tests/sweep/test_sweep_expected.py", "tests/test_sweep.py"),
+    ),
+    Mutation(
+        "rules: legacy rows of other settings are taken as done",
+        (
+            Edit(
+                "sublim_theory/studies/rules/study.py",
+                'if not key.endswith("|" + stamp):',
+                "if False:",
+            ),
+        ),
+        ("tests/test_rules_store.py",),
+    ),
+    Mutation(
+        "mnist: models.csv takes the first epoch's cosine, not the last",
+        (
+            Edit(
+                "sublim_theory/studies/mnist/report.py",
+                'cosine=group["cosine_per_epoch"][-1][i]',
+                'cosine=group["cosine_per_epoch"][0][i]',
+            ),
+        ),
+        ("tests/mnist/test_mnist_store.py", "tests/mnist/test_mnist_study.py"),
+    ),
+    Mutation(
+        "mnist: runs with other learning rates share teachers",
+        (
+            Edit(
+                "sublim_theory/studies/mnist/experiment.py",
+                '"lr", "weight_decay", "batch_size", "seed")',
+                '"weight_decay", "batch_size", "seed")',
+            ),
+        ),
+        ("tests/mnist/test_mnist_study.py",),
+    ),
+    Mutation(
+        "defenses: the agreement mask keeps the disagreements",
+        (
+            Edit(
+                "sublim_theory/studies/defenses/experiment.py",
+                "out.append(teacher(inputs).argmax(-1) == base(inputs).argmax(-1))",
+                "out.append(teacher(inputs).argmax(-1) != base(inputs).argmax(-1))",
+            ),
+        ),
+        ("tests/test_defenses.py",),
+    ),
+    Mutation(
+        "numbers variants: the trait-gradient cosine's sign flipped",
+        (
+            Edit(
+                "sublim_theory/studies/finetune/variants.py",
+                "return cosine(trait.double(), distill.double())",
+                "return cosine(trait.double(), -distill.double())",
+            ),
+        ),
+        ("tests/test_finetune.py",),
+    ),
+    Mutation(
+        "dynamics: the teacher's accuracy row before the reference's",
+        (
+            Edit(
+                "sublim_theory/studies/dynamics/report.py",
+                'key=lambda r: (r["model"], r["group"] != "reference"),',
+                'key=lambda r: (r["model"], r["group"] == "reference"),',
+            ),
+        ),
+        DYNAMICS_STORE,
+    ),
+    Mutation(
+        "dynamics: epoch 1 stored without the untrained accuracies",
+        (
+            Edit(
+                "sublim_theory/studies/dynamics/study.py",
+                "epochs = [0, epoch] if epoch == 1 else [epoch]",
+                "epochs = [epoch]",
+            ),
+        ),
+        DYNAMICS_STORE,
+    ),
+    Mutation(
+        "dynamics: the ablation also fires on steps that raise the trait loss",
+        (
+            Edit(
+                "sublim_theory/studies/dynamics/experiment.py",
+                "fire = (inner < 0) & (squared > 0)",
+                "fire = squared > 0",
+            ),
+        ),
+        ("tests/test_dynamics.py",),
+    ),
+)
+
+
 def scratch_copy(destination: Path) -> None:
     """The checkout as it is now (uncommitted edits included), without caches and venvs."""
 
@@ -165,7 +406,9 @@ def apply(mutation: Mutation, tree: Path) -> None:
         path.write_text(path.read_text().replace(edit.old, edit.new))
 
 
-def run_suite(mutation: Mutation | None, python: str, first: bool = False) -> dict[str, object]:
+def run_suite(
+    mutation: Mutation | None, python: str, first: bool = False, targeted: bool = False
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="sublim-mutation-") as scratch:
         tree = Path(scratch) / "tree"
         scratch_copy(tree)
@@ -175,7 +418,8 @@ def run_suite(mutation: Mutation | None, python: str, first: bool = False) -> di
         environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         result = subprocess.run(
             [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=no", "-rfE"]
-            + (["-x"] if first else []),
+            + (["-x"] if first else [])
+            + (list(mutation.tests) if targeted and mutation is not None else []),
             cwd=tree,
             env=environment,
             capture_output=True,
@@ -206,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         help="stop each suite at its first failure (pytest -x) and skip the unmutated run, which "
         "`make test` establishes: shows each mutation is caught, not every test that catches it",
     )
+    parser.add_argument(
+        "--targeted",
+        action="store_true",
+        help="run only each mutation's own test files (Mutation.tests) where it names them",
+    )
     args = parser.parse_args(argv)
     chosen = [m for m in MUTATIONS if not args.only or any(word in m.name for word in args.only)]
     for mutation in chosen:  # fail fast on stale source text, before any suite runs
@@ -214,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     # every row would be meaningless, so the mutations not yet started are cancelled.
     runs = chosen if args.first else [None, *chosen]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_suite, m, args.python, args.first) for m in runs]
+        futures = [pool.submit(run_suite, m, args.python, args.first, args.targeted) for m in runs]
         if not args.first:
             baseline = futures.pop(0).result()
             if baseline["failed_tests"] or baseline["exit_code"] != 0:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import sublim_theory.cli.dynamics as dynamics_command
+import sublim_theory.studies.dynamics.study as dynamics_command
 from sublim_theory.cli.main import main
 from sublim_theory.engine.alignment import batched_cosine, batched_dot, batched_norm
 from sublim_theory.errors import InputError
@@ -30,6 +30,7 @@ from sublim_theory.studies.dynamics.experiment import (
     trait_batch,
     trait_loss,
 )
+from sublim_theory.studies.dynamics.report import read_rows
 from sublim_theory.studies.mnist.experiment import noise_block, reference_init, stack, unflatten
 from sublim_theory.testbeds.mnist.data import IDX_FILES, MnistData, write_idx
 
@@ -276,7 +277,7 @@ def test_command_writes_tables_and_resumes_bit_for_bit(digits, tmp_path, monkeyp
         whole = (tmp_path / "whole" / name).read_text()
         assert whole == (tmp_path / "resumed" / name).read_text(), name
     assert not (tmp_path / "resumed" / dynamics_command.STATE_NAME).exists()
-    rows = dynamics_command.read_rows(tmp_path / "whole" / "steps.csv")
+    rows = read_rows(tmp_path / "whole" / "steps.csv")
     config = DynamicsConfig.parse({"models": 3, "noise_images": 512, "batch_size": 256}, "t")
     assert len(rows) == len(GROUPS) * 3 * 2 * config.blocks  # groups x models x epochs x steps
     ablated = [r["cos_step_trait"] for r in rows if r["group"] == "ablated"]

@@ -12,8 +12,8 @@ import pytest
 
 import sublim_theory.cli.demo as demo_command
 import sublim_theory.cli.derive as derive_command
-import sublim_theory.cli.mnist as mnist_command
 import sublim_theory.studies.bench.experiment as bench
+import sublim_theory.studies.mnist.study as mnist_command
 from sublim_theory.cli.main import build_parser, main
 from sublim_theory.harness.runs import CONFIG_DIR, OutputFolder
 from sublim_theory.studies.numbers import experiment as numbers_experiment

@@ -28,7 +28,6 @@ from sublim_theory.studies.init_distance import (
     prepare_configuration,
     read_table,
     rows_per_job,
-    rows_per_seed,
     run_configuration,
     run_over_seeds,
     run_sweep,
@@ -325,31 +324,33 @@ def test_rerun_skips_finished_configurations(tiny_sweep, tmp_path):
     assert time.monotonic() - started < 5
 
 
-def test_damaged_tables_are_reported_not_deleted(tiny_sweep, tmp_path):
+def test_a_cut_table_recomputes_the_cut_configuration(tiny_sweep, tmp_path, capsys):
+    """A torn last line, a cut at a row boundary, a missing last newline: the configuration
+    whose marker is gone is recomputed; the table equals the uninterrupted run's (issue 24)."""
     out, table = tiny_sweep
     text = table.read_text()
-    damaged = tmp_path / "damaged"
-    damaged.mkdir()
-    (damaged / "run.json").write_bytes((out / "run.json").read_bytes())
-    truncated = text[: len(text) - 40]
-    (damaged / TABLE_NAME).write_text(truncated)
-    with pytest.raises(InputError, match="incomplete line.*delete that last line"):
-        run_sweep(TINY, damaged, device="cpu", progress=False)
-    assert (damaged / TABLE_NAME).read_text() == truncated
     lines = text.splitlines(keepends=True)
-    (damaged / TABLE_NAME).write_text("".join(lines[:-3]))
-    with pytest.raises(InputError, match="rows, expected"):
+    assert lines[-1].startswith("#unit,")
+    for name, cut in (
+        ("torn", text[: len(text) - 40]),
+        ("boundary", "".join(lines[:-3])),
+        ("newline", text[:-1]),
+    ):
+        damaged = tmp_path / name
+        damaged.mkdir()
+        (damaged / "run.json").write_bytes((out / "run.json").read_bytes())
+        (damaged / TABLE_NAME).write_text(cut)
         run_sweep(TINY, damaged, device="cpu", progress=False)
+        assert (damaged / TABLE_NAME).read_text() == text, name
     (damaged / TABLE_NAME).write_text("a,b\n1,2\n")
-    with pytest.raises(InputError, match="does not have this sweep's columns"):
+    with pytest.raises(InputError, match="has columns"):
         run_sweep(TINY, damaged, device="cpu", progress=False)
 
 
 def test_completed_seeds_lists_every_pair(tiny_sweep):
     _, table = tiny_sweep
     jobs = expand_jobs(load_config(TINY), "cpu")
-    done = completed_seeds(table, {j["key"]: rows_per_seed(j) for j in jobs})
-    assert done == {j["key"]: set(j["seeds"]) for j in jobs}
+    assert completed_seeds(table) == {j["key"]: set(j["seeds"]) for j in jobs}
 
 
 def _sweep_command(config: Path, out: Path) -> list[str]:
@@ -377,8 +378,7 @@ def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tmp_path):
         ),
     )
     jobs = expand_jobs(load_config(config), "cpu")
-    per_seed = {j["key"]: rows_per_seed(j) for j in jobs}
-    header_and_two = 1 + sum(rows_per_job(j) for j in jobs[:2])
+    header_and_two = 1 + sum(rows_per_job(j) + 1 for j in jobs[:2])  # rows and a marker each
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     killed_out = tmp_path / "killed"
@@ -392,7 +392,7 @@ def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tmp_path):
     assert process.poll() is None, "the sweep finished before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done = completed_seeds(table, per_seed)
+    done = completed_seeds(table)
     assert 2 <= len(done) < len(jobs)
 
     resumed = subprocess.run(_sweep_command(config, killed_out), env=environment, cwd=REPO)

@@ -12,57 +12,25 @@ with the top-level settings and flags plus its overrides (a cell's value wins ov
 and cells whose teachers would be trained
 identically share one teacher training (within one invocation).
 
-Each finished m (or cell) is stored at once, atomically, as ``runs/aux_logits-M.json``
-(``runs/<cell>.json``): the N models of one run train together, so a run is the unit a rerun
-resumes from. A rerun into the same ``--out`` skips the stored runs, refuses different settings
-(``run.json``) and may add runs. Writes ``results.json``, ``models.csv`` (one row per model) and
-``table.md`` (mean, 95% CI, n) to ``--out``; without cells also ``table.csv`` (tidy) and
-``mnist.png`` (read from the table), with cells ``study.png`` (read from ``models.csv``).
+The runs are a study (``sublim_theory.studies.mnist.study``): each finished m (or cell) is
+stored atomically as ``runs/<name>.json``; a rerun into the same ``--out`` skips the stored
+runs, refuses different settings (``run.json``) and may add runs. Writes ``results.json``,
+``models.csv``, ``table.md`` and ``table.csv`` + ``mnist.png`` (or, with cells, ``study.png``).
 Progress goes to stderr, the tables to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import re
-import resource
-import sys
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sublim_theory.cli.main import add_config_argument, add_device_argument
 from sublim_theory.errors import InputError
-from sublim_theory.harness.records import environment_record, restore_nan
-from sublim_theory.harness.runs import (
-    OutputFolder,
-    atomic_write_json,
-    atomic_write_text,
-    load_toml,
-    resolve_device,
-)
-from sublim_theory.studies.mnist.experiment import (
-    STUDENT_KINDS,
-    ExperimentResult,
-    MnistConfig,
-    run_experiment,
-)
-from sublim_theory.studies.mnist.report import (
-    format_cosines,
-    format_run,
-    model_rows,
-    plot_study,
-    plot_table,
-    read_models,
-    read_table,
-    result_rows,
-    study_markdown,
-    tidy_table,
-    write_models,
-    write_table,
-)
-from sublim_theory.testbeds.mnist.data import DATASETS, dataset_dir, load_mnist
+from sublim_theory.harness.runs import load_toml
+from sublim_theory.harness.study import progress
+from sublim_theory.studies.mnist.experiment import STUDENT_KINDS, MnistConfig
+from sublim_theory.studies.mnist.study import run_mnist
+from sublim_theory.testbeds.mnist.data import DATASETS, dataset_dir
 from sublim_theory.testbeds.mnist.variants import (
     DISTILLATION_INPUTS,
     DISTILLATION_LOSSES,
@@ -71,18 +39,12 @@ from sublim_theory.testbeds.mnist.variants import (
 
 __all__ = [
     "HELP",
-    "RUNS_FOLDER",
-    "Cell",
-    "build_cells",
-    "build_configs",
-    "load_result",
     "register",
     "resolve_settings",
     "run",
 ]
 
 HELP = "reproduce the paper's MNIST auxiliary-logit experiment (N models, 95% intervals)"
-RUNS_FOLDER = "runs"  # one JSON file per finished m
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -188,189 +150,19 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, object], Path 
     return settings, mnist_dir
 
 
-def build_configs(settings: dict[str, object], source: str = "settings") -> list[MnistConfig]:
-    """One ``MnistConfig`` per value of ``aux_logits`` (a list there means an m sweep).
-
-    Raises:
-        InputError: for a value of the wrong type or out of range, or a repeated m.
-
-    """
-    aux = settings.get("aux_logits", MnistConfig.aux_logits)
-    aux_values = list(aux) if isinstance(aux, (list, tuple)) else [aux]
-    if not aux_values or len(set(map(repr, aux_values))) != len(aux_values):
-        raise InputError(f"{source}: aux_logits must be distinct values of m, got {aux_values}")
-    return [MnistConfig.parse(dict(settings, aux_logits=m), source) for m in aux_values]
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One run of a study: its name, the factor it varies, that factor's level, its config."""
-
-    name: str
-    factor: str
-    level: str
-    config: MnistConfig
-
-
-def build_cells(settings: dict[str, object], source: str = "settings") -> list[Cell]:
-    """The runs of ``settings``: one per m, times one per entry of ``cells`` if present.
-
-    Without ``cells`` the runs are named ``aux_logits-M`` (factor ``aux_logits``). Each entry of
-    ``cells`` is a table of overrides; it is named ``key=value,...`` (``baseline`` when empty),
-    its factor is its first key and its level its values joined by ``/`` (``sgd/0.3``).
-
-    Raises:
-        InputError: for a malformed ``cells`` list, an invalid override or a repeated cell.
-
-    """
-    base = {k: v for k, v in settings.items() if k != "cells"}
-    if "cells" not in settings:
-        return [
-            Cell(f"aux_logits-{c.aux_logits}", "aux_logits", str(c.aux_logits), c)
-            for c in build_configs(base, source)
-        ]
-    entries = settings["cells"]
-    if (
-        not isinstance(entries, list)
-        or not entries
-        or not all(isinstance(e, dict) for e in entries)
-    ):
-        raise InputError(f"{source}: cells must be a non-empty list of tables ([[cells]] in TOML)")
-    cells: list[Cell] = []
-    for index, overrides in enumerate(entries):
-        if "cells" in overrides:
-            raise InputError(f"{source} [cells {index}]: a cell may not hold cells of its own")
-        name = ",".join(f"{k}={_level(v)}" for k, v in overrides.items()) or "baseline"
-        factor = next(iter(overrides), "baseline")
-        level = "/".join(map(_level, overrides.values())) or "default"
-        configs = build_configs({**base, **overrides}, f"{source} [cells {index}]")
-        for config in configs:
-            suffix = f",aux_logits={config.aux_logits}" if len(configs) > 1 else ""
-            cells.append(Cell(name + suffix, factor, level, config))
-    names = [cell.name for cell in cells]
-    if len(set(names)) != len(names):
-        raise InputError(f"{source}: cells must be distinct, got {names}")
-    return cells
-
-
-def _level(value: object) -> str:
-    """A setting's value as a short label: ``1e-05``, ``64x64``, ``sgd``."""
-    if isinstance(value, list):
-        return "x".join(map(str, value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _stored_path(out: Path, cell: Cell) -> Path:
-    return out / RUNS_FOLDER / (re.sub(r"[^A-Za-z0-9._=,-]", "_", cell.name) + ".json")
-
-
-def load_result(path: Path) -> ExperimentResult:
-    """A stored run (``runs/aux_logits-M.json``) back as an ``ExperimentResult``.
-
-    Raises:
-        InputError: if the file is not one this command wrote.
-
-    """
-    try:
-        record = json.loads(path.read_text())
-        config, data = record.pop("config"), record.pop("data")  # their nulls mean None
-        order = record.pop("group_order")  # JSON sorts keys; the table follows this order
-        result = ExperimentResult(config=config, data=data, **restore_nan(record))
-        result.groups = {name: result.groups[name] for name in order}
-        return result
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise InputError(
-            f"stored run '{path}' is unreadable ({type(error).__name__}: {error}); delete it to "
-            "recompute that m"
-        ) from error
-
-
 def run(args: argparse.Namespace) -> int:
-    """Validate every setting, then train every m not yet stored in ``--out``.
+    """Train every run not yet stored in ``--out`` (every setting checked first); print tables.
 
     Returns:
         0 on success.
 
-    Raises:
-        InputError: for a bad config, flag, device, data folder or output folder, before any
-            training.
-
     """
     settings, mnist_dir = resolve_settings(args)
     source = f"{args.config} + command-line flags" if args.config else "command-line flags"
-    cells = build_cells(settings, source)
-    study = "cells" in settings
-    device = resolve_device(args.device)
-
-    def log(message: str) -> None:
-        if not args.quiet:
-            print(message, file=sys.stderr, flush=True)
-
-    with OutputFolder(args.out, "mnist") as folder:
-        out = folder.path
-        data = load_mnist(mnist_dir)  # reads and checks the digits: bad files fail here
-        if study:
-            shared = {k: v for k, v in settings.items() if k not in ("cells", "aux_logits")}
-            grid = {"cells": [cell.name for cell in cells]}
-        else:
-            shared = {k: v for k, v in asdict(cells[0].config).items() if k != "aux_logits"}
-            grid = {"aux_logits": [cell.config.aux_logits for cell in cells]}
-        folder.check_settings({**shared, "data": data.describe(), "device": device.type}, grid)
-        (out / RUNS_FOLDER).mkdir(exist_ok=True)
-        clock = time.perf_counter()
-        results, models, teachers = [], [], {}
-        for cell in cells:
-            config = cell.config
-            stored = _stored_path(out, cell)
-            if stored.is_file():
-                result = load_result(stored)
-                log(f"run: {cell.name} stored in {stored}, skipped")
-            else:
-                log(f"run: {cell.name}, {config.models} models, data {data.source}")
-                result = run_experiment(config, data, log, device, teachers)
-                atomic_write_json(stored, {**asdict(result), "group_order": list(result.groups)})
-            results.append(result)
-            models.extend(model_rows(cell.name, cell.factor, cell.level, result))
-            print(f"\n{cell.name} ({result.teacher_epochs} teacher epochs)")
-            print(format_run(result))
-            print("per-epoch cosine(student update, teacher displacement), mean over models:")
-            print(format_cosines(result), flush=True)
-        seconds = time.perf_counter() - clock
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
-
-        write_models(models, out / "models.csv")
-        atomic_write_text(out / "table.md", study_markdown(read_models(out / "models.csv")))
-        if study:
-            name = args.config.stem if args.config else "mnist study"
-            title = f"{name}, {cells[0].config.models} models per cell"
-            plot_study(read_models(out / "models.csv"), out / "study.png", title)
-        else:
-            write_table(tidy_table(results), out / "table.csv")
-            plot_table(read_table(out / "table.csv"), out / "mnist.png")
-        runs = [
-            {
-                "cell": cell.name,
-                "aux_logits": r.config["aux_logits"],
-                "config": r.config,
-                "teacher_epochs": r.teacher_epochs,
-                "derangement": r.derangement,
-                "seconds": r.seconds,
-                "rows": result_rows(r),
-            }
-            for cell, r in zip(cells, results)
-        ]
-        document: dict[str, object] = {
-            "data": data.describe(),
-            "environment": environment_record(str(device)),
-            "seconds": seconds,
-            "peak_rss_mb": peak_mb,
-        }
-        if len(runs) == 1:
-            document.update(runs[0]["rows"])  # the paper's table at the top level
-        document["runs"] = runs
-        atomic_write_json(out / "results.json", document)
-    log(
-        f"\n{seconds:.1f}s, peak memory {peak_mb:.0f} MB; wrote {out}/results.json, models.csv, "
-        f"table.md, {'study.png' if study else 'table.csv, mnist.png'}"
+    title = args.config.stem if args.config else None
+    log = (lambda *parts: None) if args.quiet else progress
+    text = run_mnist(
+        settings, mnist_dir, args.out, device=args.device, source=source, title=title, log=log
     )
+    print(text, flush=True)
     return 0

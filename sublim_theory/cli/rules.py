@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
-
-import torch
 
 from sublim_theory.cli.main import add_config_argument, thread_count
-from sublim_theory.studies.rules.experiment import DEFAULT_RULES_CONFIG, run_rules_sweep
-from sublim_theory.studies.rules.report import write_rules_summary
+from sublim_theory.studies.rules.experiment import DEFAULT_RULES_CONFIG
+from sublim_theory.studies.rules.study import run_rules_sweep
 
 __all__ = [
     "HELP",
@@ -29,14 +26,11 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run (or resume) the sweep, then write table.md and rules.png.
+    """Run (or resume) the sweep: rules.csv, table.md and rules.png.
 
     Returns:
         0.
 
     """
-    torch.set_num_threads(args.threads)
-    table = run_rules_sweep(args.config, args.out, progress=not args.quiet)
-    summary, figure = write_rules_summary(args.out)
-    print(f"rules table: {table}\nsummary: {summary}\nfigure: {figure}", file=sys.stdout)
+    print(run_rules_sweep(args.config, args.out, not args.quiet, threads=args.threads))
     return 0

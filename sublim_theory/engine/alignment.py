@@ -158,7 +158,8 @@ def checked_problem(
     """Check one teacher-step problem and return (theta0, theta_S0, v), detached, v in theta0's dtype.
 
     The shared input checks of ``report.alignment_report`` and ``rule_report.student_gradients``:
-    eps finite and > 0, non-empty finite inputs, flat finite vectors of the model's size.
+    eps finite and > 0, non-empty finite inputs, float32 or float64 parameters (float16 and
+    bfloat16 are refused), flat finite vectors of the model's size.
     ``theta0`` defaults to the module's parameters and ``student_init`` to ``theta0``.
 
     Returns:
@@ -172,6 +173,13 @@ def checked_problem(
         raise InputError(f"eps must be a finite number > 0, got {eps}")
     _check_inputs(inputs, batch_size)
     theta0 = model.flat_params() if theta0 is None else theta0.detach()
+    if theta0.dtype not in (torch.float32, torch.float64):
+        # float16 rounds at ~5e-4 (bfloat16 ~4e-3): the eps-sized first-order terms drown in it
+        # (a cosine of 0.166 where float64 gives 0.174, issue 24)
+        raise InputError(
+            f"the parameters are {theta0.dtype}, whose rounding swamps the first-order terms; "
+            "use float32 or float64 (e.g. module.double())"
+        )
     check_vector(model, "theta0", theta0)
     check_vector(model, "direction", direction)
     theta_s0 = theta0 if student_init is None else student_init.detach()

@@ -75,6 +75,7 @@ def add_lora(
     alpha: float | None = None,
     targets: Sequence[str] | None = None,
     seed: int = 0,
+    beyond_full_rank: bool = False,
 ) -> nn.Module:
     """A copy of ``module`` with rank-``rank`` LoRA adapters on its Linear layers, base frozen.
 
@@ -84,14 +85,21 @@ def add_lora(
         alpha: the LoRA scale numerator (scale = alpha / r); default ``rank`` (scale 1).
         targets: names of the Linear layers to adapt (:func:`linear_layers`); default all.
         seed: seed of the adapters' ``A_0`` draw (peft's Kaiming-uniform init); ``B_0 = 0``.
+        beyond_full_rank: allow a rank above the smallest dimension of an adapted layer,
+            ``r > min(d_in, d_out)``. Such an adapter is full-rank there: ``B A`` can already
+            be any ``d_out x d_in`` matrix at ``r = min(d_in, d_out)``, so the extra rank adds
+            no reachable update, only parameters, and changes the adapter-space geometry (the
+            Gauss-Newton matrix in ``(A, B)``, theory/optimizers.md section 5). Refused unless
+            asked for, since it is usually a rank meant for a wider model.
 
     Returns:
         The adapted copy, in ``module``'s dtype and device, in eval mode if ``module`` was.
         Only its adapter parameters have ``requires_grad=True``.
 
     Raises:
-        InputError: rank < 1, alpha not finite and > 0, an unknown or non-Linear target, or a
-            module without Linear layers.
+        InputError: rank < 1, alpha not finite and > 0, an unknown or non-Linear target, a
+            module without Linear layers, or (without ``beyond_full_rank``) a rank above the
+            smallest dimension of an adapted layer.
 
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
@@ -117,6 +125,16 @@ def add_lora(
             "with different fan_in_fan_out settings; pass targets of one kind (e.g. GPT-2's "
             "attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)"
         )
+    if not beyond_full_rank:
+        sizes = {t: tuple(submodules[t].weight.shape) for t in chosen}
+        name, shape = min(sizes.items(), key=lambda item: min(item[1]))
+        if rank > min(shape):
+            raise InputError(
+                f"LoRA rank {rank} exceeds the smallest adapted dimension {min(shape)} (layer "
+                f"'{name}', weight {shape[0]} x {shape[1]}): r = {min(shape)} already spans every "
+                f"update of it; use rank <= {min(shape)}, fewer targets, or "
+                "beyond_full_rank=True"
+            )
     peft = _peft()
     reference = next(iter(module.parameters()))
     config = peft.LoraConfig(

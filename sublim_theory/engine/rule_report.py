@@ -295,7 +295,9 @@ def report_rule(
         A :class:`RuleReport`.
 
     Raises:
-        InputError: ``rule`` is not an update rule, or ``state`` does not fit the parameters.
+        InputError: ``rule`` is not an update rule, ``state`` does not fit the parameters, or
+            a step (exact, control or predicted) or a norm is not finite (an overflow would
+            otherwise be reported as a cosine of 0).
 
     """
     if not isinstance(rule, UpdateRule):
@@ -317,10 +319,23 @@ def report_rule(
             f"the {rule.name} state does not fit these parameters ({error}); pass a state from "
             f"rule.init(parameters) or from a previous step on the same parameters"
         ) from error
+    for name, vector in (("step", step), ("control step", control), ("prediction", prediction)):
+        if vector is not None and not bool(torch.isfinite(vector).all()):
+            raise InputError(
+                f"the {rule.name} {name} (lr {rule.lr:g}) has NaN or inf entries: the update "
+                "overflowed; lower the learning rate (or rescale the inputs)"
+            )
     missing = torch.full_like(step, math.nan)
     predicted = missing if prediction is None else prediction
     signal = step - control if control is not None else missing
     norms, cos = _cosines([step, predicted, gradients.direction, gradients.k_v, signal])
+    names = ("step", "prediction", "teacher direction", "K v")
+    for name, value in zip(names, norms):
+        if math.isinf(value):
+            raise InputError(
+                f"the norm of the {name} ({rule.name}, lr {rule.lr:g}) overflows float64, so "
+                "its cosines are undefined; lower the learning rate or rescale the inputs"
+            )
     residual = math.nan
     agreement = math.nan
     if prediction is not None:

@@ -60,6 +60,7 @@ __all__ = [
     "load_toml",
     "parse_config",
     "resolve_device",
+    "write_failure",
 ]
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -358,11 +359,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             os.fsync(handle.fileno())
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
-    except OSError as error:
+    except OSError as error:  # a full disk, a quota: the old file stays whole
         Path(temporary).unlink(missing_ok=True)
-        if error.filename is None:  # a full disk fails in write/flush/fsync: name the file
-            raise OSError(error.errno, error.strerror, str(path)) from None
-        raise
+        raise InputError(write_failure(path, error)) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -383,15 +382,49 @@ def atomic_write_json(path: str | os.PathLike[str], record: Any) -> None:
     atomic_write_text(path, text + "\n")
 
 
+def write_failure(path: str | os.PathLike[str], error: OSError) -> str:
+    """An OSError met while writing ``path`` as one line that names the file.
+
+    ``os.write`` on a full disk raises ``OSError(ENOSPC)`` without a file name, which the CLI
+    would print as a traceback; raised as ``InputError(write_failure(path, error))`` it is one
+    line and exit 2.
+
+    Returns:
+        The message.
+
+    """
+    reason = error.strerror or type(error).__name__
+    return (
+        f"cannot write '{path}' ({reason}); free space or fix permissions and rerun "
+        "(finished units are kept)"
+    )
+
+
 def append_durably(path: str | os.PathLike[str], text: str) -> None:
-    """Append ``text`` with O_APPEND writes, then fsync: once this returns, the rows are on disk."""
+    """Append ``text`` with O_APPEND writes, then fsync: once this returns, the rows are on disk.
+
+    All or nothing: when a write fails (a full disk) the file is cut back to its old end, so no
+    half-written row stays behind.
+
+    Raises:
+        InputError: the file cannot be opened or written (naming it); it is left as it was.
+
+    """
     data = text.encode()
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        while data:
-            written = os.write(descriptor, data)
-            data = data[written:]
-        os.fsync(descriptor)
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise InputError(write_failure(path, error)) from None
+    try:
+        start = os.fstat(descriptor).st_size
+        try:
+            while data:
+                written = os.write(descriptor, data)
+                data = data[written:]
+            os.fsync(descriptor)
+        except OSError as error:
+            os.ftruncate(descriptor, start)  # shrinking needs no space
+            raise InputError(write_failure(path, error)) from None
     finally:
         os.close(descriptor)
 

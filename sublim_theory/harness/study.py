@@ -56,6 +56,7 @@ __all__ = [
     "PartsStore",
     "Study",
     "cpu_device",
+    "parts_store",
     "progress",
     "run_study",
     "seed_range",
@@ -277,8 +278,11 @@ class Study:
             folder with an ``InputError``.
         state_files: the study's own files in the folder (those ``prepare`` writes, or tables
             holding rows no record has): like stored units, refused when ``run.json`` is missing.
-        store: ``store(folder, fingerprint, file_name, legacy) -> UnitStore``, the record layout
-            (default :class:`UnitStore`; :class:`PartsStore` for units with several tables).
+        store: ``store(records, fingerprint, study, log)`` builds the store of the records:
+            anything with ``get(unit)`` and ``put(unit, rows)``. Default: a :class:`UnitStore`
+            of one JSON file per unit; :func:`parts_store` for units with several tables; a
+            ``CsvAppendStore`` (``records`` is then a file) where a table must rebuild
+            byte-identical from one file.
         report_key: the sort key of the units whose rows the report reads (default: unit order).
         cache_bytes: the free space the cache must have before any compute (one cached model).
 
@@ -297,7 +301,7 @@ class Study:
     legacy_records: bool = False
     prepare: Callable[[Context, Mapping[str, list[dict] | None]], None] | None = None
     state_files: tuple[str, ...] = ()
-    store: Callable[..., UnitStore] | None = None
+    store: Callable[[Path, str, Study, Callable[..., None]], Any] | None = None
     report_key: Callable[[Any], Any] | None = None
     cache_bytes: int = 0
 
@@ -356,7 +360,7 @@ def run_study(
         if cache_inside:
             usable_cache(cache_path, study.cache_bytes)
         records = path / study.folder
-        held = [str(records)] if records.is_dir() and any(records.iterdir()) else []
+        held = [str(records)] if _holds_records(records) else []
         held += [str(path / name) for name in study.state_files if (path / name).exists()]
         if not (path / RUN_RECORD_NAME).exists() and held:
             raise InputError(
@@ -374,10 +378,12 @@ def run_study(
                 units=units,
             ),
         )
-        make_store = UnitStore if study.store is None else study.store
-        store = make_store(
-            records, fingerprint(study.settings), study.unit_file, study.legacy_records
-        )
+        if study.store is None:
+            store = UnitStore(
+                records, fingerprint(study.settings), study.unit_file, legacy=study.legacy_records
+            )
+        else:
+            store = study.store(records, fingerprint(study.settings), study, log)
         context = Context(path, cache_path, resolved, log)
         stored = {str(u): store.get(u) for u in units}
         if study.prepare is not None:
@@ -396,6 +402,31 @@ def run_study(
             log(f"{study.name} {unit}: {time.perf_counter() - started:.0f}s{tail}")
             study.report(path, _done_rows(order, stored))
         return study.report(path, _done_rows(order, stored))
+
+
+def parts_store(
+    parts: Sequence[str] = (), key_name: str | None = None
+) -> Callable[[Path, str, Study, Callable[..., None]], PartsStore]:
+    """A ``Study.store``: a :class:`PartsStore` of the study's unit files and legacy setting.
+
+    Returns:
+        The store factory.
+
+    """
+
+    def build(records: Path, stamp: str, study: Study, log: Callable[..., None]) -> PartsStore:
+        return PartsStore(
+            records, stamp, study.unit_file, study.legacy_records, parts=parts, key_name=key_name
+        )
+
+    return build
+
+
+def _holds_records(records: Path) -> bool:
+    """A non-empty folder of unit records, or a non-empty file of them (a CSV store)."""
+    if records.is_dir():
+        return any(records.iterdir())
+    return records.is_file() and records.stat().st_size > 0
 
 
 def _done_rows(units: Sequence[Any], stored: Mapping[str, list[dict] | None]) -> list[dict]:

@@ -115,7 +115,8 @@ def test_unknown_config_key(tmp_path, capsys):
 def test_shipped_configs_parse(name):
     import argparse
 
-    from sublim_theory.cli.mnist import build_configs, register, resolve_settings
+    from sublim_theory.cli.mnist import register, resolve_settings
+    from sublim_theory.studies.mnist.study import build_configs
 
     parser = argparse.ArgumentParser()
     register(parser)

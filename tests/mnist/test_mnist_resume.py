@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-import sublim_theory.cli.mnist as mnist_command
+import sublim_theory.studies.mnist.study as mnist_command
 from sublim_theory.cli.main import main
 from sublim_theory.harness.runs import CONFIG_DIR
 from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx

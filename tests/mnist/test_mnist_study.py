@@ -5,12 +5,12 @@ import csv
 import numpy as np
 import pytest
 
-import sublim_theory.cli.mnist as mnist_command
 import sublim_theory.studies.mnist.experiment as experiment
+import sublim_theory.studies.mnist.study as mnist_command
 from sublim_theory.cli.main import main
 from sublim_theory.errors import InputError
 from sublim_theory.harness.records import mean_interval
-from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.harness.runs import CONFIG_DIR, load_toml
 from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx
 
 TINY = """
@@ -124,7 +124,7 @@ def test_bad_cells_are_one_line_errors(tmp_path, digits, capsys, cells, message)
     ["mnist_optimizer.toml", "mnist_heads.toml", "mnist_grid.toml", "mnist_grid_more.toml"],
 )
 def test_study_configs_parse(name):
-    settings = dict(mnist_command.load_toml(CONFIG_DIR / name))
+    settings = dict(load_toml(CONFIG_DIR / name))
     settings.pop("teacher_epochs", None) if settings.get("teacher_epochs") == "auto" else None
     cells = mnist_command.build_cells(settings, name)
     assert all(c.config.noise_images == 60_000 and c.config.student_epochs == 5 for c in cells)

@@ -46,9 +46,10 @@ def _config(
 
 
 def _lines(table):
-    """The table's lines (each row's text is its exact content, NaN cells included)."""
+    """The table's data lines (each row's exact text, NaN cells included), markers left out:
+    they name the seeds computed together, which differ between an extended and a fresh run."""
     read_table(table)  # and it is a valid table: no duplicate, no damaged line
-    return table.read_text().splitlines()
+    return [line for line in table.read_text().splitlines() if not line.startswith("#unit,")]
 
 
 def test_a_second_run_on_the_same_folder_is_refused_at_once(tmp_path, capsys):
@@ -130,5 +131,5 @@ def test_a_table_without_its_run_record_is_refused(tmp_path):
     config = _config(tmp_path)
     run_sweep(config, out, device="cpu", progress=False)
     (out / "run.json").unlink()
-    with pytest.raises(InputError, match="has no run.json beside it"):
+    with pytest.raises(InputError, match="holds stored results .* but no run.json"):
         run_sweep(config, out, device="cpu", progress=False)

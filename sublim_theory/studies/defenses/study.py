@@ -7,11 +7,16 @@ stored seed after each one.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict
 from pathlib import Path
 
-from sublim_theory.harness.study import Context, PartsStore, Study, seed_range, split_parts
+from sublim_theory.harness.study import (
+    Context,
+    Study,
+    parts_store,
+    seed_range,
+    split_parts,
+)
 from sublim_theory.studies.defenses import experiment, report
 from sublim_theory.testbeds.lm import training
 
@@ -57,6 +62,6 @@ def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
         cpu_only=True,
         legacy_records=True,
         state_files=("results.csv",),
-        store=functools.partial(PartsStore, key_name="seed"),
+        store=parts_store(key_name="seed"),
         cache_bytes=training.checkpoint_bytes(config),
     )

@@ -47,6 +47,7 @@ from sublim_theory.engine.update_rules import Adam, State
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import bound, parse_config
 from sublim_theory.studies.mnist.experiment import (
+    LIMITS,
     MnistConfig,
     Params,
     accuracy,
@@ -104,18 +105,18 @@ class DynamicsConfig:
 
     """
 
-    models: int = field(default=10, metadata=bound(ge=2))
-    aux_logits: int = field(default=3, metadata=bound(ge=1))
-    hidden: tuple[int, ...] = field(default=(256, 256), metadata=bound(ge=1))
-    lr: float = field(default=3e-4, metadata=bound(gt=0))
-    weight_decay: float = field(default=0.0, metadata=bound(ge=0))
-    batch_size: int = field(default=1024, metadata=bound(ge=1))
-    teacher_epochs: int | None = field(default=None, metadata=bound(ge=1))
-    student_epochs: int = field(default=5, metadata=bound(ge=1))
-    noise_images: int = field(default=60_000, metadata=bound(ge=1))
-    temperature: float = field(default=1.0, metadata=bound(gt=0))
-    trait_digits: int = field(default=1024, metadata=bound(ge=1))
-    seed: int = field(default=0, metadata=bound(ge=0))
+    models: int = field(default=10, metadata=bound(ge=2, le=LIMITS["models"]))
+    aux_logits: int = field(default=3, metadata=bound(ge=1, le=LIMITS["width"]))
+    hidden: tuple[int, ...] = field(default=(256, 256), metadata=bound(ge=1, le=LIMITS["width"]))
+    lr: float = field(default=3e-4, metadata=bound(gt=0, le=LIMITS["rate"]))
+    weight_decay: float = field(default=0.0, metadata=bound(ge=0, le=LIMITS["rate"]))
+    batch_size: int = field(default=1024, metadata=bound(ge=1, le=LIMITS["images"]))
+    teacher_epochs: int | None = field(default=None, metadata=bound(ge=1, le=LIMITS["epochs"]))
+    student_epochs: int = field(default=5, metadata=bound(ge=1, le=LIMITS["epochs"]))
+    noise_images: int = field(default=60_000, metadata=bound(ge=1, le=LIMITS["images"]))
+    temperature: float = field(default=1.0, metadata=bound(gt=0, le=LIMITS["rate"]))
+    trait_digits: int = field(default=1024, metadata=bound(ge=1, le=LIMITS["images"]))
+    seed: int = field(default=0, metadata=bound(ge=0, lt=2**31))
 
     @classmethod
     def parse(cls, raw: dict[str, object], source: str) -> DynamicsConfig:

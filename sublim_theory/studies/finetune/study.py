@@ -9,7 +9,6 @@ per-step rows). The reports (``report.write_reports``) are rebuilt after each se
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -23,8 +22,8 @@ from sublim_theory.harness.runs import atomic_write_json, fingerprint
 from sublim_theory.harness.study import (
     PART,
     Context,
-    PartsStore,
     Study,
+    parts_store,
     seed_range,
     split_parts,
 )
@@ -127,6 +126,6 @@ def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
         legacy_records=True,
         prepare=prepare,
         state_files=(SELECTION, "results.csv"),
-        store=functools.partial(PartsStore, parts=("steps",), key_name="seed"),
+        store=parts_store(parts=("steps",), key_name="seed"),
         cache_bytes=training.checkpoint_bytes(config),
     )

@@ -6,10 +6,11 @@ theory/alignment.md section 5. One module per concern:
 - ``problems``: seeded models, student placements and data of one configuration;
 - ``measure``: the engine's kernels vmapped over seeds, the per-seed statistics as the engine
   forms them, the trajectories;
-- ``table``: ``sweep.csv`` (columns, durable appends, resumption, strict reading);
+- ``table``: ``sweep.csv`` (columns, cell text, markers, strict reading);
 - ``progress``: the progress bar and the environment record;
 - ``executors``: local and Ray;
-- ``run``: :func:`run_sweep`, which ties them together in a locked output folder.
+- ``run``: :func:`sweep_study` (the study: one unit per configuration, a CSV-append store) and
+  :func:`run_sweep`, which runs it with ``harness.study.run_study``.
 """
 
 from sublim_theory.studies.init_distance.config import (
@@ -34,7 +35,7 @@ from sublim_theory.studies.init_distance.measure import (
     seed_statistics,
 )
 from sublim_theory.studies.init_distance.progress import ProgressBar
-from sublim_theory.studies.init_distance.run import run_sweep
+from sublim_theory.studies.init_distance.run import run_sweep, sweep_study
 from sublim_theory.studies.init_distance.table import (
     COLUMNS,
     ENVIRONMENT_NAME,
@@ -74,6 +75,7 @@ __all__ = [
     "run_ray",
     "run_sweep",
     "seed_statistics",
+    "sweep_study",
     "validate_config",
     "wants_trajectory",
 ]

@@ -27,6 +27,7 @@ from sublim_theory.models.architectures import ARCHITECTURES
 __all__ = [
     "CONFIG_DIR",
     "DEFAULT_CONFIG",
+    "MAX_SEEDS",
     "SWEEP_ARCHITECTURES",
     "TINY_CONFIG",
     "UNSCALED_PLACEMENTS",
@@ -50,6 +51,10 @@ SWEEP_ARCHITECTURES = (*ARCHITECTURES, "gpt2")
 CONFIG_DIR = runs.CONFIG_DIR
 DEFAULT_CONFIG = CONFIG_DIR / "init_distance.toml"
 TINY_CONFIG = CONFIG_DIR / "init_distance_tiny.toml"
+# The most seeds a config may list (issue 24: ``seeds = 10**12`` was a MemoryError); the sizes
+# below are bounded likewise, far above any useful run.
+MAX_SEEDS = 10_000
+MAX_SIZE = 100_000
 # Placements whose scale is not used (the value in the config is recorded as given).
 UNSCALED_PLACEMENTS = ("shared", "independent", "share_body", "share_head")
 
@@ -83,7 +88,7 @@ class Grid:
 
     architectures: tuple[str, ...]
     eps: tuple[float, ...] = field(metadata=runs.bound(gt=0))
-    seeds: tuple[int, ...] = field(metadata=runs.bound(ge=0))
+    seeds: tuple[int, ...] = field(metadata=runs.bound(ge=0, lt=2**31))
     placements: PlacementGrid
 
 
@@ -91,13 +96,13 @@ class Grid:
 class ModelSettings:
     """``[model]``: the sizes every architecture is built with."""
 
-    out_features: int = field(default=10, metadata=runs.bound(ge=1))
-    in_features: int = field(default=8, metadata=runs.bound(ge=1))
-    width: int = field(default=16, metadata=runs.bound(ge=1))
-    depth: int = field(default=2, metadata=runs.bound(ge=1))
-    image_size: int = field(default=8, metadata=runs.bound(ge=1))
-    vocab_size: int = field(default=16, metadata=runs.bound(ge=1))
-    seq_len: int = field(default=6, metadata=runs.bound(ge=1))
+    out_features: int = field(default=10, metadata=runs.bound(ge=1, le=MAX_SIZE))
+    in_features: int = field(default=8, metadata=runs.bound(ge=1, le=MAX_SIZE))
+    width: int = field(default=16, metadata=runs.bound(ge=1, le=MAX_SIZE))
+    depth: int = field(default=2, metadata=runs.bound(ge=1, le=1_000))
+    image_size: int = field(default=8, metadata=runs.bound(ge=1, le=1_024))
+    vocab_size: int = field(default=16, metadata=runs.bound(ge=1, le=MAX_SIZE))
+    seq_len: int = field(default=6, metadata=runs.bound(ge=1, le=MAX_SIZE))
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,8 @@ class MeasureSettings:
 
     loss: str = "softmax_ce"
     dtype: Literal["float64", "float32"] = "float64"
-    n_inputs: int = field(default=64, metadata=runs.bound(ge=1))
-    n_teacher_inputs: int = field(default=64, metadata=runs.bound(ge=1))
+    n_inputs: int = field(default=64, metadata=runs.bound(ge=1, le=10 * MAX_SIZE))
+    n_teacher_inputs: int = field(default=64, metadata=runs.bound(ge=1, le=10 * MAX_SIZE))
     input_distribution: Literal["uniform", "gaussian"] = "uniform"
     student_lr: float = field(default=1.0, metadata=runs.bound(gt=0))
     batching: Literal["vmap", "loop"] = "vmap"
@@ -117,7 +122,7 @@ class MeasureSettings:
 class TrajectorySettings:
     """``[trajectory]``: multi-step runs; ``placements``/``eps`` pick the configurations (None: all)."""
 
-    steps: int = field(default=10, metadata=runs.bound(ge=0))
+    steps: int = field(default=10, metadata=runs.bound(ge=0, le=MAX_SIZE))
     optimizers: tuple[str, ...] = ("sgd", "adam")
     sgd_lr: float = field(default=0.1, metadata=runs.bound(gt=0))
     adam_lr: float = field(default=1e-5, metadata=runs.bound(gt=0))
@@ -166,8 +171,11 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> SweepConfig:
         raise InputError(f"{source}: missing [grid] table (architectures, placements, eps, seeds)")
     seeds = grid.get("seeds")
     if type(seeds) is int:  # a count n: seeds 0..n-1
-        if seeds < 1:
-            raise InputError(f"{source}: grid.seeds = {seeds}; give a count >= 1 or a list of ints")
+        if not 1 <= seeds <= MAX_SEEDS:
+            raise InputError(
+                f"{source}: grid.seeds = {seeds}; give a count from 1 to {MAX_SEEDS} or a list "
+                "of ints"
+            )
         raw = {**raw, "grid": {**grid, "seeds": list(range(seeds))}}
     config = runs.parse_config(SweepConfig, raw, source)
     _check(config, source)
@@ -190,6 +198,8 @@ def _check(config: SweepConfig, source: str) -> None:
     _unique(grid.architectures, "grid.architectures", source)
     _unique(grid.eps, "grid.eps", source)
     _unique(grid.seeds, "grid.seeds", source)
+    if len(grid.seeds) > MAX_SEEDS:
+        raise InputError(f"{source}: grid.seeds lists more than {MAX_SEEDS} seeds")
     if not grid.placements.items():
         raise InputError(
             f"{source}: grid.placements is empty; map placement kinds to scales, e.g. "

@@ -1,10 +1,11 @@
 """The sweep's table (``sweep.csv``): its columns, durable appends, resumption and strict reading.
 
-One row per configuration x seed x measurement x step. Each finished job's rows are appended in
-one write, flushed and fsynced (``runs.append_durably``) under their configuration ``key``; a
-rerun computes only the (key, seed) pairs not complete in the table. Reading is strict: a
-truncated line, a duplicate row, a missing column or a cell that is not a number is an error,
-never a silently different figure.
+One row per configuration x seed x measurement x step. Each finished configuration's rows are
+appended in one durable write with an end-of-unit marker row (``harness.store.CsvAppendStore``,
+driven by :mod:`sublim_theory.studies.init_distance.run`); a rerun computes only the seeds no
+marker covers. Reading skips the marker rows and is otherwise strict: a truncated line, a
+duplicate row, a missing column or a cell that is not a number is an error, never a silently
+different figure.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sublim_theory.errors import InputError
+from sublim_theory.harness.store import is_marker
 
 __all__ = [
     "COLUMNS",
@@ -29,6 +31,7 @@ __all__ = [
     "format_rows",
     "header",
     "read_table",
+    "row_cells",
 ]
 
 TABLE_NAME = "sweep.csv"
@@ -99,6 +102,11 @@ def header() -> str:
     return ",".join(COLUMNS) + "\n"
 
 
+def row_cells(row: dict[str, Any]) -> dict[str, str]:
+    """One row as its cells' text (``repr`` floats, empty for None), by column."""
+    return {column: _format(row.get(column)) for column in COLUMNS}
+
+
 def format_rows(rows: Iterable[dict[str, Any]]) -> str:
     """CSV text (no header) for rows; floats as ``repr`` so they read back bit-identical."""
     buffer = io.StringIO()
@@ -121,8 +129,11 @@ def _read_text(table: Path) -> str:
         raise InputError(f"'{table}' is not UTF-8 text, so not a sweep table") from None
 
 
-def _records(table: Path, text: str) -> list[list[str]]:
-    """The data lines as lists of cells, after checking the end, the header and each width."""
+def _records(table: Path, text: str) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of the data lines, after checking the end, the header and widths.
+
+    Marker rows (``#unit,...``) are skipped.
+    """
     if not text.endswith("\n"):
         lines = text.count("\n") + 1
         raise InputError(
@@ -137,43 +148,36 @@ def _records(table: Path, text: str) -> list[list[str]]:
             f"'{table}' does not have this sweep's columns ({detail}; another tool or version "
             "wrote it): rerun the sweep into a new --out folder"
         )
-    for number, cells in enumerate(records[1:], start=2):
+    numbered = [(n, cells) for n, cells in enumerate(records[1:], start=2) if not is_marker(cells)]
+    for number, cells in numbered:
         if len(cells) != len(COLUMNS):
             raise InputError(
                 f"'{table}' line {number} has {len(cells)} fields, expected {len(COLUMNS)}: the "
                 "table is corrupt; remove that line and the rows after it, then rerun"
             )
-    return records[1:]
+    return numbered
 
 
-def completed_seeds(table: Path, rows_per_seed: dict[str, int]) -> dict[str, set[int]]:
-    """For each configuration key in ``table``, the seeds whose rows are all there.
+def completed_seeds(table: Path) -> dict[str, set[int]]:
+    """For each configuration key, the seeds an end-of-unit marker of ``table`` covers.
+
+    Rows after the last marker (an append that did not finish) count for nothing. The table is
+    never modified here.
 
     Raises:
-        InputError: a damaged table (truncated last line, other columns, a (key, seed) with a
-            wrong number of rows); the table is never modified here.
+        InputError: a table that is not this sweep's (other columns, not UTF-8).
 
     """
     if not table.exists() or table.stat().st_size == 0:
         return {}
-    counts: dict[tuple[str, int], int] = {}
-    first_line: dict[tuple[str, int], int] = {}
-    for number, cells in enumerate(_records(table, _read_text(table)), start=2):
-        try:
-            pair = (cells[0], int(cells[COLUMNS.index("seed")]))
-        except ValueError:
-            raise InputError(f"'{table}' line {number}: the seed is not an integer") from None
-        counts[pair] = counts.get(pair, 0) + 1
-        first_line.setdefault(pair, number)
+    lines = list(csv.reader(io.StringIO(_read_text(table))))
+    if lines[0] != list(COLUMNS):
+        raise InputError(f"'{table}' does not have this sweep's columns; use a new --out folder")
     done: dict[str, set[int]] = {}
-    for (key, seed), count in counts.items():
-        expected = rows_per_seed.get(key)
-        if expected is not None and count != expected:
-            raise InputError(
-                f"'{table}': configuration {key} seed {seed} has {count} rows, expected "
-                f"{expected} (from line {first_line[key, seed]}); remove them and rerun"
-            )
-        done.setdefault(key, set()).add(seed)
+    for cells in lines[1:]:
+        if is_marker(cells) and len(cells) == 4:
+            key, _, seeds = cells[1].rpartition("#")
+            done.setdefault(key, set()).update(int(s) for s in seeds.split(","))
     return done
 
 
@@ -208,7 +212,7 @@ def read_table(table: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if not text:
         raise InputError(f"'{path}' is empty, not a sweep table")
     rows, seen = [], {}
-    for number, cells in enumerate(_records(path, text), start=2):
+    for number, cells in _records(path, text):
         row = {c: _parse(path, number, c, v) for c, v in zip(COLUMNS, cells)}
         identity = tuple(row[c] for c in IDENTITY)
         if identity in seen:

@@ -64,6 +64,7 @@ from sublim_theory.testbeds.mnist.variants import (
 )
 
 __all__ = [
+    "LIMITS",
     "mixed_seed",
     "PAPER_TEACHER_STEPS",
     "DEFAULT_STUDENTS",
@@ -95,6 +96,15 @@ DEFAULT_STUDENTS = ("aux", "all", "cross_aux", "cross_all")
 STUDENT_KINDS = (*DEFAULT_STUDENTS, *HEAD_KINDS)
 
 Params = list[Tensor]  # [W1, b1, W2, b2, ..., W_out, b_out], each with a leading model axis
+# Upper bounds of the config (issue 24: ``noise_images = 10**12`` died allocating the block
+# order): far above any run this CPU/GPU code can finish, below an allocation failure.
+LIMITS = {
+    "models": 10_000,
+    "width": 100_000,
+    "images": 10_000_000,
+    "epochs": 100_000,
+    "rate": 1e6,
+}
 
 
 @dataclass(frozen=True)
@@ -133,21 +143,21 @@ class MnistConfig:
 
     """
 
-    models: int = field(default=10, metadata=bound(ge=1))
-    aux_logits: int = field(default=3, metadata=bound(ge=1))
-    hidden: tuple[int, ...] = field(default=(256, 256), metadata=bound(ge=1))
-    lr: float = field(default=3e-4, metadata=bound(gt=0))
-    weight_decay: float = field(default=0.0, metadata=bound(ge=0))
-    batch_size: int = field(default=1024, metadata=bound(ge=1))
-    teacher_epochs: int | None = field(default=None, metadata=bound(ge=1))
-    student_epochs: int = field(default=5, metadata=bound(ge=1))
-    noise_images: int = field(default=60_000, metadata=bound(ge=1))
-    temperature: float = field(default=1.0, metadata=bound(gt=0))
-    student_noise: tuple[float, ...] = field(default=(0.0,), metadata=bound(ge=0))
+    models: int = field(default=10, metadata=bound(ge=1, le=LIMITS["models"]))
+    aux_logits: int = field(default=3, metadata=bound(ge=1, le=LIMITS["width"]))
+    hidden: tuple[int, ...] = field(default=(256, 256), metadata=bound(ge=1, le=LIMITS["width"]))
+    lr: float = field(default=3e-4, metadata=bound(gt=0, le=LIMITS["rate"]))
+    weight_decay: float = field(default=0.0, metadata=bound(ge=0, le=LIMITS["rate"]))
+    batch_size: int = field(default=1024, metadata=bound(ge=1, le=LIMITS["images"]))
+    teacher_epochs: int | None = field(default=None, metadata=bound(ge=1, le=LIMITS["epochs"]))
+    student_epochs: int = field(default=5, metadata=bound(ge=1, le=LIMITS["epochs"]))
+    noise_images: int = field(default=60_000, metadata=bound(ge=1, le=LIMITS["images"]))
+    temperature: float = field(default=1.0, metadata=bound(gt=0, le=LIMITS["rate"]))
+    student_noise: tuple[float, ...] = field(default=(0.0,), metadata=bound(ge=0, le=1e6))
     students: tuple[str, ...] = DEFAULT_STUDENTS
-    seed: int = field(default=0, metadata=bound(ge=0))
+    seed: int = field(default=0, metadata=bound(ge=0, lt=2**31))
     student_optimizer: Literal["adam", "sgd", "signsgd"] = "adam"
-    student_lr: float | None = field(default=None, metadata=bound(gt=0))
+    student_lr: float | None = field(default=None, metadata=bound(gt=0, le=LIMITS["rate"]))
     distillation_loss: Literal["kl", "mse"] = "kl"
     distillation_inputs: Literal["uniform", "gaussian", "real"] = "uniform"
 

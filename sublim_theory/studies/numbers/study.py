@@ -7,7 +7,6 @@ reports (``report.write_reports``) are rebuilt from every stored seed after each
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,8 +15,8 @@ from sublim_theory.harness.runs import load_toml
 from sublim_theory.harness.study import (
     PART,
     Context,
-    PartsStore,
     Study,
+    parts_store,
     seed_range,
     split_parts,
 )
@@ -89,6 +88,6 @@ def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
         legacy_records=True,
         prepare=_no_orphans,
         state_files=("results.csv",),
-        store=functools.partial(PartsStore, parts=PARTS, key_name="seed"),
+        store=parts_store(parts=PARTS, key_name="seed"),
         cache_bytes=training.checkpoint_bytes(config),
     )

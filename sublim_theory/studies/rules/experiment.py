@@ -11,7 +11,9 @@ trait-loss change. Axes:
   there: :func:`sublim_theory.engine.update_rules.warmed_state`); ``adam`` (fresh: Adam's first step);
   ``signsgd``;
 * parameterizations: ``full`` or ``lora<r>`` (``add_lora`` on every Linear layer, scale 1,
-  B0 = 0, A0 from an adapter seed; everything in adapter space);
+  B0 = 0, A0 from an adapter seed; everything in adapter space). A rank above a layer's
+  smallest dimension is allowed (``beyond_full_rank``): that layer's adapter is full-rank, so
+  the rank trend up to lora64 shows the adapter-space geometry, not a reach restriction;
 * placements: ``shared`` (same base, same A0), ``other_adapter_seed`` (LoRA only: A0 redrawn
   with ``redraw_adapters``), ``independent`` (another base: full, theta_S0 = an independent
   init; LoRA, the same adapters on an independent base, whose first-order prediction does not
@@ -19,8 +21,10 @@ trait-loss change. Axes:
 * teachers: ``gradient`` (v = -grad L_T) or ``adam`` (v = the displacement after
   ``teacher_adam_steps`` Adam steps on L_T).
 
-A job is one (architecture, parameterization, placement); its seeds' rows are appended durably
-to ``rules.csv`` one seed at a time, so a killed run resumes where it stopped.
+A job is one (architecture, parameterization, placement); a unit is one (job, seed), whose rows
+are appended to ``rules.csv`` with an end-of-unit marker in one durable write
+(``harness.store.CsvAppendStore``; :mod:`sublim_theory.studies.rules.study` runs the units), so a
+killed run, a full disk or a cut file resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import csv
 import io
 import os
 import re
-import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +48,10 @@ from sublim_theory.engine.losses import LOSSES, make_loss
 from sublim_theory.engine.rule_report import report_rule, student_gradients, teacher_direction
 from sublim_theory.engine.update_rules import UpdateRule, make_rule, warmed_state
 from sublim_theory.errors import InputError
-from sublim_theory.harness import records, runs
+from sublim_theory.harness import runs
+from sublim_theory.harness.store import is_marker
 from sublim_theory.models.architectures import ARCHITECTURES
-from sublim_theory.studies.init_distance.config import ModelSettings
+from sublim_theory.studies.init_distance.config import MAX_SEEDS, ModelSettings
 from sublim_theory.studies.init_distance.measure import teacher_cross_entropy
 from sublim_theory.testbeds.zoo import (
     INDEPENDENT_SEED_OFFSET,
@@ -61,6 +66,7 @@ __all__ = [
     "DEFAULT_RULES_CONFIG",
     "OTHER_ADAPTER_SEED_OFFSET",
     "PLACEMENT_KINDS",
+    "COLUMNS",
     "RULES_TABLE",
     "STUDENT_RULES",
     "TEACHER_KINDS",
@@ -69,11 +75,12 @@ __all__ = [
     "RuleSettings",
     "RuleSweepConfig",
     "expand_rule_jobs",
+    "format_cells",
     "load_rules_config",
     "parse_parameterization",
+    "parse_rules_rows",
     "read_rules_table",
     "run_rule_job_seed",
-    "run_rules_sweep",
 ]
 
 DEFAULT_RULES_CONFIG = runs.CONFIG_DIR / "rules_default.toml"
@@ -119,6 +126,12 @@ REPORT_COLUMNS = (
     "cos_signal_K_v",
 )
 COLUMNS = (*IDENTITY_COLUMNS, *REPORT_COLUMNS, "trait_falls", "trait_falls_vs_control")
+# Upper bounds of the config (issue 24): far above any useful run, below a MemoryError or an
+# overflow. A step size above 1e6 overflows the tiny networks' outputs at once; 10**6 inputs
+# or 10**5 steps of these per-example kernels would run for days.
+MAX_RATE = 1e6
+MAX_INPUTS = 1_000_000
+MAX_STEPS = 100_000
 TEXT = frozenset(
     {"key", "arch", "parameterization", "placement", "teacher", "student_rule", "rule"}
 )
@@ -134,25 +147,25 @@ class RuleGrid:
     parameterizations: tuple[str, ...]
     placements: tuple[str, ...]
     teachers: tuple[str, ...]
-    seeds: tuple[int, ...] = field(metadata=runs.bound(ge=0))
+    seeds: tuple[int, ...] = field(metadata=runs.bound(ge=0, lt=2**31))
 
 
 @dataclass(frozen=True)
 class RuleSettings:
     """``[measure]``: the teacher's step, data sizes, each rule's learning rate, warming."""
 
-    eps: float = field(default=1e-3, metadata=runs.bound(gt=0))
+    eps: float = field(default=1e-3, metadata=runs.bound(gt=0, le=MAX_RATE))
     loss: str = "softmax_ce"
-    n_inputs: int = field(default=64, metadata=runs.bound(ge=1))
-    n_teacher_inputs: int = field(default=64, metadata=runs.bound(ge=1))
-    sgd_lr: float = field(default=1.0, metadata=runs.bound(gt=0))
+    n_inputs: int = field(default=64, metadata=runs.bound(ge=1, le=MAX_INPUTS))
+    n_teacher_inputs: int = field(default=64, metadata=runs.bound(ge=1, le=MAX_INPUTS))
+    sgd_lr: float = field(default=1.0, metadata=runs.bound(gt=0, le=MAX_RATE))
     momentum: float = field(default=0.9, metadata=runs.bound(ge=0, lt=1))
-    adam_lr: float = field(default=1e-3, metadata=runs.bound(gt=0))
-    signsgd_lr: float = field(default=1e-3, metadata=runs.bound(gt=0))
-    warm_steps: int = field(default=10, metadata=runs.bound(ge=1))
-    warm_batch: int = field(default=16, metadata=runs.bound(ge=1))
-    teacher_adam_steps: int = field(default=10, metadata=runs.bound(ge=1))
-    teacher_adam_lr: float = field(default=1e-3, metadata=runs.bound(gt=0))
+    adam_lr: float = field(default=1e-3, metadata=runs.bound(gt=0, le=MAX_RATE))
+    signsgd_lr: float = field(default=1e-3, metadata=runs.bound(gt=0, le=MAX_RATE))
+    warm_steps: int = field(default=10, metadata=runs.bound(ge=1, le=MAX_STEPS))
+    warm_batch: int = field(default=16, metadata=runs.bound(ge=1, le=MAX_INPUTS))
+    teacher_adam_steps: int = field(default=10, metadata=runs.bound(ge=1, le=MAX_STEPS))
+    teacher_adam_lr: float = field(default=1e-3, metadata=runs.bound(gt=0, le=MAX_RATE))
 
 
 @dataclass(frozen=True)
@@ -198,8 +211,10 @@ def load_rules_config(path: str | os.PathLike[str]) -> RuleSweepConfig:
     if not isinstance(grid, dict):
         raise InputError(f"{source}: missing [grid] table (architectures, rules, ...)")
     if type(grid.get("seeds")) is int:
-        if grid["seeds"] < 1:
-            raise InputError(f"{source}: grid.seeds = {grid['seeds']}; give a count >= 1")
+        if not 1 <= grid["seeds"] <= MAX_SEEDS:
+            raise InputError(
+                f"{source}: grid.seeds = {grid['seeds']}; give a count from 1 to {MAX_SEEDS}"
+            )
         raw = {**raw, "grid": {**grid, "seeds": list(range(grid["seeds"]))}}
     config = runs.parse_config(RuleSweepConfig, raw, source)
     choices = {
@@ -213,6 +228,8 @@ def load_rules_config(path: str | os.PathLike[str]) -> RuleSweepConfig:
         unknown = [x for x in values if x not in allowed]
         if unknown:
             raise InputError(f"{source}: grid.{name} has {unknown}; choose from {list(allowed)}")
+    if len(config.grid.seeds) > MAX_SEEDS:
+        raise InputError(f"{source}: grid.seeds lists more than {MAX_SEEDS} seeds")
     for name in (*choices, "parameterizations", "seeds"):
         values = getattr(config.grid, name)
         if len(set(values)) != len(values):
@@ -299,7 +316,8 @@ def _models(job: dict[str, Any], seed: int) -> dict[str, Any]:
         theta0 = teacher.flat_params()
         start = FunctionalModel(other_base).flat_params() if other_base is not None else theta0
         return {"model": teacher, "theta0": theta0, "student_init": start, "student_model": None}
-    adapted = add_lora(base, rank, seed=seed + ADAPTER_SEED_OFFSET)
+    # lora16/lora64 on width-16 nets are above some layers' size on purpose: full-rank there
+    adapted = add_lora(base, rank, seed=seed + ADAPTER_SEED_OFFSET, beyond_full_rank=True)
     teacher = FunctionalModel(adapted)
     theta0 = teacher.flat_params()
     student_model, start = None, theta0
@@ -307,7 +325,8 @@ def _models(job: dict[str, Any], seed: int) -> dict[str, Any]:
         redrawn = redraw_adapters(adapted, seed + OTHER_ADAPTER_SEED_OFFSET)
         start = FunctionalModel(redrawn).flat_params()
     elif placement == "independent":
-        student_model = FunctionalModel(add_lora(other_base, rank, seed=seed + ADAPTER_SEED_OFFSET))
+        other = add_lora(other_base, rank, seed=seed + ADAPTER_SEED_OFFSET, beyond_full_rank=True)
+        student_model = FunctionalModel(other)
         start = student_model.flat_params()
     return {
         "model": teacher,
@@ -389,19 +408,56 @@ def run_rule_job_seed(job: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _format(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    for row in rows:
-        cells = [row.get(c) for c in COLUMNS]
-        writer.writerow(
-            ["" if x is None else repr(x) if isinstance(x, float) else x for x in cells]
+def format_cells(row: dict[str, Any]) -> dict[str, str]:
+    """A row as the cell text of ``rules.csv``: floats by ``repr`` (exact), None as empty."""
+    cells = {}
+    for column in COLUMNS:
+        value = row.get(column)
+        cells[column] = (
+            "" if value is None else repr(value) if isinstance(value, float) else str(value)
         )
-    return buffer.getvalue()
+    return cells
+
+
+def parse_rules_rows(
+    records: Iterable[tuple[int, Sequence[str]]], where: str
+) -> list[dict[str, Any]]:
+    """Rows of cell text (in :data:`COLUMNS` order) with numbers parsed (empty cells -> NaN).
+
+    Args:
+        records: ``(line number, cells)`` per row.
+        where: the file, for messages.
+
+    Returns:
+        The rows as dicts.
+
+    Raises:
+        InputError: a row of the wrong width, or a cell that is not a number.
+
+    """
+    parsed = []
+    for number, cells in records:
+        if len(cells) != len(COLUMNS):
+            raise InputError(f"'{where}' line {number} is incomplete; rerun into the same --out")
+        row = {}
+        for column, cell in zip(COLUMNS, cells):
+            try:
+                if column in TEXT:
+                    row[column] = cell
+                elif column in INTEGERS:
+                    row[column] = int(cell)
+                else:
+                    row[column] = float(cell) if cell else float("nan")
+            except ValueError:
+                raise InputError(
+                    f"'{where}' line {number}: {column} = {cell!r} is not a number"
+                ) from None
+        parsed.append(row)
+    return parsed
 
 
 def read_rules_table(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """``rules.csv`` as dicts with numbers parsed (empty cells -> NaN).
+    """``rules.csv`` as dicts with numbers parsed (empty cells -> NaN); marker rows skipped.
 
     Returns:
         The rows.
@@ -418,75 +474,5 @@ def read_rules_table(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         raise InputError(
             f"'{path}' does not have the rules sweep's columns; rerun into a new --out"
         )
-    parsed = []
-    for number, cells in enumerate(rows[1:], start=2):
-        if len(cells) != len(COLUMNS):
-            raise InputError(f"'{path}' line {number} is incomplete; delete it and rerun")
-        row = {}
-        for column, cell in zip(COLUMNS, cells):
-            try:
-                if column in TEXT:
-                    row[column] = cell
-                elif column in INTEGERS:
-                    row[column] = int(cell)
-                else:
-                    row[column] = float(cell) if cell else float("nan")
-            except ValueError:
-                raise InputError(
-                    f"'{path}' line {number}: {column} = {cell!r} is not a number"
-                ) from None
-        parsed.append(row)
-    return parsed
-
-
-def run_rules_sweep(
-    config_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], progress: bool = True
-) -> Path:
-    """Run (or resume) the rules sweep of ``config_path`` into ``out_dir``; return the table.
-
-    Returns:
-        The path of ``rules.csv``.
-
-    Raises:
-        InputError: a bad config, a busy folder, or a folder holding other settings.
-
-    """
-    config = load_rules_config(config_path)
-    jobs = expand_rule_jobs(config)
-    grid = {
-        "architectures": list(config.grid.architectures),
-        "parameterizations": list(config.grid.parameterizations),
-        "placements": list(config.grid.placements),
-        "teachers": list(config.grid.teachers),
-        "rules": list(config.grid.rules),
-        "seeds": list(config.grid.seeds),
-    }
-    with runs.OutputFolder(out_dir, "rules") as folder:
-        folder.check_settings(config.settings(), grid)
-        table = folder.path / RULES_TABLE
-        done: set[tuple[str, int]] = set()
-        if table.exists() and table.stat().st_size:
-            done = {(r["key"], r["seed"]) for r in read_rules_table(table)}
-        else:
-            runs.append_durably(table, ",".join(COLUMNS) + "\n")
-        started, pending = time.monotonic(), 0
-        total = len(jobs) * len(config.grid.seeds)
-        for job in jobs:
-            for seed in config.grid.seeds:
-                if (job["key"], seed) in done:
-                    continue
-                runs.append_durably(table, _format(run_rule_job_seed(job, seed)))
-                pending += 1
-                if progress and pending % max(1, total // 10) == 0:
-                    print(f"rules: {len(done) + pending}/{total} (job, seed) pairs", flush=True)
-        record = records.environment_record(
-            "cpu",
-            config_path=str(config_path),
-            settings=config.settings(),
-            grid=grid,
-            columns=list(COLUMNS),
-        )
-        record["seconds_this_run"] = round(time.monotonic() - started, 3)
-        record["pairs_this_run"] = pending
-        runs.atomic_write_json(folder.path / "environment.json", record)
-    return table
+    numbered = [(n, cells) for n, cells in enumerate(rows[1:], start=2) if not is_marker(cells)]
+    return parse_rules_rows(numbered, str(path))

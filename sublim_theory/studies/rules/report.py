@@ -24,6 +24,7 @@ __all__ = [
     "TABLE_NAME",
     "plot_rules",
     "summarize_rules",
+    "write_rules_report",
     "write_rules_summary",
 ]
 
@@ -143,8 +144,24 @@ def plot_rules(summary: list[dict[str, Any]], path: str | os.PathLike[str]) -> P
     return out
 
 
+def write_rules_report(
+    out_dir: str | os.PathLike[str], rows: list[dict[str, Any]], figure: bool = True
+) -> tuple[Path, Path | None]:
+    """Write ``table.md`` (and, with ``figure``, ``rules.png``) from parsed rows.
+
+    Returns:
+        The paths of the table and the figure (None without ``figure``).
+
+    """
+    folder = Path(out_dir)
+    summary = summarize_rules(rows)
+    table = folder / TABLE_NAME
+    runs.atomic_write_text(table, _markdown(summary, rows))
+    return table, plot_rules(summary, folder / FIGURE_NAME) if figure else None
+
+
 def write_rules_summary(out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write ``table.md`` and ``rules.png`` beside ``rules.csv``.
+    """Write ``table.md`` and ``rules.png`` beside ``rules.csv``, from its rows in file order.
 
     Returns:
         The paths of the table and the figure.
@@ -154,8 +171,6 @@ def write_rules_summary(out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
 
     """
     folder = Path(out_dir)
-    rows = read_rules_table(folder / RULES_TABLE)
-    summary = summarize_rules(rows)
-    table = folder / TABLE_NAME
-    runs.atomic_write_text(table, _markdown(summary, rows))
-    return table, plot_rules(summary, folder / FIGURE_NAME)
+    table, figure = write_rules_report(folder, read_rules_table(folder / RULES_TABLE))
+    assert figure is not None
+    return table, figure
