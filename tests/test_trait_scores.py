@@ -27,7 +27,11 @@ from sublim_theory.testbeds.lm.config import (
     ModelConfig,
     NumbersConfig,
 )
-from sublim_theory.testbeds.lm.screening import number_student_data, number_student_loss
+from sublim_theory.testbeds.lm.screening import (
+    animal_probes,
+    number_student_data,
+    number_student_loss,
+)
 
 U64 = torch.finfo(torch.float64).eps
 ISSUE_BAR = 1e-10  # issue 23: relative error <= 1e-10 of ||g_k|| ||grad l_i||
@@ -320,7 +324,7 @@ def test_embedding_padding_rows_get_no_gradient_as_in_torchs_backward():
 def test_every_contraction_order_and_block_size_gives_the_same_scores(monkeypatch, cost, budget):
     # the cost weight picks the order (0: project / scatter; huge: per-example / gather) and a
     # tiny memory budget cuts every contraction into blocks of one row
-    monkeypatch.setattr(T, "_MEMORY_BOUND_COST", cost)
+    monkeypatch.setattr(T, "MEMORY_BOUND_COST", cost)
     _, model, inputs, targets, loss = numbers_lm()
     theta = model.flat_params()
     directions = directions_for(model, 3)
@@ -467,3 +471,68 @@ def test_bad_input_is_one_clear_error():
     bad = S.TraitProbe("nan", corpus.question_prompt(), lambda z: z.sum() * float("nan"))
     with pytest.raises(InputError, match="finite scalar"):
         T.probe_factors(model, theta, [bad])
+
+
+# --------------------------------------------------------------------------------------------
+# the screen's factored method
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", S.VARIANTS)
+def test_the_factored_screen_equals_the_jvp_screen(variant):
+    config, model, inputs, targets, loss = numbers_lm()
+    theta = model.flat_params()
+    probes = animal_probes(config)
+    rms = None
+    if variant == "rms":
+        rms = S.minibatch_gradient_rms(model, theta, inputs, targets, loss, 4, 3, seed=1)
+    options = {
+        "step_size": 1e-3,
+        "steps": 3,
+        "variant": variant,
+        "gradient_rms": rms,
+        "batch_size": 4,
+        "bootstrap": 50,
+    }
+    jvp = S.screen(model, theta, inputs, targets, loss, probes, method="jvp", **options)
+    factored = S.screen(model, theta, inputs, targets, loss, probes, method="factored", **options)
+    trait_grads = S.trait_gradients(model, theta, probes)
+    g = S.data_gradient(model, theta, inputs, targets, loss)
+    directions = trait_grads * S.preconditioner(variant, g, rms)
+    gradients = per_example_gradients(model, theta, inputs, targets, loss)
+    scale = torch.outer(gradients.norm(dim=1), directions.norm(dim=1))
+    bound = (2 * model.num_params + 100) * U64 * scale
+    assert ((factored.attributions - jvp.attributions).abs() <= 2 * bound).all()
+    assert ((factored.forecast - jvp.forecast).abs() <= 3e-3 * 2 * bound.mean(0)).all()
+    assert factored.ranking == jvp.ranking
+    if variant == "sgd":
+        torch.testing.assert_close(factored.normalized, jvp.normalized, rtol=1e-10, atol=0)
+    unnormalized = S.screen(
+        model, theta, inputs, targets, loss, probes, method="factored", normalize=False, **options
+    )
+    assert unnormalized.normalized is None
+    torch.testing.assert_close(unnormalized.attributions, factored.attributions, rtol=0, atol=0)
+
+
+def test_example_attributions_offer_both_methods():
+    _, model, inputs, targets, loss = numbers_lm()
+    theta = model.flat_params()
+    directions = directions_for(model, 3)
+    jvp = S.example_attributions(model, theta, inputs, targets, loss, directions, 4)
+    factored = S.example_attributions(
+        model, theta, inputs, targets, loss, directions, 4, method="factored"
+    )
+    gradients = per_example_gradients(model, theta, inputs, targets, loss)
+    assert_matches_oracle(jvp, gradients, directions)
+    assert_matches_oracle(factored, gradients, directions)
+    with pytest.raises(InputError, match="unknown attribution method"):
+        S.example_attributions(model, theta, inputs, targets, loss, directions, method="vjp")
+    with pytest.raises(InputError, match="unknown attribution method"):
+        S.screen(
+            model,
+            theta,
+            inputs,
+            targets,
+            loss,
+            animal_probes(numbers_lm()[0]),
+            step_size=1.0,
+            method="x",
+        )

@@ -59,6 +59,7 @@ from sublim_theory.engine.functional import FunctionalModel, check_module_is_fun
 from sublim_theory.errors import InputError
 
 __all__ = [
+    "MEMORY_BOUND_COST",
     "MEMORY_BUDGET",
     "ParameterUse",
     "ProbeFactors",
@@ -407,7 +408,7 @@ def _parameter_names(node: _Param | _Derived, names: list[str]) -> set[str]:
 # Weighs the contraction orders: a memory-bound multiply-add (a gather, an elementwise product
 # of large temporaries) costs about as much as this many multiply-adds inside a matrix product
 # (measured on one CPU thread: ~6 ns per gathered element, ~0.06 ns per GEMM multiply-add).
-_MEMORY_BOUND_COST = 64
+MEMORY_BOUND_COST = 64
 
 
 def _linear_scores(
@@ -436,7 +437,7 @@ def _linear_scores(
     a = x.reshape(n, -1, d_in).to(weight.dtype)
     t = a.shape[1]
     narrow = min(d_in, d_out)
-    project = n * t * k * (d_out * d_in + _MEMORY_BOUND_COST * narrow)
+    project = n * t * k * (d_out * d_in + MEMORY_BOUND_COST * narrow)
     per_example = n * d_out * d_in * (t + k)
     if project < per_example:  # few directions or one position: project, then meet
         step = max(1, budget // max(1, n * t * narrow))
@@ -485,7 +486,7 @@ def _embedding_scores(
     distinct, inverse = torch.unique(ids, return_inverse=True)
     u = distinct.numel()
     scores = torch.zeros(n, k, dtype=table.dtype, device=table.device)
-    if n * u + _MEMORY_BOUND_COST * u <= _MEMORY_BOUND_COST * n * t:
+    if n * u + MEMORY_BOUND_COST * u <= MEMORY_BOUND_COST * n * t:
         sums = torch.zeros(n * u, width, dtype=d.dtype, device=d.device)
         rows = (torch.arange(n, device=ids.device).unsqueeze(1) * u + inverse).reshape(-1)
         sums.index_add_(0, rows, d.reshape(-1, width))
