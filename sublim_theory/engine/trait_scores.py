@@ -722,7 +722,7 @@ def probe_factors(model: FunctionalModel, theta: Tensor, probes: Sequence) -> Pr
         if grads[-1] is not None:
             gradients[group] = grads[-1].double()
         delta_of = {id(output): g for output, g in zip(kept, grads[:-1])}
-        traits = torch.tensor(group)
+        traits = torch.tensor(group, device=theta.device)
         for use in recorder.uses:
             deltas = [None if o is None else delta_of.get(id(o)) for o in use.outputs]
             if all(dl is None for dl in deltas):
