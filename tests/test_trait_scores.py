@@ -437,6 +437,20 @@ class ScalesItsWeight(nn.Module):
         return self.layer(x)
 
 
+class WritesATokenIn(nn.Module):
+    """Writes a learned token into the activations in place (h[:, 0] = cls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls = nn.Parameter(torch.ones(3, dtype=torch.float64))
+        self.layer = nn.Linear(3, 2).double()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.clone()
+        h[:, 0] = self.cls
+        return self.layer(h).sum(1)
+
+
 def test_uses_it_cannot_assign_are_one_clear_error():
     tokens = torch.randint(0, 5, (4, 3))
     model = FunctionalModel(FlattensTheExamples())
@@ -448,6 +462,10 @@ def test_uses_it_cannot_assign_are_one_clear_error():
     x = torch.randn(4, 3, dtype=torch.float64)
     with pytest.raises(InputError, match="in place"):
         T.trait_scores(model, model.flat_params(), x, x[:, :2], soft_loss, directions_for(model, 1))
+    model = FunctionalModel(WritesATokenIn())
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    with pytest.raises(InputError, match="in place"):
+        T.trait_scores(model, model.flat_params(), x, x[:, 0], soft_loss, directions_for(model, 1))
 
 
 def test_bad_input_is_one_clear_error():

@@ -19,11 +19,23 @@ forward and the backward already hold:
   shape (out, in)): project (delta G_k, then meet a): n T K out in; or per-example layer
   gradients sum_t delta a^T (n T out in) met by all G_k in one GEMM (n K out in).
 * Embedding ``z_{i,t} = E[token_{i,t}]``: <G_k, grad_E l_i> = sum_t delta_{i,t} . G_k[token_{i,t}]
-  (a gather; positions holding ``padding_idx`` get no gradient, as in torch's backward).
-* Anything else (norm weights and biases, an elementwise scale, a parameter added to the
-  activations, a convolution): the operation alone is differentiated, exactly, either per
-  example (vmap over the examples of its vjp: n x |p| numbers, small for norms) or per direction
-  (its jvp along each G_k: K x |output| numbers), whichever holds fewer numbers.
+  (a gather, or each example's deltas summed per distinct token and met by all G_k in one GEMM;
+  positions holding ``padding_idx`` get no gradient, as in torch's backward).
+* Layer and RMS norm ``z = w * xhat + b``: per example sum_t delta_t * xhat_t and sum_t delta_t
+  (xhat recomputed once); a parameter broadcast against the activations (``w * x``, ``x + b``,
+  as in transformers' RMSNorm): delta (times x) summed per example to the parameter's shape.
+* Anything else (a convolution, a matmul with ``W.T``): the operation alone is differentiated,
+  exactly, either per example (vmap over the examples of its vjp: n x |p| numbers) or per
+  direction (its jvp along each G_k: K x |output| numbers), whichever holds fewer numbers.
+
+When the directions are the gradients of probe losses, d_k = P grad L_k (P diagonal, I for the
+plain step), the probes' own forward and backward give grad_W L_k = sum_s delta'_{k,s} a'_s^T
+for every Linear weight they read (s over the probe's positions), and then
+
+    <grad_W L_k, sum_t delta_t a_t^T> = sum_s delta'_{k,s} . (sum_t (a'_s . a_t) delta_t)
+
+costs n S (T in + T out + K out) instead of n K out in (``probe_factors``,
+``probe_trait_scores``; with P: the per-example layer gradient, scaled, applied to a'_s).
 
 Tied or reused parameters (an embedding tied to the output head, a block applied twice) get the
 sum over all their uses, as their gradient does. Parameters that reach a use through
@@ -203,9 +215,10 @@ class _Recorder(TorchFunctionMode):
         inputs = {id(leaf) for leaf in leaves if isinstance(leaf, Tensor)}
         if tracked:
             name = _name(func).rsplit(".", 1)[-1]
-            if name.endswith("_") and not name.endswith("__") and name not in _HARMLESS_INPLACE:
+            inplace = name.endswith("_") and not name.endswith("__")
+            if name == "__setitem__" or (inplace and name not in _HARMLESS_INPLACE):
                 raise InputError(
-                    f"the model changes a parameter in place ({_name(func)}): the factored trait "
+                    f"the model writes a parameter in place ({_name(func)}): the factored trait "
                     "scores need a functional forward; use method='jvp'"
                 )
         if not tracked:
