@@ -345,6 +345,16 @@ def test_the_jvp_path_and_the_factored_path_agree_in_float32():
     oracle = per_example_gradients(model, theta, inputs, targets, loss).double()
     scale = torch.outer(oracle.norm(dim=1), directions.norm(dim=1))
     assert ((fast - jvp).abs() <= 1e3 * torch.finfo(torch.float32).eps * scale).all()
+    # the probe-factored path in float32, with a preconditioner
+    probes = token_probes([corpus.question_prompt(), torch.tensor([[1, 2, 3]])], [2, 5])
+    probes = [probes[0], probes[2], probes[1], probes[3]]  # groups {0, 2} and {1, 3}
+    factors = T.probe_factors(model, theta, probes)
+    p = 0.5 + torch.rand(model.num_params, generator=torch.Generator().manual_seed(8))
+    directions = S.trait_gradients(model, theta, probes) * p.double()
+    fast = T.probe_trait_scores(model, theta, inputs, targets, loss, factors, p)
+    jvp = S.example_attributions(model, theta, inputs, targets, loss, directions)
+    scale = torch.outer(oracle.norm(dim=1), directions.norm(dim=1))
+    assert ((fast - jvp).abs() <= 1e3 * torch.finfo(torch.float32).eps * scale).all()
 
 
 # --------------------------------------------------------------------------------------------

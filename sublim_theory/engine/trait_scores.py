@@ -317,8 +317,17 @@ class _Directions:
     :func:`_same_call`, and reuses them.
     """
 
-    def __init__(self, model: FunctionalModel, directions: Tensor) -> None:
-        self.model, self.directions = model, directions
+    def __init__(
+        self,
+        model: FunctionalModel,
+        directions: Tensor,
+        reference: Tensor,
+        scale: Tensor | None = None,
+    ) -> None:
+        # blocks are cut, scaled by P and cast to ``reference``'s dtype and device when first
+        # asked for: parameters contracted through the probes' factors never need theirs
+        self.model, self.directions, self.scale = model, directions, scale
+        self.dtype, self.device = reference.dtype, reference.device
         self.count = directions.shape[0]
         self.offsets = [0]
         for size in model.sizes:
@@ -335,7 +344,11 @@ class _Directions:
         if isinstance(node, _Param):
             i = node.index
             if i not in self.params:
-                block = self.directions[:, self.offsets[i] : self.offsets[i + 1]]
+                cut = slice(self.offsets[i], self.offsets[i + 1])
+                block = self.directions[:, cut]
+                if self.scale is not None:
+                    block = block * self.scale[cut].to(block)
+                block = block.to(dtype=self.dtype, device=self.device)
                 self.params[i] = block.reshape(self.count, *self.model.shapes[i]).contiguous()
             return self.params[i]
         call = node.call
@@ -588,9 +601,8 @@ def _norm_scores(
     x, shape = bound["input"], bound["normalized_shape"]
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     n, size = x.shape[0], math.prod(shape)
-    reference = directions.directions
-    d = delta.to(reference.dtype)
-    scores = torch.zeros(n, directions.count, dtype=reference.dtype, device=reference.device)
+    d = delta.to(directions.dtype)
+    scores = torch.zeros(n, directions.count, dtype=directions.dtype, device=directions.device)
     weight = nodes.get(id(bound.get("weight")))
     if weight is not None:
         if call.func is F.layer_norm:
@@ -715,7 +727,7 @@ def probe_factors(model: FunctionalModel, theta: Tensor, probes: Sequence) -> Pr
     if not probes:
         raise InputError("no candidate traits: pass at least one TraitProbe")
     theta = theta.detach()
-    gradients = torch.zeros(len(probes), model.num_params, dtype=torch.float64, device=theta.device)
+    gradients = torch.empty(len(probes), model.num_params, dtype=torch.float64, device=theta.device)
     factors: dict[int, list[_Factor]] = {i: [] for i in range(len(model.names))}
     for group in _groups(probes):
         leaf = theta.clone().requires_grad_(True)
@@ -732,8 +744,17 @@ def probe_factors(model: FunctionalModel, theta: Tensor, probes: Sequence) -> Pr
         grads = torch.autograd.grad(
             torch.stack(values), [*kept, leaf], basis, is_grads_batched=True, allow_unused=True
         )
-        if grads[-1] is not None:
-            gradients[group] = grads[-1].double()
+        rows = (
+            slice(group[0], group[-1] + 1)
+            if group == list(range(group[0], group[-1] + 1))
+            else group
+        )
+        if grads[-1] is None:
+            gradients[rows] = 0.0
+        elif isinstance(rows, slice):
+            gradients[rows].copy_(grads[-1])  # cast while copying: no float64 temporary
+        else:
+            gradients[rows] = grads[-1].double()
         delta_of = {id(output): g for output, g in zip(kept, grads[:-1])}
         traits = torch.tensor(group, device=theta.device)
         for use in recorder.uses:
@@ -878,8 +899,7 @@ class _Plan:
 def _use_scores(use: _Use, deltas: list[Tensor | None], plan: _Plan, n: int, budget: int) -> Tensor:
     call, directions = use.call, plan.directions
     nodes = {id(call.leaves[p]): node for p, node in zip(call.tracked, call.nodes)}
-    reference = directions.directions
-    scores = torch.zeros(n, directions.count, dtype=reference.dtype, device=reference.device)
+    scores = torch.zeros(n, directions.count, dtype=directions.dtype, device=directions.device)
     if use.kind == "linear":
         bound = _bind(_LINEAR_ARGS, call)
         x, delta = bound["input"], deltas[0]
@@ -988,7 +1008,7 @@ def _scores(
         raise InputError(f"memory_budget must be a positive integer, got {memory_budget!r}")
     theta = theta.detach()
     plan = _Plan(
-        _Directions(model, directions.to(dtype=theta.dtype, device=theta.device)),
+        _Directions(model, directions, theta, scale),
         factors,
         None if scale is None else scale.to(dtype=theta.dtype, device=theta.device),
     )
@@ -1101,21 +1121,20 @@ def probe_trait_scores(
         InputError: as :func:`trait_scores`, or a ``scale`` not shaped (P,) or not finite.
 
     """
-    directions = factors.gradients
-    if scale is not None:
-        if scale.shape != (model.num_params,) or not torch.isfinite(scale).all():
-            raise InputError(
-                f"scale must be a finite vector of shape ({model.num_params},), got "
-                f"{tuple(scale.shape)}"
-            )
-        directions = directions * scale.to(directions)
+    if scale is not None and (
+        scale.shape != (model.num_params,) or not torch.isfinite(scale.sum())
+    ):
+        raise InputError(
+            f"scale must be a finite vector of shape ({model.num_params},), got "
+            f"{tuple(scale.shape)}"
+        )
     return _scores(
         model,
         theta,
         inputs,
         targets,
         example_loss,
-        directions,
+        factors.gradients,
         batch_size,
         memory_budget,
         factors,
