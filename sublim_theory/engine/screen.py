@@ -478,33 +478,23 @@ def screen(
     if method not in METHODS:
         raise InputError(f"unknown attribution method '{method}'; choose from {list(METHODS)}")
     _check_data(inputs, targets, batch_size)
-    factors = None
-    if method == "factored":
-        from sublim_theory.engine.trait_scores import probe_factors, probe_trait_scores
-
-        factors = probe_factors(model, theta, probes)
-        trait_grads = factors.gradients
-    else:
-        trait_grads = trait_gradients(model, theta, probes)
     if variant == "sgd":
-        scale = preconditioner(variant, trait_grads[0])
+        scale = None  # P = I
     else:
         g = data_gradient(model, theta, inputs, targets, example_loss, batch_size)
         scale = preconditioner(variant, g, gradient_rms)
-    directions = None  # the factored path contracts with P and the probes' factors directly
-    if factors is not None:
+    if method == "factored":
+        # the probes' gradients stay factored: P and the factors meet each example's factors
+        from sublim_theory.engine.trait_scores import probe_factors, probe_trait_scores
+
+        factors = probe_factors(model, theta, probes)
         attributions = probe_trait_scores(
-            model,
-            theta,
-            inputs,
-            targets,
-            example_loss,
-            factors,
-            None if variant == "sgd" else scale,
-            batch_size,
+            model, theta, inputs, targets, example_loss, factors, scale, batch_size
         )
+        directions = None
     else:
-        directions = trait_grads * scale.to(trait_grads.device)
+        trait_grads = trait_gradients(model, theta, probes)
+        directions = trait_grads if scale is None else trait_grads * scale.to(trait_grads.device)
         attributions = example_attributions(
             model, theta, inputs, targets, example_loss, directions, batch_size
         )
@@ -513,7 +503,7 @@ def screen(
     z, centered = t_statistics(attributions)
     normalized = None
     if variant == "sgd" and normalize:
-        directions = trait_grads if directions is None else directions  # sgd: P = I
+        directions = factors.gradients if directions is None else directions  # sgd: P = I
         norms = curvature_norms(model, theta, inputs, targets, example_loss, directions, batch_size)
         raw = factor * attributions.mean(0)
         normalized = torch.where(norms > 0, raw / norms, torch.full_like(raw, math.nan))

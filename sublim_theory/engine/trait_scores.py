@@ -197,6 +197,7 @@ class _Recorder(TorchFunctionMode):
         self.data: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> True
         self.uses: list[_Use] = []
         self.kept: list[tuple[Tensor, int]] = []  # (output, its version when recorded)
+        self.params: dict[str, Tensor] = {}  # the parameter views the forward reads
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
@@ -320,15 +321,17 @@ class _Directions:
     def __init__(
         self,
         model: FunctionalModel,
-        directions: Tensor,
+        directions: Tensor | ProbeFactors,
         reference: Tensor,
         scale: Tensor | None = None,
     ) -> None:
-        # blocks are cut, scaled by P and cast to ``reference``'s dtype and device when first
-        # asked for: parameters contracted through the probes' factors never need theirs
+        # blocks are cut (flat directions) or read (probe factors), scaled by P and cast to
+        # ``reference``'s dtype and device when first asked for: parameters contracted through
+        # the probes' factors never need theirs
         self.model, self.directions, self.scale = model, directions, scale
         self.dtype, self.device = reference.dtype, reference.device
-        self.count = directions.shape[0]
+        flat = isinstance(directions, Tensor)
+        self.count = directions.shape[0] if flat else directions.count
         self.offsets = [0]
         for size in model.sizes:
             self.offsets.append(self.offsets[-1] + size)
@@ -345,7 +348,10 @@ class _Directions:
             i = node.index
             if i not in self.params:
                 cut = slice(self.offsets[i], self.offsets[i + 1])
-                block = self.directions[:, cut]
+                if isinstance(self.directions, Tensor):
+                    block = self.directions[:, cut]
+                else:
+                    block = self.directions.block(i)
                 if self.scale is not None:
                     block = block * self.scale[cut].to(block)
                 block = block.to(dtype=self.dtype, device=self.device)
@@ -661,28 +667,52 @@ class _Factor:
 
 @dataclass
 class ProbeFactors:
-    """The trait gradients grad L_k(theta) and, where they are exact, their factors.
+    """The trait gradients grad L_k(theta), as factors where they factor, else as blocks.
 
     Attributes:
-        gradients: grad L_k(theta) for every probe, float64, shape (K, P).
-        factors: parameter index -> the factors of every probe use of that parameter; only
-            parameters whose every probe use is a Linear weight or bias or an Embedding table
-            (read directly, not through other operations) are here.
+        model: the network the probes were read on.
+        count: K, the number of probes.
+        factors: parameter index -> the factors of every probe use of that parameter, for the
+            parameters whose every probe use reads them directly as a Linear weight or bias or
+            an Embedding table (a parameter no probe reads has an empty list).
+        blocks: parameter index -> grad L_k restricted to that parameter, float64 (K, size),
+            for every other parameter.
 
     """
 
-    gradients: Tensor
+    model: FunctionalModel
+    count: int
     factors: dict[int, list[_Factor]]
-
-    @property
-    def count(self) -> int:
-        return self.gradients.shape[0]
+    blocks: dict[int, Tensor]
 
     def roles(self, index: int) -> set[str] | None:
         """The roles of a parameter's factors (empty: unused by the probes); None: not factored."""
         if index not in self.factors:
             return None
         return {factor.role for factor in self.factors[index]}
+
+    def block(self, index: int) -> Tensor:
+        """The trait gradients restricted to parameter ``index``: float64, shape (K, size)."""
+        if index in self.blocks:
+            return self.blocks[index]
+        shape = self.model.shapes[index]
+        out = torch.zeros(self.count, *shape, dtype=torch.float64)
+        for factor in self.factors[index]:
+            out = out.to(factor.gradients.device)
+            delta = factor.gradients.double()
+            if factor.role == "weight":  # sum_s delta'_s a'_s^T
+                out[factor.traits] += delta.transpose(1, 2) @ factor.inputs.double()
+            elif factor.role == "bias":
+                out[factor.traits] += delta
+            else:  # rows of the probe's tokens
+                rows = torch.zeros(delta.shape[0], *shape, dtype=torch.float64, device=out.device)
+                out[factor.traits] += rows.index_add_(1, factor.inputs, delta)
+        return out.reshape(self.count, -1)
+
+    @property
+    def gradients(self) -> Tensor:
+        """The trait gradients grad L_k(theta): float64, shape (K, P), assembled when asked for."""
+        return torch.cat([self.block(i) for i in range(len(self.model.names))], 1)
 
 
 def _groups(probes: Sequence) -> list[list[int]]:
@@ -701,16 +731,18 @@ def _groups(probes: Sequence) -> list[list[int]]:
 
 
 def probe_factors(model: FunctionalModel, theta: Tensor, probes: Sequence) -> ProbeFactors:
-    """The trait gradients grad L_k(theta) of every probe, and the factors of each.
+    """The trait gradients grad L_k(theta) of every probe, factored where they factor.
 
-    Probes with the same inputs share one forward; their K_g gradients come from one batched
-    backward (``is_grads_batched``) of the vector (L_k), which also returns every use's output
-    gradient delta'_k. A Linear use read by the probes then gives grad_W L_k = sum_s delta'_{k,s}
-    a'_s^T (s over the probe's positions), so for an example's layer gradient sum_t delta a^T:
+    Probes with the same inputs share one forward. A parameter every probe use reads directly
+    as a Linear weight or bias or an Embedding table is kept as factors: one batched backward
+    (``is_grads_batched``) of the vector (L_k) returns each use's output gradient delta'_k, and
+    grad_W L_k = sum_s delta'_{k,s} a'_s^T (s over the probe's positions). For an example's layer
+    gradient sum_t delta a^T that gives
 
         <grad_W L_k, sum_t delta_t a_t^T> = sum_s delta'_{k,s}^T (sum_t (a'_s . a_t) delta_t),
 
-    n S (T in + T out + K out) multiply-adds instead of n K out in.
+    n S (T in + T out + K out) multiply-adds instead of n K out in. Every other parameter's
+    gradient comes from the same backward as a (K, size) block.
 
     Args:
         model: the network as f(theta, x).
@@ -721,94 +753,101 @@ def probe_factors(model: FunctionalModel, theta: Tensor, probes: Sequence) -> Pr
         A :class:`ProbeFactors`.
 
     Raises:
-        InputError: no probes, or a probe whose loss is not a finite scalar.
+        InputError: no probes, a probe whose loss is not a finite scalar, or a gradient that is
+            not finite.
 
     """
     if not probes:
         raise InputError("no candidate traits: pass at least one TraitProbe")
     theta = theta.detach()
-    gradients = torch.empty(len(probes), model.num_params, dtype=torch.float64, device=theta.device)
-    factors: dict[int, list[_Factor]] = {i: [] for i in range(len(model.names))}
+    names = model.names
+    passes = []
+    factorable = set(range(len(names)))
     for group in _groups(probes):
-        leaf = theta.clone().requires_grad_(True)
-        recorder, outputs = _record(model, leaf, probes[group[0]].inputs)
+        recorder, outputs = _record(
+            model, theta.clone().requires_grad_(True), probes[group[0]].inputs
+        )
         values = []
         for k in group:
             value = probes[k].loss(outputs)
             if value.ndim != 0 or not torch.isfinite(value):
                 raise InputError(f"trait probe '{probes[k].name}' must give a finite scalar loss")
             values.append(value)
-        kept = [output for output, _ in recorder.kept]
         _check_versions(recorder)
-        basis = torch.eye(len(group), dtype=values[0].dtype, device=theta.device)
+        for use in recorder.uses:
+            factorable -= _read_indirectly(use, names)
+        passes.append((group, recorder, torch.stack(values)))
+    flat = [i for i in range(len(names)) if i not in factorable]
+    factors: dict[int, list[_Factor]] = {i: [] for i in sorted(factorable)}
+    blocks = {
+        i: torch.zeros(len(probes), model.sizes[i], dtype=torch.float64, device=theta.device)
+        for i in flat
+    }
+    for group, recorder, values in passes:
+        kept = [output for output, _ in recorder.kept]
+        views = [recorder.params[names[i]] for i in flat]
+        basis = torch.eye(len(group), dtype=values.dtype, device=theta.device)
         grads = torch.autograd.grad(
-            torch.stack(values), [*kept, leaf], basis, is_grads_batched=True, allow_unused=True
+            values, [*kept, *views], basis, is_grads_batched=True, allow_unused=True
         )
-        rows = (
-            slice(group[0], group[-1] + 1)
-            if group == list(range(group[0], group[-1] + 1))
-            else group
-        )
-        if grads[-1] is None:
-            gradients[rows] = 0.0
-        elif isinstance(rows, slice):
-            gradients[rows].copy_(grads[-1])  # cast while copying: no float64 temporary
-        else:
-            gradients[rows] = grads[-1].double()
-        delta_of = {id(output): g for output, g in zip(kept, grads[:-1])}
+        for i, g in zip(flat, grads[len(kept) :]):
+            if g is not None:
+                blocks[i][group] = g.reshape(len(group), -1).double()
+        delta_of = {id(output): g for output, g in zip(kept, grads[: len(kept)])}
         traits = torch.tensor(group, device=theta.device)
         for use in recorder.uses:
             deltas = [None if o is None else delta_of.get(id(o)) for o in use.outputs]
-            if all(dl is None for dl in deltas):
-                continue
-            _factor_use(use, deltas[0], traits, factors, model.names)
-    return ProbeFactors(gradients, factors)
+            if deltas and deltas[0] is not None and use.kind in ("linear", "embedding"):
+                _factor_use(use, deltas[0], traits, factors)
+    finite = [g.sum() for g in blocks.values()]
+    finite += [f.gradients.sum() for fs in factors.values() for f in fs]
+    if finite and not torch.isfinite(torch.stack(finite).sum()):
+        raise InputError("a trait gradient contains NaN or inf: check the probes' losses")
+    return ProbeFactors(model, len(probes), factors, blocks)
+
+
+def _read_indirectly(use: _Use, names: list[str]) -> set[int]:
+    """Parameters a probe use reads other than directly as a Linear weight/bias or a table."""
+    call = use.call
+    direct: set[int] = set()
+    if use.kind in ("linear", "embedding"):
+        bound = _bind(_LINEAR_ARGS if use.kind == "linear" else _EMBEDDING_ARGS, call)
+        roles = ("weight", "bias") if use.kind == "linear" else ("weight",)
+        direct = {id(bound.get(role)) for role in roles if bound.get(role) is not None}
+    out: set[int] = set()
+    for p, node in zip(call.tracked, call.nodes):
+        if id(call.leaves[p]) in direct and isinstance(node, _Param):
+            continue
+        out |= {names.index(name) for name in _parameter_names(node, names)}
+    return out
 
 
 def _factor_use(
-    use: _Use,
-    delta: Tensor | None,
-    traits: Tensor,
-    factors: dict[int, list[_Factor]],
-    names: list[str],
+    use: _Use, delta: Tensor, traits: Tensor, factors: dict[int, list[_Factor]]
 ) -> None:
-    """Add one probe use's factors, or drop the parameters it reads from the factored set."""
+    """Add one probe use's factors for the parameters it reads directly and that factor."""
     call = use.call
     nodes = {id(call.leaves[p]): node for p, node in zip(call.tracked, call.nodes)}
-    done: set[int] = set()
-    if use.kind == "linear" and delta is not None:
+    k, width = delta.shape[0], delta.shape[-1]
+    flat_delta = delta.detach().reshape(k, -1, width)
+    if use.kind == "linear":
         bound = _bind(_LINEAR_ARGS, call)
         x, weight, bias = bound["input"], bound["weight"], bound.get("bias")
-        k, d_out = delta.shape[0], delta.shape[-1]
-        flat_delta = delta.detach().reshape(k, -1, d_out)
         node = nodes.get(id(weight))
         if isinstance(node, _Param) and node.index in factors:
             inputs = x.detach().reshape(-1, x.shape[-1])
             factors[node.index].append(_Factor("weight", traits, inputs, flat_delta))
-            done.add(id(weight))
         node = nodes.get(id(bias))
         if isinstance(node, _Param) and node.index in factors:
             factors[node.index].append(_Factor("bias", traits, None, flat_delta.sum(1)))
-            done.add(id(bias))
-    elif use.kind == "embedding" and delta is not None:
-        bound = _bind(_EMBEDDING_ARGS, call)
-        table = bound["weight"]
-        node = nodes.get(id(table))
-        if isinstance(node, _Param) and node.index in factors:
-            tokens = bound["input"].reshape(-1)
-            k, width = delta.shape[0], delta.shape[-1]
-            flat = _embedding_mask(
-                tokens,
-                delta.detach().reshape(k, -1, width),
-                bound.get("padding_idx"),
-                table.shape[0],
-            )
-            factors[node.index].append(_Factor("embedding", traits, tokens, flat))
-            done.add(id(table))
-    for leaf_id, node in nodes.items():
-        if leaf_id not in done:
-            for name in _parameter_names(node, names):
-                factors.pop(names.index(name), None)
+        return
+    bound = _bind(_EMBEDDING_ARGS, call)
+    node = nodes.get(id(bound["weight"]))
+    if isinstance(node, _Param) and node.index in factors:
+        tokens = bound["input"].reshape(-1)
+        rows = bound["weight"].shape[0]
+        masked = _embedding_mask(tokens, flat_delta, bound.get("padding_idx"), rows)
+        factors[node.index].append(_Factor("embedding", traits, tokens, masked))
 
 
 def _factored_weight(
@@ -860,6 +899,7 @@ def _record(model: FunctionalModel, theta: Tensor, inputs: Tensor) -> tuple[_Rec
         recorder.nodes[params[name]] = _Param(i)
     data = inputs.view_as(inputs)  # a tensor of our own to tag, not the caller's
     recorder.data[data] = True
+    recorder.params = params
     with recorder:
         outputs = functional_call(model.module, params, (data,))
     return recorder, outputs
@@ -994,25 +1034,29 @@ def _scores(
     inputs: Tensor,
     targets: Tensor,
     example_loss: ExampleLoss,
-    directions: Tensor,
+    directions: Tensor | ProbeFactors,
     batch_size: int | None,
     memory_budget: int,
-    factors: ProbeFactors | None = None,
     scale: Tensor | None = None,
 ) -> Tensor:
     from sublim_theory.engine.screen import _check_data, _check_directions, _chunks
 
     _check_data(inputs, targets, batch_size)
-    _check_directions(model, directions)
+    factors = None
+    if isinstance(directions, Tensor):
+        _check_directions(model, directions)
+    else:
+        factors = directions  # checked finite when formed (probe_factors)
     if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
         raise InputError(f"memory_budget must be a positive integer, got {memory_budget!r}")
     theta = theta.detach()
+    along = _Directions(model, directions, theta, scale)
     plan = _Plan(
-        _Directions(model, directions, theta, scale),
+        along,
         factors,
         None if scale is None else scale.to(dtype=theta.dtype, device=theta.device),
     )
-    out = torch.empty(inputs.shape[0], directions.shape[0], dtype=torch.float64)
+    out = torch.empty(inputs.shape[0], along.count, dtype=torch.float64)
     for s in _chunks(inputs.shape[0], batch_size):
         out[s] = _chunk_scores(
             model, theta, inputs[s], targets[s], example_loss, plan, memory_budget
@@ -1134,9 +1178,8 @@ def probe_trait_scores(
         inputs,
         targets,
         example_loss,
-        factors.gradients,
+        factors,
         batch_size,
         memory_budget,
-        factors,
         scale,
     )
