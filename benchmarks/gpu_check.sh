@@ -2,6 +2,7 @@
 # The prepared GPU run (issue 7): under 5 minutes on one H100/H200.
 #   1. the benchmark at GPT-2-small size (~124M-parameter transformer, float32 and float64),
 #   2. the full init-distance sweep config on CUDA, and its figures,
+#   3. the one-step rule report (benchmarks/gpu_rules.py), and the screen rows (issue 23),
 # written with the GPU's description under benchmarks/results/gpu/.
 # The same script runs at tiny size on CPU (tests/test_gpu_script.py):
 #   SIZE=tiny DEVICE=cpu SWEEP=experiments/configs/init_distance_tiny.toml OUT=/tmp/x bash benchmarks/gpu_check.sh
@@ -30,7 +31,7 @@ PY
 cat "$OUT/device.txt"
 
 start=$(date +%s)
-cli bench --size "$SIZE" --device "$DEVICE" --runs "$RUNS" --out "$OUT/bench"
+cli bench --size "$SIZE" --device "$DEVICE" --runs "$RUNS" --out "$OUT/bench" --screen-traits  # screen: below
 echo "bench: $(( $(date +%s) - start )) s"
 
 # The sweep resumes where it stopped, so a timeout here loses nothing: rerun to finish.
@@ -48,3 +49,11 @@ RULES_SIZE=full
 start=$(date +%s)
 "$PYTHON" benchmarks/gpu_rules.py --size "$RULES_SIZE" --device "$DEVICE" --out "$OUT/rules"
 echo "rules: $(( $(date +%s) - start )) s"
+
+# Issue 23: the trait screen in one-epoch equivalents (screen wall time over one training epoch
+# on the same documents) for K = 1, 10, 100 traits, the jvp path beside the factored one, on the
+# number experiment's LM (SIZE=tiny: its CPU-sized version).
+start=$(date +%s)
+cli bench --size "$SIZE" --device "$DEVICE" --runs "$RUNS" --screen-only --screen-traits 1 10 100 \
+  --out "$OUT/screen"
+echo "screen: $(( $(date +%s) - start )) s"

@@ -64,6 +64,7 @@ class Mutation:
 
 
 ENGINE, REPORT = "sublim_theory/engine/alignment.py", "sublim_theory/engine/report.py"
+SCORES = "sublim_theory/engine/trait_scores.py"
 # Each bug is planted in every code path that computes the quantity: the kernels (torch.func,
 # used inside vmap, and dual tensors outside it) and the report's shared pass.
 MUTATIONS = (
@@ -138,6 +139,54 @@ MUTATIONS = (
         (
             Edit(ENGINE, "return product / output_positions(z0)", "return product", count=2),
             Edit(REPORT, "first = first / positions", "first = first"),
+        ),
+    ),
+    # the factored trait scores (engine/trait_scores.py, issue 23)
+    Mutation(
+        "factored scores: drop the Linear bias term",
+        (Edit(SCORES, "scores += d.sum(1) @ bias.T", "scores += 0 * (d.sum(1) @ bias.T)"),),
+    ),
+    Mutation(
+        "factored scores: score each parameter's first use only (a tied use dropped)",
+        (
+            Edit(
+                SCORES,
+                """        for use in recorder.uses:
+            deltas = [None if o is None else delta_of.get(id(o)) for o in use.outputs]
+            if all(dl is None for dl in deltas):
+                continue  # no example's loss depends on this use
+            scores""",
+                """        seen: set = set()
+        for use in recorder.uses:
+            deltas = [None if o is None else delta_of.get(id(o)) for o in use.outputs]
+            indices = {n.index for n in use.call.nodes if isinstance(n, _Param)}
+            if all(dl is None for dl in deltas) or indices & seen:
+                continue  # no example's loss depends on this use
+            seen |= indices
+            scores""",
+            ),
+        ),
+    ),
+    Mutation(
+        "factored scores: forget the embedding's padding row",
+        (
+            Edit(
+                SCORES, "    if padding_idx is None:\n        return delta\n", "    return delta\n"
+            ),
+        ),
+    ),
+    Mutation(
+        "factored scores: drop the preconditioner in the probe-factored Linear",
+        (Edit(SCORES, "applied = (layer * scale) @ probe_a.T", "applied = layer @ probe_a.T"),),
+    ),
+    Mutation(
+        "factored scores: reuse any cached derived tensor",
+        (
+            Edit(
+                SCORES,
+                "    if a is b:\n        return True\n",
+                "    if True:\n        return True\n",
+            ),
         ),
     ),
 )

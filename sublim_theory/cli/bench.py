@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from sublim_theory.cli.main import add_device_argument, nonnegative_int
+from sublim_theory.cli.main import add_device_argument, nonnegative_int, positive_int
 from sublim_theory.harness.runs import DTYPES
 from sublim_theory.studies.bench.experiment import SIZES, run_benchmarks
+from sublim_theory.studies.bench.screen import SCREEN_TRAITS
 
 __all__ = [
     "HELP",
@@ -51,6 +52,18 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="runs one after the other; a target is met only if met in every run",
     )
     parser.add_argument(
+        "--screen-traits",
+        nargs="*",
+        type=positive_int,
+        default=list(SCREEN_TRAITS),
+        help="K of the screen rows (one-epoch equivalents, jvp vs factored); no value skips them",
+    )
+    parser.add_argument(
+        "--screen-only",
+        action="store_true",
+        help="run the screen rows alone (no alignment paths, seeds or MNIST rows)",
+    )
+    parser.add_argument(
         "--threads",
         type=nonnegative_int,
         default=0,
@@ -65,16 +78,18 @@ def run(args: argparse.Namespace) -> int:
         0 on success.
 
     """
+    only = args.screen_only
     paths = run_benchmarks(
         args.out,
         args.size,
         args.device,
         tuple(args.dtypes),
-        tuple(args.archs),
-        args.seeds,
-        args.mnist_models,
+        () if only else tuple(args.archs),
+        0 if only else args.seeds,
+        0 if only else args.mnist_models,
         args.runs,
         args.threads,
+        tuple(args.screen_traits),
     )
     print(paths[2].read_text())
     for path in paths:

@@ -19,7 +19,11 @@ time(path) / time(one student gradient). Paths:
   CPU;
 * ``mnist_step_batched``: one distillation step of the MNIST reproduction for N models, as the
   experiment runs it (batched), over the same N models as separate modules trained in a Python
-  loop with plain autograd; target <= 1 (no slower).
+  loop with plain autograd; target <= 1 (no slower);
+* ``screen_jvp[K]`` / ``screen_factored[K]``: the trait screen for K traits in one-epoch
+  equivalents (wall time over one training epoch on the same documents), today's jvp path
+  beside the factored one (``studies.bench.screen``); targets factored <= 1.5 at K = 10 and
+  <= 2.5 at K = 100.
 
 Every benchmark runs ``runs`` times (default 2) one after the other; the table shows each run's
 ratio and marks a target met only when every run meets it ("mixed" when some do). The 1-minute
@@ -472,6 +476,7 @@ def _one_run(
     archs: tuple[str, ...],
     n_seeds: int,
     mnist_models: int,
+    screen_traits: tuple[int, ...] = (),
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for name in dtypes:
@@ -491,6 +496,11 @@ def _one_run(
             64 if size == "tiny" else 1024,
             (16, 16) if size == "tiny" else (256, 256),
         )
+    if screen_traits:
+        from sublim_theory.studies.bench.screen import bench_screen
+
+        rows += bench_screen(size, device, screen_traits)
+        print("  screen: done", file=sys.stderr)
     return rows
 
 
@@ -504,6 +514,7 @@ def run_benchmarks(
     mnist_models: int = 10,
     runs: int = 2,
     threads: int = 0,
+    screen_traits: tuple[int, ...] = (),
 ) -> list[Path]:
     """Run every benchmark ``runs`` times; write bench.json, environment.json and bench.md.
 
@@ -511,6 +522,7 @@ def run_benchmarks(
     and the combined verdicts, bench.md shows each run's ratio and the verdict over all runs.
     ``threads`` > 0 sets torch's CPU threads for the run (1 is steadier on a loaded machine,
     where a second thread waits on a descheduled one); 0 keeps torch's default.
+    ``screen_traits``: the K of the screen rows (``studies.bench.screen``); empty skips them.
 
     Every argument and the output folder (created, probed, locked: ``runs.OutputFolder``) are
     checked before the first benchmark runs; the files are written atomically.
@@ -534,6 +546,8 @@ def run_benchmarks(
         raise InputError("--seeds and --mnist-models must be >= 0 (0 skips that benchmark)")
     if runs < 1:
         raise InputError(f"--runs must be >= 1, got {runs}")
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in screen_traits):
+        raise InputError(f"--screen-traits must be integers >= 1, got {list(screen_traits)}")
     if threads < 0:
         raise InputError(f"--threads must be >= 0 (0: torch's default), got {threads}")
     device = resolve_device(device).type  # "cpu" or "cuda"; refuses CUDA when there is none
@@ -545,7 +559,9 @@ def run_benchmarks(
             for run in range(1, runs + 1):
                 rows += [
                     {**row, "run": run}
-                    for row in _one_run(size, device, dtypes, archs, n_seeds, mnist_models)
+                    for row in _one_run(
+                        size, device, dtypes, archs, n_seeds, mnist_models, tuple(screen_traits)
+                    )
                 ]
             env = environment_record(device)  # records torch_threads as used
         finally:
