@@ -50,6 +50,9 @@ from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.errors import InputError
 
 __all__ = [
+    "check_data",
+    "check_directions",
+    "example_chunks",
     "curvature_norms",
     "ADAM_EPS",
     "FILTER_OFFSET",
@@ -163,12 +166,14 @@ class ScreenResult:
 # --------------------------------------------------------------------------------------------
 # gradients and the jvp path
 # --------------------------------------------------------------------------------------------
-def _chunks(n: int, batch_size: int | None) -> list[slice]:
+def example_chunks(n: int, batch_size: int | None) -> list[slice]:
+    """Slices of ``n`` examples, ``batch_size`` each (all at once if None)."""
     step = n if batch_size is None else batch_size
     return [slice(start, min(start + step, n)) for start in range(0, n, step)]
 
 
-def _check_data(inputs: Tensor, targets: Tensor, batch_size: int | None) -> None:
+def check_data(inputs: Tensor, targets: Tensor, batch_size: int | None) -> None:
+    """Refuse data the screen cannot score (one line): no examples, mismatched lengths, bad batch."""
     if not isinstance(inputs, Tensor) or inputs.ndim == 0 or inputs.shape[0] == 0:
         raise InputError("the candidate data set is empty: pass inputs with a leading batch axis")
     if not isinstance(targets, Tensor) or targets.shape[:1] != inputs.shape[:1]:
@@ -227,9 +232,9 @@ def data_gradient(
         InputError: empty data, targets not matching the inputs, or ``batch_size`` < 1.
 
     """
-    _check_data(inputs, targets, batch_size)
+    check_data(inputs, targets, batch_size)
     total = torch.zeros(model.num_params, dtype=torch.float64, device=theta.device)
-    for s in _chunks(inputs.shape[0], batch_size):
+    for s in example_chunks(inputs.shape[0], batch_size):
         losses = _per_example(model, inputs[s], targets[s], example_loss)
         total += grad(lambda t, f=losses: f(t).sum())(theta.detach()).double()
     return total / inputs.shape[0]
@@ -256,7 +261,7 @@ def minibatch_gradient_rms(
     """
     if minibatch < 1 or count < 1:
         raise InputError(f"minibatch and count must be >= 1, got {minibatch} and {count}")
-    _check_data(inputs, targets, None)
+    check_data(inputs, targets, None)
     generator = torch.Generator().manual_seed(seed)
     square = torch.zeros(model.num_params, dtype=torch.float64, device=theta.device)
     for _ in range(count):
@@ -286,7 +291,8 @@ def preconditioner(
     raise InputError(f"unknown screen variant '{variant}'; choose from {list(VARIANTS)}")
 
 
-def _check_directions(model: FunctionalModel, directions: Tensor) -> None:
+def check_directions(model: FunctionalModel, directions: Tensor) -> None:
+    """Refuse trait directions that are not (K, P) for this model, or hold NaN/inf (one line)."""
     if directions.ndim != 2 or directions.shape[1] != model.num_params:
         raise InputError(
             f"directions must be shaped (K, {model.num_params}), got {tuple(directions.shape)}"
@@ -316,12 +322,12 @@ def curvature_norms(
         InputError: empty data, mismatched targets, directions not shaped (K, P) or not finite.
 
     """
-    _check_data(inputs, targets, batch_size)
-    _check_directions(model, directions)
+    check_data(inputs, targets, batch_size)
+    check_directions(model, directions)
     theta = theta.detach()
     tangents = directions.to(dtype=theta.dtype, device=theta.device)
     sums = torch.zeros(directions.shape[0], dtype=torch.float64)
-    for s in _chunks(inputs.shape[0], batch_size):
+    for s in example_chunks(inputs.shape[0], batch_size):
         network = model.as_function(inputs[s])
         chunk_targets = targets[s]
 
@@ -363,12 +369,12 @@ def example_attributions(
         return trait_scores(model, theta, inputs, targets, example_loss, directions, batch_size)
     if method != "jvp":
         raise InputError(f"unknown attribution method '{method}'; choose from {list(METHODS)}")
-    _check_data(inputs, targets, batch_size)
-    _check_directions(model, directions)
+    check_data(inputs, targets, batch_size)
+    check_directions(model, directions)
     theta = theta.detach()
     tangents = directions.to(dtype=theta.dtype, device=theta.device)
     out = torch.empty(inputs.shape[0], directions.shape[0], dtype=torch.float64)
-    for s in _chunks(inputs.shape[0], batch_size):
+    for s in example_chunks(inputs.shape[0], batch_size):
         losses = _per_example(model, inputs[s], targets[s], example_loss)
         for k in range(tangents.shape[0]):
             _, derivative = jvp(losses, (theta,), (tangents[k],))
@@ -477,7 +483,7 @@ def screen(
         raise InputError(f"unknown screen variant '{variant}'; choose from {list(VARIANTS)}")
     if method not in METHODS:
         raise InputError(f"unknown attribution method '{method}'; choose from {list(METHODS)}")
-    _check_data(inputs, targets, batch_size)
+    check_data(inputs, targets, batch_size)
     if variant == "sgd":
         scale = None  # P = I
     else:

@@ -1039,12 +1039,12 @@ def _scores(
     memory_budget: int,
     scale: Tensor | None = None,
 ) -> Tensor:
-    from sublim_theory.engine.screen import _check_data, _check_directions, _chunks
+    from sublim_theory.engine.screen import check_data, check_directions, example_chunks
 
-    _check_data(inputs, targets, batch_size)
+    check_data(inputs, targets, batch_size)
     factors = None
     if isinstance(directions, Tensor):
-        _check_directions(model, directions)
+        check_directions(model, directions)
     else:
         factors = directions  # checked finite when formed (probe_factors)
     if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
@@ -1057,7 +1057,7 @@ def _scores(
         None if scale is None else scale.to(dtype=theta.dtype, device=theta.device),
     )
     out = torch.empty(inputs.shape[0], along.count, dtype=torch.float64)
-    for s in _chunks(inputs.shape[0], batch_size):
+    for s in example_chunks(inputs.shape[0], batch_size):
         out[s] = _chunk_scores(
             model, theta, inputs[s], targets[s], example_loss, plan, memory_budget
         ).cpu()
