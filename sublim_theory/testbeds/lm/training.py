@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from sublim_theory.engine.alignment import cosine
 from sublim_theory.engine.losses import SoftCrossEntropy
+from sublim_theory.engine.optimizers import SignSGD
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import atomic_write_bytes
 from sublim_theory.models.architectures import TinyTransformer
@@ -278,26 +279,6 @@ def sample_continuations(
 # --------------------------------------------------------------------------------------------
 # students
 # --------------------------------------------------------------------------------------------
-class SignSGD(torch.optim.Optimizer):
-    """Sign descent: ``p <- p - lr * sign(grad p)`` for every parameter that has a gradient.
-
-    No momentum and no state (theory/optimizers.md, section 3); parameters without a gradient (a LoRA
-    model's frozen base) are left untouched.
-    """
-
-    def __init__(self, params, lr: float) -> None:
-        if not lr > 0:
-            raise InputError(f"signsgd needs a learning rate > 0, got {lr}")
-        super().__init__(params, {"lr": lr})
-
-    @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer.step
-        for group in self.param_groups:
-            for parameter in group["params"]:
-                if parameter.grad is not None:
-                    parameter.add_(torch.sign(parameter.grad), alpha=-group["lr"])
-
-
 @dataclass
 class StudentRun:
     """A trained student and its trajectory measurements."""

@@ -22,11 +22,12 @@ and 4); every default reproduces the paper's student (Adam, KL, uniform noise, o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from sublim_theory.engine.optimizers import SignSGD
 from sublim_theory.errors import InputError
 
 __all__ = [
@@ -46,26 +47,6 @@ DISTILLATION_LOSSES = ("kl", "mse")
 DISTILLATION_INPUTS = ("uniform", "gaussian", "real")
 HEAD_KINDS = ("randbody_aux", "randaux_aux", "randclass_aux")
 _CLASS_ROWS = 10
-
-
-class SignSGD(torch.optim.Optimizer):
-    """Sign descent: ``theta <- theta - lr * sign(grad + weight_decay * theta)`` elementwise."""
-
-    def __init__(self, params: Iterable[Tensor], lr: float, weight_decay: float = 0.0) -> None:
-        """Args: params to update, step size ``lr`` > 0, L2 ``weight_decay`` >= 0."""
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
-
-    @torch.no_grad()
-    def step(self, closure: None = None) -> None:
-        """One sign step on every parameter that has a gradient."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                direction = p.grad
-                if group["weight_decay"]:
-                    direction = direction.add(p, alpha=group["weight_decay"])
-                p.sub_(torch.sign(direction), alpha=group["lr"])
 
 
 def make_student_optimizer(
