@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     """
     import torch
+    from transformers.utils.logging import disable_progress_bar
 
     from sublim_theory.harness.runs import dtype_from_name
     from sublim_theory.models.pretrained import load_pretrained
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     documents = sd.read_documents(args.data)
     null = None if args.null is None else sd.read_documents(args.null, "null file")
     traits = sd.read_traits(args.traits)
+    disable_progress_bar()  # stderr is for errors: one line each
     pretrained = load_pretrained(args.model, dtype=dtype_from_name(args.dtype))
     result = sd.screen_data(
         pretrained, documents, traits, null, variant=args.variant,
