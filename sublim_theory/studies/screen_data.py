@@ -527,19 +527,20 @@ def screen_data(
     lm.eval()
     model = FunctionalModel(CompletionLogits(lm, scored))
     theta = model.flat_params().detach()
-    if variant == "sgd":
-        scale = torch.ones(model.num_params, dtype=torch.float64)
-    elif variant == "sign":
+    scale: Tensor | None = None  # sgd: P = I
+    if variant == "sign":
         g = data_gradient(model, theta, inputs, targets, completion_nll, batch_size)
         scale = preconditioner("sign", g)
-    else:
+    elif variant == "rms":
         rms = minibatch_gradient_rms(
             model, theta, inputs, targets, completion_nll, student_batch, rms_draws, seed
         )
         scale = preconditioner("rms", rms, rms)
     pushes = torch.empty(inputs.shape[0], len(traits), dtype=torch.float64)
     for k, probe in enumerate(probes):  # one trait at a time: one gradient in memory
-        direction = trait_gradients(model, theta, [probe]) * scale
+        direction = trait_gradients(model, theta, [probe])
+        if scale is not None:
+            direction *= scale
         pushes[:, k] = example_attributions(
             model, theta, inputs, targets, completion_nll, direction, batch_size
         )[:, 0]
