@@ -135,6 +135,16 @@ MUTATIONS = (
         ),
     ),
     Mutation(
+        "flip the sign of the screendata trait loss",
+        (
+            Edit(
+                "sublim_theory/studies/screen_data.py",
+                "return -_token_log_probs(outputs, targets)[0].sum(1).mean()",
+                "return _token_log_probs(outputs, targets)[0].sum(1).mean()",
+            ),
+        ),
+    ),
+    Mutation(
         "sum instead of mean in K",
         (
             Edit(ENGINE, "return product / output_positions(z0)", "return product", count=2),

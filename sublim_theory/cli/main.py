@@ -55,6 +55,7 @@ COMMANDS = (
     "finetune",
     "real",
     "realcheck",
+    "screendata",
 )
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXIT_INPUT, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, the shell's convention
