@@ -107,3 +107,20 @@ def test_realcheck_command_prints_one_row_per_eps(tmp_path, model_dir, capsys):
     # the theorem's first-order agreement, on this model too
     assert all(r["cos_exact_first_order"] > 0.99 for r in rows)
     assert main(["realcheck", "--model", str(tmp_path / "absent")]) == 2
+
+
+def test_every_arm_and_method_runs_and_shares_get_wilson_intervals(tmp_path, model_dir):
+    out = tmp_path / "out"
+    config = _config(tmp_path, model_dir)  # the tiny config: every arm, lora and full
+    assert (
+        main(["real", "--config", str(config), "--out", str(out), "--threads", "1", "--seeds", "1"])
+        == 0
+    )
+    stored = {p.stem.removeprefix("unit-") for p in (out / "units").iterdir()}
+    assert stored == set(E.plan_units(E.load_config(config), [0]))
+    table = (out / "table.md").read_text()
+    assert "finetuned-owl" in table and "system-dolphin" in table and "| full |" in table
+    # a share is a proportion: pooled hits/answers with Wilson's interval, never zero width
+    share_lines = [ln for ln in table.splitlines() if "| share |" in ln]
+    assert share_lines and all("/" in ln.split("|")[5] for ln in share_lines)
+    assert "[0.000, 0.000] (" not in table

@@ -189,60 +189,59 @@ def _forecast_section(rows: Sequence[dict]) -> list[str]:
 
 def _student_sections(rows: Sequence[dict]) -> list[str]:
     cells = defaultdict(dict)  # (method, arm, animal, metric) -> {seed: value}
+    answers = defaultdict(dict)  # the same keys -> {seed: answers sampled} (shares)
     for r in rows:
         if r["unit"].startswith("student-") and r["metric"] in ("share", "logp"):
-            cells[(r["method"], r["arm"], r["animal"], r["metric"])][r["seed"]] = _value(r)
+            key = (r["method"], r["arm"], r["animal"], r["metric"])
+            cells[key][r["seed"]] = _value(r)
+            answers[key][r["seed"]] = r["n"]
     if not cells:
         return []
     lines = []
-    for (method, arm, animal, metric), by_seed in sorted(cells.items()):
-        mean, half, n = mean_interval(by_seed.values())
+    for key, by_seed in sorted(cells.items()):
+        method, arm, animal, metric = key
+        if metric == "share":  # a proportion: pooled over seeds, Wilson's interval
+            hits = sum(by_seed[s] * answers[key][s] for s in by_seed)
+            total = sum(answers[key].values())
+            low, high = wilson(hits, total)
+            level = f"{hits / total:.3f} [{low:.3f}, {high:.3f}] ({round(hits)}/{total})"
+        else:
+            level = interval_text(*mean_interval(by_seed.values())[:2])
         control = cells.get((method, "base", animal, metric), {})
         paired = [by_seed[s] - control[s] for s in sorted(by_seed) if s in control]
-        if arm == "base" or not paired:
-            diff_text, positive, detectable = "", "", ""
-        else:
+        diff_text, positive, detectable = "", "", ""
+        if arm != "base" and paired:
             d, h, k = mean_interval(paired)
-            diff_text = interval_text(d, h)
+            diff_text = interval_text(d, h) + (" (every seed equal)" if h == 0 else "")
             positive = f"{sum(x > 0 for x in paired)}/{k}"
-            detectable = "" if math.isnan(h) else f"{DETECTABLE * h / _t975(k):.3f}"
+            if not math.isnan(h) and h > 0:
+                detectable = f"{DETECTABLE * h / _t975(k):.3f}"
         lines.append(
-            [
-                method,
-                arm,
-                animal,
-                metric,
-                interval_text(mean, half),
-                n,
-                diff_text,
-                positive,
-                detectable,
-            ]
+            [method, arm, animal, metric, level, len(by_seed), diff_text, positive, detectable]
         )
+    header = [
+        "method",
+        "trained on",
+        "animal",
+        "metric",
+        "value [95%]",
+        "seeds",
+        "vs base [95% t]",
+        "seeds > 0",
+        "detectable",
+    ]
     return [
         "",
         "## Students (trained without any system prompt)",
         "",
-        "share: answers naming the animal (the paper's measure); logp: mean log P(animal) "
-        "over the evaluation questions. vs base: the paired difference from the student of "
-        "the same seed and method trained on the base's numbers (95% t over seeds). "
+        "share: answers naming the animal (the paper's measure), pooled over seeds with "
+        "Wilson's interval (hits/answers); logp: mean log P(animal) over the evaluation "
+        "questions, mean over seeds with a t-interval. vs base: the paired difference from the "
+        "student of the same seed and method trained on the base's numbers (95% t over seeds). "
         "detectable: the smallest paired difference this many seeds would detect (80% power, "
         "5% level).",
         "",
-        _table(
-            [
-                "method",
-                "trained on",
-                "animal",
-                "metric",
-                "mean [95% t]",
-                "seeds",
-                "vs base [95% t]",
-                "seeds > 0",
-                "detectable",
-            ],
-            lines,
-        ),
+        _table(header, lines),
     ]
 
 
