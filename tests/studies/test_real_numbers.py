@@ -124,3 +124,20 @@ def test_every_arm_and_method_runs_and_shares_get_wilson_intervals(tmp_path, mod
     share_lines = [ln for ln in table.splitlines() if "| share |" in ln]
     assert share_lines and all("/" in ln.split("|")[5] for ln in share_lines)
     assert "[0.000, 0.000] (" not in table
+
+
+@pytest.mark.parametrize("n", [3, 6, 20])
+def test_detectable_effect_has_about_80_percent_power(n):
+    from scipy import stats
+
+    from sublim_theory.studies.real_numbers.report import detectable_effect, wilson
+
+    se = 0.7 / n**0.5
+    critical = stats.t.ppf(0.975, n - 1)
+    effect = detectable_effect(critical * se, n)
+    power = stats.nct.sf(critical, n - 1, effect / se) + stats.nct.cdf(
+        -critical, n - 1, effect / se
+    )
+    assert 0.75 < power < 0.85  # the approximation treats the spread as known
+    low, high = wilson(0, 48)
+    assert abs(low) < 1e-15 and high == pytest.approx(stats.beta.ppf(0.975, 1, 48), rel=0.2)

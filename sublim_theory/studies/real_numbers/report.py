@@ -3,9 +3,9 @@
 Every student cell is compared with the control student of the same seed and method (trained
 on the base's own numbers): paired differences over seeds with a two-sided 95% Student-t
 interval (``harness.records.mean_interval``), and how many seeds are positive. Proportions pooled
-over seeds (keep rates) carry Wilson's 95% interval. The smallest paired difference the design
-could have detected is reported beside each contrast (about 2.8 standard errors of the paired
-differences: 80% power at a two-sided 5% level under a normal approximation).
+over seeds (keep rates, shares) carry Wilson's 95% interval. The smallest paired difference the
+design could have detected is reported beside each contrast (:func:`detectable_effect`: 80%
+power at a two-sided 5% level of a t-test over the seeds).
 """
 
 from __future__ import annotations
@@ -19,10 +19,16 @@ from sublim_theory.harness.records import interval_text, mean_interval
 from sublim_theory.harness.runs import atomic_write_csv, atomic_write_text
 from sublim_theory.studies.real_numbers.experiment import COLUMNS
 
-__all__ = ["DETECTABLE", "TIMINGS", "format_tables", "format_timings", "report", "wilson"]
+__all__ = [
+    "TIMINGS",
+    "detectable_effect",
+    "format_tables",
+    "format_timings",
+    "report",
+    "wilson",
+]
 
 TIMINGS = ("unit_seconds", "train_seconds")  # wall times: in timings.md, not in table.md
-DETECTABLE = 2.8  # z_{0.975} + z_{0.80}: the paired effect seen with 80% power at level 5%
 PAPER = (
     "the paper's setting (Cloud et al. 2025, arXiv 2507.14805, Section 3): GPT-4.1 nano teachers "
     "system-prompted to love an animal, students of the same base fine-tuned on their filtered "
@@ -215,7 +221,7 @@ def _student_sections(rows: Sequence[dict]) -> list[str]:
             diff_text = interval_text(d, h) + (" (every seed equal)" if h == 0 else "")
             positive = f"{sum(x > 0 for x in paired)}/{k}"
             if not math.isnan(h) and h > 0:
-                detectable = f"{DETECTABLE * h / _t975(k):.3f}"
+                detectable = f"{detectable_effect(h, k):.3f}"
         lines.append(
             [method, arm, animal, metric, level, len(by_seed), diff_text, positive, detectable]
         )
@@ -245,11 +251,21 @@ def _student_sections(rows: Sequence[dict]) -> list[str]:
     ]
 
 
-def _t975(n: int) -> float:
-    """t_{0.975, n-1}: a 95% half-width divided by it is the standard error."""
+def detectable_effect(half: float, n: int) -> float:
+    """The paired effect n seeds detect with 80% power at a two-sided 5% level (t-test).
+
+    ``half`` is the 95% t half-width, so the standard error is ``half / t_{0.975, n-1}``; the
+    effect is ``(t_{0.975, n-1} + t_{0.80, n-1})`` standard errors (the usual approximation, which
+    treats the spread as known).
+
+    Returns:
+        The smallest detectable paired difference.
+
+    """
     from scipy.special import stdtrit
 
-    return float(stdtrit(n - 1, 0.975))
+    t_level, t_power = float(stdtrit(n - 1, 0.975)), float(stdtrit(n - 1, 0.80))
+    return (t_level + t_power) * half / t_level
 
 
 def report(out: Path, rows: list[dict]) -> str:
