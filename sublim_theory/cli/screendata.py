@@ -20,6 +20,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     add("--traits", type=Path, required=True, help="TOML: [[trait]] name, answer, questions")
     add("--null", type=Path, default=None, help="JSONL: your base's own completions (p-values)")
     add("--variant", choices=("sgd", "sign", "rms"), default="sgd", help="the student's step")
+    add("--method", choices=("factored", "jvp"), default="factored", help="same pushes, cost")
     add("--out", type=Path, required=True, help="output folder")
     add("--threads", type=thread_count, default=None, help="torch CPU threads")
     add("--batch-size", type=positive_int, default=8, help="documents per jvp chunk")
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     disable_progress_bar()  # stderr is for errors: one line each
     pretrained = load_pretrained(args.model, dtype=dtype_from_name(args.dtype))
     result = sd.screen_data(
-        pretrained, documents, traits, null, variant=args.variant,
+        pretrained, documents, traits, null, variant=args.variant, method=args.method,
         batch_size=args.batch_size, max_tokens=args.max_tokens, student_batch=args.student_batch,
         bootstrap=args.bootstrap, permutations=args.permutations, seed=args.seed,
         sources=(str(args.data), str(args.null)),

@@ -19,9 +19,12 @@ of one preconditioned step on that document alone (theory/alignment.md, Thm 1):
 
 P the diagonal preconditioner of the variant (``sgd``: I; ``sign``: 1 / (|g_D| + eps), Adam's
 first step; ``rms``: 1 / (rms of minibatch gradients + eps)). ``c_ik`` is computed exactly
-(float64 reductions, no random projection) by one jvp of the per-document losses along
-P grad L_k (:func:`sublim_theory.engine.screen.example_attributions`); the mean over documents
-is the data set's push.
+(float64 reductions, no random projection), by either of the engine's two methods
+(:data:`sublim_theory.engine.screen.METHODS`): ``factored`` (the default: every trait from one
+forward and one backward per chunk, :func:`sublim_theory.engine.trait_scores.probe_trait_scores`)
+or ``jvp`` (one jvp of the per-document losses along P grad L_k per trait,
+:func:`sublim_theory.engine.screen.example_attributions`). The mean over documents is the data
+set's push.
 
 Per trait: the mean push with a 95% bootstrap interval over documents, z_k = mean / SE and
 z_k centred over the candidates (SCREENING.md). With a null (the defender's own base samples on
@@ -51,6 +54,7 @@ from torch import Tensor
 
 from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.engine.screen import (
+    METHODS,
     VARIANTS,
     TraitProbe,
     bootstrap_means,
@@ -61,6 +65,7 @@ from sublim_theory.engine.screen import (
     t_statistics,
     trait_gradients,
 )
+from sublim_theory.engine.trait_scores import probe_factors, probe_trait_scores
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import (
     atomic_write_csv,
@@ -77,6 +82,7 @@ from sublim_theory.testbeds.real_lm.train import completion_ids
 
 __all__ = [
     "IGNORED",
+    "METHODS",
     "VARIANTS",
     "Document",
     "ScreenDataResult",
@@ -473,6 +479,7 @@ def screen_data(
     null: Sequence[Document] | None = None,
     *,
     variant: str = "sgd",
+    method: str = "factored",
     batch_size: int = 8,
     max_tokens: int = 512,
     student_batch: int = 8,
@@ -490,6 +497,7 @@ def screen_data(
         traits: the candidate traits.
         null: the defender's own base samples on the same prompts, or None.
         variant: ``sgd``, ``sign`` or ``rms`` (module docstring).
+        method: ``factored`` or ``jvp`` (module docstring): the same pushes.
         batch_size: documents per jvp chunk.
         max_tokens: the most tokens a document (prompt and completion) may have.
         student_batch: the student's batch size (``rms``: minibatch gradients of this size).
@@ -501,12 +509,14 @@ def screen_data(
         A :class:`ScreenDataResult`.
 
     Raises:
-        InputError: an unknown variant, a document or question over ``max_tokens``, a model
+        InputError: an unknown variant or method, a document or question over ``max_tokens``, a model
             without a chat template, or bad sizes.
 
     """
     if variant not in VARIANTS:
         raise InputError(f"unknown variant '{variant}'; choose from {list(VARIANTS)}")
+    if method not in METHODS:
+        raise InputError(f"unknown method '{method}'; choose from {list(METHODS)}")
     if not traits:
         raise InputError("no candidate traits")
     started = time.perf_counter()
@@ -536,14 +546,20 @@ def screen_data(
             model, theta, inputs, targets, completion_nll, student_batch, rms_draws, seed
         )
         scale = preconditioner("rms", rms, rms)
-    pushes = torch.empty(inputs.shape[0], len(traits), dtype=torch.float64)
-    for k, probe in enumerate(probes):  # one trait at a time: one gradient in memory
-        direction = trait_gradients(model, theta, [probe])
-        if scale is not None:
-            direction *= scale
-        pushes[:, k] = example_attributions(
-            model, theta, inputs, targets, completion_nll, direction, batch_size
-        )[:, 0]
+    if method == "factored":  # the probes' gradients stay factored where they factor
+        factors = probe_factors(model, theta, probes)
+        pushes = probe_trait_scores(
+            model, theta, inputs, targets, completion_nll, factors, scale, batch_size
+        )
+    else:
+        pushes = torch.empty(inputs.shape[0], len(traits), dtype=torch.float64)
+        for k, probe in enumerate(probes):  # one trait at a time: one gradient in memory
+            direction = trait_gradients(model, theta, [probe])
+            if scale is not None:
+                direction *= scale
+            pushes[:, k] = example_attributions(
+                model, theta, inputs, targets, completion_nll, direction, batch_size
+            )[:, 0]
     n = len(documents)
     data_pushes, null_pushes = pushes[:n], (pushes[n:] if null is not None else None)
     rows, dataset = trait_statistics(
@@ -560,6 +576,7 @@ def screen_data(
         "dtype": str(theta.dtype).removeprefix("torch."),
         "parameters": model.num_params,
         "variant": variant,
+        "method": method,
         "preconditioner_on": "data and null pooled" if null is not None else "data",
         "documents": n,
         "null_documents": 0 if null is None else len(null),
@@ -595,12 +612,15 @@ def format_table(result: ScreenDataResult) -> str:
         "",
         f"Model {s['model']} (sha256 {s['sha256'][:12]}, {s['dtype']}, {s['parameters']:,} "
         f"parameters); variant {s['variant']} ({_PRECONDITIONERS[s['variant']]}, computed on "
-        f"the {s['preconditioner_on']}); {s['scored_tokens']} scored completion tokens.",
+        f"the {s['preconditioner_on']}); {s['scored_tokens']} scored completion tokens; "
+        f"pushes by the {s['method']} method.",
         "",
         "Push of document i toward trait k: c_ik = <P grad log P(answer_k | questions_k), "
         "-grad l_i>, exact, the rise of log P(answer) per unit learning rate of one step on "
         "document i (l_i: the loss on its completion tokens). Mean push: mean over documents, "
-        "95% bootstrap interval; z = mean / SE; z_c = z minus its mean over the candidates.",
+        "95% bootstrap interval; z = mean / SE; z_c = z minus its mean over the candidates; "
+        "top share: the share of bootstrap resamples in which the trait has the largest mean "
+        "push.",
         "",
     ]
     if null:

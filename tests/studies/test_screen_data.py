@@ -138,14 +138,16 @@ def _oracle(model_dir, records, variant, student_batch=8, draws=16, seed=0):
     return pushes, bound
 
 
+@pytest.mark.parametrize("method", ["factored", "jvp"])
 @pytest.mark.parametrize("variant", ["sgd", "sign", "rms"])
-def test_pushes_equal_explicit_gradient_inner_products(files, model_dir, variant):
+def test_pushes_equal_explicit_gradient_inner_products(files, model_dir, variant, method):
     """Every document's push (data and null, as written to attributions.csv) equals the
     float64 inner product of explicit autograd gradients, to 1e-8 of ||P grad L_k|| ||grad l_i||
     (float64 roundoff over 8.8k parameters is ~1e-14 of that).
     """
     code, out = _run(files, model_dir, "--null", files["null"], "--dtype", "float64",
-                     "--variant", variant, "--bootstrap", "50", "--permutations", "50")  # fmt: skip
+                     "--variant", variant, "--method", method, "--bootstrap", "50",
+                     "--permutations", "50")  # fmt: skip
     assert code == 0
     rows = _read_csv(out / "attributions.csv")
     assert [r["set"] for r in rows] == ["data"] * 10 + ["null"] * 10
