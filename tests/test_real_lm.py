@@ -23,6 +23,7 @@ pytest.importorskip("peft")
 tokenizers = pytest.importorskip("tokenizers")
 
 from sublim_theory.errors import InputError  # noqa: E402
+from sublim_theory.models.pretrained import float64_throughout  # noqa: E402
 from sublim_theory.testbeds.real_lm.classifier import cross_validated_auroc, number_features  # noqa: E402
 from sublim_theory.testbeds.real_lm.controls import in_context_effect, shuffled_examples  # noqa: E402
 from sublim_theory.testbeds.real_lm.evaluate import (  # noqa: E402
@@ -74,6 +75,15 @@ _TEMPLATE = (
 # Multi-character tokens like the real vocabulary's: "owl" one token, "Owl" = "O" + "wl", and
 # answer-alphabet tokens that are not single characters (" ,", ",,", "  ", "12").
 _MERGES = [("o", "w"), ("ow", "l"), ("w", "l"), (" ", ","), (",", ","), (" ", " "), ("1", "2")]
+
+
+@pytest.fixture(autouse=True)
+def _float64_end_to_end():
+    """transformers computes RMSNorm, softmax and rotary angles in float32 even for a float64
+    model (about 1e-8 relative, kernel-dependent); inside ``float64_throughout`` the tiny float64
+    models here are float64 end to end, so the 1e-10 tolerances below are rounding bounds."""
+    with float64_throughout():
+        yield
 
 
 @pytest.fixture(scope="module")
