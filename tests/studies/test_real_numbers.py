@@ -130,7 +130,8 @@ def test_every_arm_and_method_runs_and_shares_get_wilson_intervals(tmp_path, mod
 def test_detectable_effect_has_about_80_percent_power(n):
     from scipy import stats
 
-    from sublim_theory.studies.real_numbers.report import detectable_effect, wilson
+    from sublim_theory.studies.real_numbers.report import detectable_effect
+    from sublim_theory.testbeds.real_lm.statistics import wilson_interval as wilson
 
     se = 0.7 / n**0.5
     critical = stats.t.ppf(0.975, n - 1)
@@ -141,3 +142,44 @@ def test_detectable_effect_has_about_80_percent_power(n):
     assert 0.75 < power < 0.85  # the approximation treats the spread as known
     low, high = wilson(0, 48)
     assert abs(low) < 1e-15 and high == pytest.approx(stats.beta.ppf(0.975, 1, 48), rel=0.2)
+
+
+def test_newcombe_difference_matches_the_published_examples():
+    from sublim_theory.testbeds.real_lm.statistics import newcombe_difference
+
+    # Newcombe (1998), Statistics in Medicine 17:873, Table II, method 10, examples (a) and (b)
+    d, low, high = newcombe_difference(56, 70, 48, 80)
+    assert d == pytest.approx(0.2) and (round(low, 4), round(high, 4)) == (0.0524, 0.3339)
+    d, low, high = newcombe_difference(9, 10, 3, 10)
+    assert d == pytest.approx(0.6) and (round(low, 4), round(high, 4)) == (0.1705, 0.8090)
+    d, low, high = newcombe_difference(0, 144, 0, 144)  # equal zeros: still an interval
+    assert d == 0 and low < -0.02 and high > 0.02
+
+
+def test_share_differences_are_never_zero_width():
+    from sublim_theory.studies.real_numbers.report import format_tables
+
+    rows = []
+    for seed in range(3):
+        for arm in ("base", "system-owl"):
+            logp = -6.0 - 0.1 * seed + (0.05 * seed**2 if arm != "base" else 0.0)
+            for metric, value, n in (("share", 0.0, 48), ("logp", logp, 24)):
+                rows.append(
+                    {
+                        "unit": f"student-lora-{arm}-s{seed}",
+                        "seed": seed,
+                        "arm": arm,
+                        "method": "lora",
+                        "animal": "owl",
+                        "metric": metric,
+                        "value": value,
+                        "low": None,
+                        "high": None,
+                        "n": n,
+                    }
+                )
+    table = format_tables(rows)
+    line = next(ln for ln in table.splitlines() if "| system-owl | owl | share |" in ln)
+    cell = line.split("|")[7]
+    assert "Newcombe" in cell and "[-0.026, +0.026]" in cell, cell
+    assert "[0.000, 0.000]" not in table

@@ -18,6 +18,7 @@ from pathlib import Path
 from sublim_theory.harness.records import interval_text, mean_interval
 from sublim_theory.harness.runs import atomic_write_csv, atomic_write_text
 from sublim_theory.studies.real_numbers.experiment import COLUMNS
+from sublim_theory.testbeds.real_lm.statistics import newcombe_difference, wilson_interval
 
 __all__ = [
     "TIMINGS",
@@ -25,7 +26,6 @@ __all__ = [
     "format_tables",
     "format_timings",
     "report",
-    "wilson",
 ]
 
 TIMINGS = ("unit_seconds", "train_seconds")  # wall times: in timings.md, not in table.md
@@ -35,22 +35,6 @@ PAPER = (
     "number completions, evaluated by the share of one-word answers naming the animal. Its "
     "percentages are not quoted here: we have not checked them against the paper's text"
 )
-
-
-def wilson(hits: float, total: float) -> tuple[float, float]:
-    """Wilson's 95% interval for hits out of total (never zero width for total > 0).
-
-    Returns:
-        (low, high).
-
-    """
-    if total <= 0:
-        return math.nan, math.nan
-    z = 1.959963984540054
-    p = hits / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return centre - half, centre + half
 
 
 def _value(row: dict) -> float:
@@ -113,7 +97,7 @@ def format_tables(rows: Sequence[dict]) -> str:
     if keep:
         lines = []
         for (arm, metric), (hits, total, seeds) in sorted(keep.items()):
-            low, high = wilson(hits, total)
+            low, high = wilson_interval(round(hits), round(total))
             decoding = "number grammar" if metric == "keep_constrained" else "free"
             lines.append(
                 [
@@ -206,22 +190,29 @@ def _student_sections(rows: Sequence[dict]) -> list[str]:
     lines = []
     for key, by_seed in sorted(cells.items()):
         method, arm, animal, metric = key
+        base_key = (method, "base", animal, metric)
+        control = cells.get(base_key, {})
         if metric == "share":  # a proportion: pooled over seeds, Wilson's interval
-            hits = sum(by_seed[s] * answers[key][s] for s in by_seed)
-            total = sum(answers[key].values())
-            low, high = wilson(hits, total)
-            level = f"{hits / total:.3f} [{low:.3f}, {high:.3f}] ({round(hits)}/{total})"
+            hits, total = _pooled(by_seed, answers[key], by_seed)
+            low, high = wilson_interval(hits, total)
+            level = f"{hits / total:.3f} [{low:.3f}, {high:.3f}] ({hits}/{total})"
         else:
             level = interval_text(*mean_interval(by_seed.values())[:2])
-        control = cells.get((method, "base", animal, metric), {})
         paired = [by_seed[s] - control[s] for s in sorted(by_seed) if s in control]
         diff_text, positive, detectable = "", "", ""
         if arm != "base" and paired:
             d, h, k = mean_interval(paired)
-            diff_text = interval_text(d, h) + (" (every seed equal)" if h == 0 else "")
             positive = f"{sum(x > 0 for x in paired)}/{k}"
-            if not math.isnan(h) and h > 0:
-                detectable = f"{detectable_effect(h, k):.3f}"
+            if metric == "share":  # pooled shares of the seeds both arms have: Newcombe
+                both = [s for s in by_seed if s in control]
+                a = _pooled(by_seed, answers[key], both)
+                b = _pooled(control, answers[base_key], both)
+                d, low, high = newcombe_difference(*a, *b)
+                diff_text = f"{d:+.3f} [{low:+.3f}, {high:+.3f}] (Newcombe, pooled)"
+            else:
+                diff_text = interval_text(d, h)
+                if not math.isnan(h) and h > 0:
+                    detectable = f"{detectable_effect(h, k):.3f}"
         lines.append(
             [method, arm, animal, metric, level, len(by_seed), diff_text, positive, detectable]
         )
@@ -232,7 +223,7 @@ def _student_sections(rows: Sequence[dict]) -> list[str]:
         "metric",
         "value [95%]",
         "seeds",
-        "vs base [95% t]",
+        "vs base [95%]",
         "seeds > 0",
         "detectable",
     ]
@@ -242,13 +233,20 @@ def _student_sections(rows: Sequence[dict]) -> list[str]:
         "",
         "share: answers naming the animal (the paper's measure), pooled over seeds with "
         "Wilson's interval (hits/answers); logp: mean log P(animal) over the evaluation "
-        "questions, mean over seeds with a t-interval. vs base: the paired difference from the "
-        "student of the same seed and method trained on the base's numbers (95% t over seeds). "
+        "questions, mean over seeds with a t-interval. vs base: the difference from the "
+        "student of the same seed and method trained on the base's numbers: for logp paired by "
+        "seed with a 95% t-interval over seeds; for share the pooled shares of those seeds with "
+        "Newcombe's hybrid score interval (Newcombe 1998, method 10). "
         "detectable: the smallest paired difference this many seeds would detect (80% power, "
         "5% level).",
         "",
         _table(header, lines),
     ]
+
+
+def _pooled(shares: dict, answers: dict, seeds) -> tuple[int, int]:
+    """(hits, answers) pooled over ``seeds`` from per-seed shares and answer counts."""
+    return round(sum(shares[s] * answers[s] for s in seeds)), sum(answers[s] for s in seeds)
 
 
 def detectable_effect(half: float, n: int) -> float:

@@ -1,6 +1,7 @@
 """Intervals and tests the real-model experiment reports: proportions, two-sample t, AUROC.
 
 - :func:`wilson_interval` and :func:`clopper_pearson_interval`: 95% intervals for a share k/n.
+- :func:`newcombe_difference`: a 95% interval for the difference of two independent shares.
 - :func:`welch_test`: Welch's unequal-variance t between two samples (the forecast's teacher vs
   base examples).
 - :func:`auroc_interval`: the area under the ROC curve (the Mann-Whitney statistic) with DeLong's
@@ -22,6 +23,7 @@ __all__ = [
     "WelchResult",
     "auroc_interval",
     "clopper_pearson_interval",
+    "newcombe_difference",
     "welch_test",
     "wilson_interval",
 ]
@@ -54,6 +56,32 @@ def wilson_interval(hits: int, total: int) -> tuple[float, float]:
     centre = (p + z2 / (2 * total)) / (1 + z2 / total)
     half = _Z95 * math.sqrt(p * (1 - p) / total + z2 / (4 * total**2)) / (1 + z2 / total)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe_difference(
+    hits_a: int, total_a: int, hits_b: int, total_b: int
+) -> tuple[float, float, float]:
+    """The difference of two independent shares with Newcombe's hybrid score 95% interval.
+
+    With d = p_a - p_b and Wilson intervals (l_a, u_a), (l_b, u_b) of the two shares
+    (Newcombe 1998, Statistics in Medicine 17:873, method 10):
+    L = d - sqrt((p_a - l_a)^2 + (u_b - p_b)^2), U = d + sqrt((u_a - p_a)^2 + (p_b - l_b)^2).
+    It has positive width whenever both totals are positive, even at 0/n vs 0/n.
+
+    Returns:
+        (difference, low, high).
+
+    Raises:
+        InputError: a share with not 0 <= hits <= total, total >= 1.
+
+    """
+    low_a, high_a = wilson_interval(hits_a, total_a)
+    low_b, high_b = wilson_interval(hits_b, total_b)
+    p_a, p_b = hits_a / total_a, hits_b / total_b
+    d = p_a - p_b
+    low = d - math.sqrt((p_a - low_a) ** 2 + (high_b - p_b) ** 2)
+    high = d + math.sqrt((high_a - p_a) ** 2 + (p_b - low_b) ** 2)
+    return d, low, high
 
 
 def clopper_pearson_interval(hits: int, total: int) -> tuple[float, float]:
