@@ -1,1 +1,3 @@
-"""Exact vs projected attributions on the tiny-LM screen (issue 22 item 4)."""
+"""sublim_theory.studies.screen_projection: exact vs projected attributions (issue 22 item 4)."""
+
+__all__: list[str] = []

@@ -48,6 +48,7 @@ __all__ = [
     "spearman",
     "top_overlap",
     "trait_directions",
+    "with_trait",
 ]
 
 Row = dict[str, object]
