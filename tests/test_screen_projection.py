@@ -74,6 +74,10 @@ def test_command_on_the_tiny_config_writes_tables_and_resumes(tmp_path, capsys):
         assert row["n_teacher"] == "4"  # 2 teacher data sets x 2 projection seeds
         assert -1 <= float(row["spearman_teacher_median"]) <= 1
         assert 0 <= float(row["top1_low"]) < float(row["top1_high"]) <= 1  # never zero width
+    # d = 4 of a tiny LM: the projection visibly scrambles the documents (an overlap
+    # computed exact against exact, or no projection at all, would give 1)
+    assert float(summary[1]["spearman_teacher_median"]) < 0.9
+    assert float(summary[1]["overlap_mean"]) < 0.9
     rows = _read(out / "rows.csv")
     units = sorted(p.name for p in (out / "units").iterdir())
     assert units == ["seed-0-base.json", "seed-0-teacher-fox.json", "seed-0-teacher-owl.json"]
