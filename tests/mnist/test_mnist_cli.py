@@ -115,12 +115,13 @@ def test_unknown_config_key(tmp_path, capsys):
 def test_shipped_configs_parse(name):
     import argparse
 
-    from sublim_theory.cli.mnist import register, resolve_settings
-    from sublim_theory.studies.mnist.study import build_configs
+    from sublim_theory.cli.mnist import register
+    from sublim_theory.studies.mnist.study import build_configs, resolve_settings
 
     parser = argparse.ArgumentParser()
     register(parser)
-    settings, mnist_dir = resolve_settings(parser.parse_args(["--config", str(CONFIGS / name)]))
+    args = parser.parse_args(["--config", str(CONFIGS / name)])
+    settings, mnist_dir = resolve_settings(args.config, vars(args), args.mnist_dir, args.dataset)
     configs = build_configs(settings)
     assert mnist_dir is None and all(c.models == 10 for c in configs)
     assert all(c.lr == 3e-4 and c.batch_size == 1024 and c.student_epochs == 5 for c in configs)
