@@ -60,6 +60,7 @@ __all__ = [
     "progress",
     "run_study",
     "seed_range",
+    "seed_study",
     "split_parts",
     "usable_cache",
 ]
@@ -420,6 +421,55 @@ def parts_store(
         )
 
     return build
+
+
+def seed_study(
+    name: str,
+    settings: Mapping[str, Any],
+    seeds: Sequence[int],
+    run_unit: Callable[[Any, Context], list[dict]],
+    report: Callable[[Path, list[dict]], str],
+    *,
+    parts: Sequence[str] = (),
+    state_files: tuple[str, ...] = ("results.csv",),
+    **options: Any,
+) -> Study:
+    """A :class:`Study` whose units are seeds, in the layout of the tiny-LM studies.
+
+    One record a seed, ``seeds/seed-S.json`` (a :class:`PartsStore` with ``parts`` beside the
+    rows and the key stored as ``"seed"``); the grid a rerun may extend is ``{"seeds": seeds}``;
+    records written before they carried a fingerprint are accepted once ``run.json`` matches;
+    ``results.csv`` (with ``state_files``) is refused without ``run.json``.
+
+    Args:
+        name: as :class:`Study`.
+        settings: as :class:`Study`.
+        seeds: the units (``seed_range``).
+        run_unit: as :class:`Study`.
+        report: as :class:`Study`.
+        parts: the extra lists of rows of a record (:class:`PartsStore`).
+        state_files: as :class:`Study`.
+        **options: any other :class:`Study` field (``summary``, ``prepare``, ``cpu_only``,
+            ``cache_bytes``).
+
+    Returns:
+        The study.
+
+    """
+    return Study(
+        name,
+        settings,
+        seeds,
+        run_unit,
+        report,
+        grid={"seeds": seeds},
+        unit_file=lambda seed: f"seed-{seed}.json",
+        folder="seeds",
+        legacy_records=True,
+        state_files=state_files,
+        store=parts_store(parts=parts, key_name="seed"),
+        **options,
+    )
 
 
 def _holds_records(records: Path) -> bool:
