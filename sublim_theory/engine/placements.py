@@ -28,6 +28,7 @@ from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.errors import InputError
 
 __all__ = [
+    "INDEPENDENT_OFFSET",
     "INDEPENDENT_PLACEMENTS",
     "PLACEMENTS",
     "expected_offset",
@@ -36,6 +37,10 @@ __all__ = [
     "init_distance",
     "place_student",
 ]
+
+# the independent init of seed s: harness.seeds' zoo.independent_init (the engine does not import
+# the harness; tests/harness/test_seeds.py checks the two agree)
+INDEPENDENT_OFFSET = 1_000_003
 
 PLACEMENTS = (
     "shared",
@@ -134,7 +139,11 @@ def place_student(
             ]
             noise = noise * torch.cat([s.expand(n) for s, n in zip(stds, model.sizes)])
         return theta0 + scale * noise
-    other = independent if independent is not None else independent_init(model, seed + 1_000_003)
+    other = (
+        independent
+        if independent is not None
+        else independent_init(model, seed + INDEPENDENT_OFFSET)
+    )
     if kind == "interpolate":
         return (1 - scale) * theta0 + scale * other
     if kind == "independent":

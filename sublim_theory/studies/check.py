@@ -16,6 +16,7 @@ from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.engine.losses import make_loss
 from sublim_theory.engine.report import AlignmentReport, alignment_report
 from sublim_theory.errors import InputError
+from sublim_theory.harness.seeds import OFFSETS
 from sublim_theory.models.architectures import build_model, make_inputs
 
 __all__ = ["COLUMNS", "HEADERS", "KL_TEMPERATURE", "LEGEND", "N_CLASSES", "check", "format_table"]
@@ -55,12 +56,20 @@ def check(
         raise InputError(f"--inputs must be >= 1, got {n_inputs}")
     sizes = {"width": width, "depth": depth}
     model = FunctionalModel(build_model(arch, N_CLASSES + aux, seed=seed, dtype=dtype, **sizes))
-    teacher_inputs = make_inputs(arch, n_inputs, seed=seed + 1, dtype=dtype)
+    teacher_inputs = make_inputs(
+        arch, n_inputs, seed=seed + OFFSETS["check.teacher_inputs"], dtype=dtype
+    )
     labels = torch.randint(0, N_CLASSES, (n_inputs,), generator=torch.Generator().manual_seed(seed))
     teacher = TeacherTask(
         lambda z, y: F.cross_entropy(z[..., :N_CLASSES], y), teacher_inputs, labels
     )
-    student_inputs = make_inputs(arch, n_inputs, seed=seed + 2, distribution="uniform", dtype=dtype)
+    student_inputs = make_inputs(
+        arch,
+        n_inputs,
+        seed=seed + OFFSETS["check.student_inputs"],
+        distribution="uniform",
+        dtype=dtype,
+    )
     subset = list(range(N_CLASSES, N_CLASSES + aux)) if aux else None
     theta0 = model.flat_params()
     direction = teacher.update(model, theta0)

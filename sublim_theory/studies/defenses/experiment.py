@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import bound, load_toml, parse_config
+from sublim_theory.harness.seeds import OFFSETS
 from sublim_theory.studies.numbers.experiment import PROMPT_OFFSET, SAMPLING_OFFSET, STUDENT_OFFSET
 from sublim_theory.testbeds.lm import corpus, training
 from sublim_theory.testbeds.lm.config import NumbersConfig, from_dict
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 SAMPLINGS = ("plain", "top_p", "min_prob")
-POISON_OFFSET = 17  # the draw of which teacher / base sequences enter each poisoned mix
+POISON_OFFSET = OFFSETS["lm.poison"]  # which teacher / base sequences enter each poisoned mix
 
 Row = dict[str, object]
 

@@ -46,6 +46,7 @@ from sublim_theory.engine.alignment import batched_cosine, batched_dot, batched_
 from sublim_theory.engine.update_rules import Adam, State
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import bound, parse_config
+from sublim_theory.harness.seeds import TAGS, mixed_seed
 from sublim_theory.studies.mnist.experiment import (
     LIMITS,
     MnistConfig,
@@ -55,7 +56,6 @@ from sublim_theory.studies.mnist.experiment import (
     distillation_loss,
     flatten,
     forward,
-    mixed_seed,
     noise_block,
     reference_init,
     stack,
@@ -168,7 +168,9 @@ def trait_batch(config: DynamicsConfig, data: MnistData) -> tuple[Tensor, Tensor
             f"trait_digits = {config.trait_digits} exceeds the {n_train} training digits; "
             f"use --trait-digits {n_train} or fewer"
         )
-    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 9))
+    generator = torch.Generator().manual_seed(
+        mixed_seed(config.seed, TAGS["dynamics.trait_digits"])
+    )
     index = torch.randperm(n_train, generator=generator)[: config.trait_digits]
     index = index.to(data.train_labels.device)
     return data.train_images[index], data.train_labels[index]
@@ -326,7 +328,7 @@ def start_state(config: DynamicsConfig, data: MnistData) -> DynamicsState:
     reference = stack([reference_init(mnist, i) for i in range(n_models)])
     epochs = mnist.resolved_teacher_epochs(len(data.train_labels))
     teacher = train_teachers(mnist, reference, data, epochs)
-    perm = derangement(n_models, mixed_seed(config.seed, 6))
+    perm = derangement(n_models, mixed_seed(config.seed, TAGS["mnist.derangement"]))
     own = flatten(reference)
     rows = [own[perm] if name == "cross" else own for name in GROUPS]
     flat = torch.cat(rows).contiguous()
@@ -364,7 +366,7 @@ def adam_start(rule: Adam, flat: Tensor) -> State:
 
 def _block_orders(config: DynamicsConfig, epochs: int) -> list[list[int]]:
     """The noise-block order of epochs 1..epochs: ``train_students``'s generator and draws."""
-    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 5))
+    generator = torch.Generator().manual_seed(mixed_seed(config.seed, TAGS["mnist.student_order"]))
     return [torch.randperm(config.blocks, generator=generator).tolist() for _ in range(epochs)]
 
 
@@ -406,7 +408,9 @@ def train_epoch(
         step, adam = rule(distill_grad.reshape(-1), flat.reshape(-1), adam)
         step = step.view_as(flat)
         step[ablated], removed = ablate_trait_component(step[ablated], trait_grad[ablated])
-        generator = torch.Generator().manual_seed(mixed_seed(config.seed, 8, epoch, position))
+        generator = torch.Generator().manual_seed(
+            mixed_seed(config.seed, TAGS["dynamics.random_component"], epoch, position)
+        )
         step[randomized], _ = remove_random_component(step[randomized], removed, generator)
         records["cos_trait_distill"].append(batched_cosine(trait_grad, distill_grad))
         records["cos_step_trait"].append(batched_cosine(step, -trait_grad))

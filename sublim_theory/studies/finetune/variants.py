@@ -34,6 +34,7 @@ from sublim_theory.engine.alignment import cosine
 from sublim_theory.engine.lora import add_lora
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import bound, load_toml, parse_config
+from sublim_theory.harness.seeds import OFFSETS
 from sublim_theory.harness.study import MAX_SEED
 from sublim_theory.studies.numbers.experiment import PROMPT_OFFSET, SAMPLING_OFFSET, STUDENT_OFFSET
 from sublim_theory.testbeds.lm import corpus, training
@@ -67,8 +68,8 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "sgd", "signsgd")
-LORA_OFFSET = 5003  # the adapters' A_0 draw of seed s (shared by the student and its control)
-HELDOUT_OFFSET = 15485863  # the held-out prompts (and their sampling) of seed s
+LORA_OFFSET = OFFSETS["lm.lora"]  # the adapters' A_0 (shared by the student and its control)
+HELDOUT_OFFSET = OFFSETS["lm.heldout"]  # the held-out prompts (and their sampling)
 
 Row = dict[str, Any]
 

@@ -53,6 +53,7 @@ from sublim_theory.engine.losses import KLDivergence
 from sublim_theory.engine.placements import place_student
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import bound, parse_config
+from sublim_theory.harness.seeds import TAGS, mixed_seed
 from sublim_theory.models.architectures import MLP
 from sublim_theory.testbeds.mnist.data import N_CLASSES, N_PIXELS, MnistData
 from sublim_theory.testbeds.mnist.variants import (
@@ -65,7 +66,6 @@ from sublim_theory.testbeds.mnist.variants import (
 
 __all__ = [
     "LIMITS",
-    "mixed_seed",
     "PAPER_TEACHER_STEPS",
     "DEFAULT_STUDENTS",
     "STUDENT_KINDS",
@@ -265,14 +265,11 @@ def layer_sizes(config: MnistConfig) -> list[int]:
     return [N_PIXELS, *config.hidden, N_CLASSES + config.aux_logits]
 
 
-def mixed_seed(*parts: int) -> int:
-    """A 63-bit seed mixing integers (numpy's SeedSequence), stable across runs and platforms."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
-
-
 def reference_init(config: MnistConfig, model_index: int) -> Params:
     """Model ``model_index``'s theta_0: weights N(0, 1/d_in), biases 0 (no model axis)."""
-    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 1, model_index))
+    generator = torch.Generator().manual_seed(
+        mixed_seed(config.seed, TAGS["mnist.reference_init"], model_index)
+    )
     sizes = layer_sizes(config)
     params: Params = []
     for d_in, d_out in zip(sizes[:-1], sizes[1:]):
@@ -342,7 +339,9 @@ def noise_block(
     """
     start = block * config.batch_size
     size = min(config.batch_size, config.noise_images - start)
-    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 2, model_index, block))
+    generator = torch.Generator().manual_seed(
+        mixed_seed(config.seed, TAGS["mnist.noise_block"], model_index, block)
+    )
     out = torch.empty(size, N_PIXELS)
     return draw_inputs(config.distillation_inputs, generator, out, train_images)
 
@@ -364,7 +363,7 @@ def train_teachers(config: MnistConfig, reference: Params, data: MnistData, epoc
     params = [p.clone().requires_grad_(True) for p in reference]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     n_models, n_train = config.models, len(data.train_labels)
-    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 3))
+    generator = torch.Generator().manual_seed(mixed_seed(config.seed, TAGS["mnist.teacher_order"]))
     for _ in range(epochs):
         order = torch.rand(n_models, n_train, generator=generator).argsort(dim=1)
         order = order.to(data.train_labels.device)
@@ -400,7 +399,7 @@ def student_inits(
                 own, partner = [p[i] for p in reference], [p[perm[i]] for p in reference]
                 theta0 = torch.cat([p.reshape(-1) for p in splice_heads(own, partner, group.kind)])
             if group.noise > 0:
-                seed = mixed_seed(config.seed, 4, group_index, i)
+                seed = mixed_seed(config.seed, TAGS["mnist.student_noise"], group_index, i)
                 theta0 = place_student(shape_model, theta0, "scaled_noise", group.noise, seed)
             rows.append(theta0)
     return unflatten(torch.stack(rows), reference)
@@ -478,7 +477,7 @@ def train_students(
     aux_index = torch.tensor([i for i, a in enumerate(aux_only) if a], device=device)
     all_index = torch.tensor([i for i, a in enumerate(aux_only) if not a], device=device)
     n_blocks = math.ceil(config.noise_images / config.batch_size)
-    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 5))
+    generator = torch.Generator().manual_seed(mixed_seed(config.seed, TAGS["mnist.student_order"]))
     # drawn on the CPU (its generators), so every device sees the same noise images
     buffer = torch.empty(n_models, min(config.batch_size, config.noise_images), N_PIXELS)
     teacher_logits: dict[int, Tensor] = {}
@@ -494,7 +493,7 @@ def train_students(
             images = buffer[:, :size]
             for i in range(n_models):  # as noise_block(config, i, block), in place
                 block_generator = torch.Generator().manual_seed(
-                    mixed_seed(config.seed, 2, i, block)
+                    mixed_seed(config.seed, TAGS["mnist.noise_block"], i, block)
                 )
                 draw_inputs(config.distillation_inputs, block_generator, images[i], train_images)
             images = images.to(device)
@@ -545,7 +544,7 @@ def run_experiment(
     n_models = config.models
     teacher_epochs = config.resolved_teacher_epochs(len(data.train_labels))
     perm = (
-        derangement(n_models, mixed_seed(config.seed, 6))
+        derangement(n_models, mixed_seed(config.seed, TAGS["mnist.derangement"]))
         if config.controls
         else list(range(n_models))
     )
