@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from sublim_theory.engine.alignment import cosine
 from sublim_theory.engine.losses import SoftCrossEntropy
-from sublim_theory.engine.optimizers import SignSGD
+from sublim_theory.engine.optimizers import SignSGD, make_optimizer
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import atomic_write_bytes
 from sublim_theory.models.architectures import TinyTransformer
@@ -336,12 +336,7 @@ def train_student(
             f"{tuple(target_weights.shape)}; build it like corpus.continuation_mask"
         )
     model = copy.deepcopy(init).train()
-    if s.optimizer == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
-    elif s.optimizer == "signsgd":
-        optimizer = SignSGD(model.parameters(), lr=s.lr)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=s.lr)
+    optimizer = make_optimizer(s.optimizer, model.parameters(), s.lr)
     mask = corpus.continuation_mask(sequences[:1], config.corpus)[0]
     soft = SoftCrossEntropy()
     generator = torch.Generator().manual_seed(seed)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sublim_theory.engine.optimizers import SignSGD
+from sublim_theory.engine.optimizers import SignSGD, make_optimizer
 from sublim_theory.errors import InputError
 
 __all__ = [
@@ -60,16 +60,11 @@ def make_student_optimizer(
         InputError: for an unknown name.
 
     """
-    if name == "adam":
-        try:
-            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
-        except RuntimeError:
-            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    if name == "signsgd":
-        return SignSGD(params, lr=lr, weight_decay=weight_decay)
-    raise InputError(f"student_optimizer must be one of {list(STUDENT_OPTIMIZERS)}, got {name!r}")
+    if name not in STUDENT_OPTIMIZERS:
+        raise InputError(
+            f"student_optimizer must be one of {list(STUDENT_OPTIMIZERS)}, got {name!r}"
+        )
+    return make_optimizer(name, params, lr, weight_decay, fused=True)
 
 
 def mse_distillation_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
