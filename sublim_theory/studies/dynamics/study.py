@@ -16,7 +16,6 @@ they hold them whole (:func:`table_rows`); otherwise the epoch is recomputed.
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, fields
@@ -30,6 +29,7 @@ from sublim_theory.harness.runs import (
     OutputFolder,
     atomic_write_bytes,
     load_toml,
+    read_csv,
     resolve_device,
 )
 from sublim_theory.harness.study import Context, Study, progress, run_study
@@ -165,18 +165,10 @@ def _epoch_from_tables(
 
 def _read(path: Path, columns: tuple[str, ...]) -> list[Row]:
     """A table this study wrote, strictly: its header, every row whole, numbers parsed."""
-    lines = list(csv.reader(io.StringIO(path.read_text())))
-    if not lines or tuple(lines[0]) != columns:
-        raise ValueError(f"{path} has other columns")
-    rows = []
-    for cells in lines[1:]:
-        if len(cells) != len(columns):
-            raise ValueError(f"{path} has a cut row")
-        row: Row = dict(zip(columns, cells))
-        for name in columns[1:]:
-            row[name] = int(row[name]) if name in ("model", "epoch", "step") else float(row[name])
-        rows.append(row)
-    return rows
+    schema = {columns[0]: str, "model": int, "epoch": int, "step": int}
+    return read_csv(
+        path, {k: v for k, v in schema.items() if k in columns}, other=float, columns=columns
+    )
 
 
 def _save_state(path: Path, state: DynamicsState) -> None:
