@@ -6,26 +6,19 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import sublim_theory.studies.dynamics.study as study
 from sublim_theory.cli.main import main
 from sublim_theory.harness.runs import CONFIG_DIR
-from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx
 
 COMMITTED = Path(__file__).resolve().parents[1] / "experiments" / "results" / "dynamics"
 TABLES = ("steps.csv", "accuracy.csv", "table.md")
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("digits")
-    rng = np.random.default_rng(0)
-    for key, shape in (("train", 300), ("test", 40)):
-        write_idx(folder / IDX_FILES[f"{key}_images"], rng.integers(0, 256, (shape, 28, 28)))
-        write_idx(folder / IDX_FILES[f"{key}_labels"], rng.integers(0, 10, shape))
-    return folder
+def digits(digit_folder):
+    return digit_folder(300, 40)
 
 
 def _argv(digits, out, *extra):

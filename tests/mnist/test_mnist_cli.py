@@ -2,27 +2,12 @@ import json
 import runpy
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from sublim_theory.cli.main import main
 from sublim_theory.harness.records import mean_interval
 from sublim_theory.harness.runs import CONFIG_DIR
-from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx
-
-
-def write_mnist(directory, n_train=6, n_test=4, compress=False):
-    rng = np.random.default_rng(0)
-    suffix = ".gz" if compress else ""
-    write_idx(
-        directory / (IDX_FILES["train_images"] + suffix), rng.integers(0, 256, (n_train, 28, 28))
-    )
-    write_idx(directory / (IDX_FILES["train_labels"] + suffix), rng.integers(0, 10, n_train))
-    write_idx(
-        directory / (IDX_FILES["test_images"] + suffix), rng.integers(0, 256, (n_test, 28, 28))
-    )
-    write_idx(directory / (IDX_FILES["test_labels"] + suffix), rng.integers(0, 10, n_test))
-
+from sublim_theory.testbeds.mnist.data import IDX_FILES
 
 CONFIGS = CONFIG_DIR
 ROWS = ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")
@@ -52,8 +37,8 @@ def test_tiny_pipeline_on_embedded_digits(tmp_path, capsys):
     assert "student_aux" in printed and "cross_all" in printed
 
 
-def test_sweeps_from_flags_on_idx_files(tmp_path):
-    write_mnist(tmp_path, n_train=40, n_test=20, compress=True)
+def test_sweeps_from_flags_on_idx_files(tmp_path, write_digits):
+    write_digits(tmp_path, n_train=40, n_test=20, compress=True)
     out = tmp_path / "out"
     argv = ["mnist", "--config", str(CONFIGS / "mnist_tiny.toml"), "--mnist-dir", str(tmp_path)]
     argv += ["--out", str(out), "--aux-logits", "1", "2", "--student-noise", "0", "0.1"]
@@ -95,8 +80,8 @@ def test_bad_input_is_one_line(tmp_path, capsys, extra, message):
     assert message in error and "\n" not in error
 
 
-def test_missing_idx_file_is_named_by_the_cli(tmp_path, capsys):
-    write_mnist(tmp_path)
+def test_missing_idx_file_is_named_by_the_cli(tmp_path, capsys, write_digits):
+    write_digits(tmp_path)
     (tmp_path / IDX_FILES["train_images"]).unlink()
     assert main(["mnist", "--mnist-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "train-images-idx3-ubyte" in capsys.readouterr().err

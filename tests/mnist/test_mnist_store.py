@@ -6,22 +6,15 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from sublim_theory.cli.main import main
 from sublim_theory.harness.runs import CONFIG_DIR
-from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("digits")
-    rng = np.random.default_rng(0)
-    for key, shape in (("train", 40), ("test", 20)):
-        write_idx(folder / IDX_FILES[f"{key}_images"], rng.integers(0, 256, (shape, 28, 28)))
-        write_idx(folder / IDX_FILES[f"{key}_labels"], rng.integers(0, 10, shape))
-    return folder
+def digits(digit_folder):
+    return digit_folder(40, 20)
 
 
 def _argv(digits, out, *extra):
