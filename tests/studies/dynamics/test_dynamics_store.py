@@ -12,7 +12,7 @@ import sublim_theory.studies.dynamics.study as study
 from sublim_theory.cli.main import main
 from sublim_theory.harness.runs import CONFIG_DIR
 
-COMMITTED = Path(__file__).resolve().parents[1] / "experiments" / "results" / "dynamics"
+COMMITTED = Path(__file__).resolve().parents[3] / "experiments" / "results" / "dynamics"
 TABLES = ("steps.csv", "accuracy.csv", "table.md")
 
 

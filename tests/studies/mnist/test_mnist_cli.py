@@ -59,7 +59,7 @@ def test_sweeps_from_flags_on_idx_files(tmp_path, write_digits):
     assert first["student_aux@s=0"]["per_model"] == first["reference"]["per_model"]
     assert results["data"]["n_train"] == 40
     sweeps = runpy.run_path(
-        str(Path(__file__).resolve().parents[2] / "experiments" / "mnist_sweeps.py")
+        str(Path(__file__).resolve().parents[3] / "experiments" / "mnist_sweeps.py")
     )
     lines = sweeps["compare"](str(out / "table.csv")).splitlines()
     assert lines[0].split()[0] == "aux_logits" and len(lines) == 3  # header, m = 1, m = 2

@@ -165,7 +165,7 @@ def test_grid_comparison_places_the_baseline_at_each_factors_default(tmp_path):
 
     from sublim_theory.studies.mnist.report import write_models
 
-    script = Path(__file__).resolve().parents[2] / "experiments" / "mnist_sweeps.py"
+    script = Path(__file__).resolve().parents[3] / "experiments" / "mnist_sweeps.py"
     compare_study = runpy.run_path(str(script))["compare_study"]
     rows = []
     for cell, factor, level, accuracies in (
