@@ -258,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, the command's own status, 2 for bad input or an unusable file, 130 after
         Ctrl-C.
 
+    Raises:
+        OSError: one that names no file: an internal failure, raised with its traceback.
+
     """
     parser = build_parser()
     try:

@@ -508,15 +508,18 @@ class OutputFolder:
     """
 
     def __init__(self, path: str | os.PathLike[str], command: str) -> None:
+        """Name the folder and the command; nothing is touched until :meth:`open`."""
         self.path = Path(path)
         self.command = command
         self._lock: int | None = None
 
     def __enter__(self) -> OutputFolder:
+        """Create, probe and lock the folder (:meth:`open`)."""
         self.open()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Release the lock (:meth:`close`), also after an error."""
         self.close()
 
     def open(self) -> None:

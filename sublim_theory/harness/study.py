@@ -120,6 +120,9 @@ def usable_cache(path: Path, need_bytes: int = 0) -> Path:
 def seed_range(first: int, count: int) -> list[int]:
     """The seeds ``first .. first + count - 1`` of ``--seed first --seeds count``, bounded.
 
+    Returns:
+        The seeds, ascending.
+
     Raises:
         InputError: ``count`` outside 1 .. MAX_SEEDS, ``first`` negative, or the last seed at or
             above MAX_SEED.
@@ -189,12 +192,16 @@ class PartsStore(UnitStore):
         parts: Sequence[str] = (),
         key_name: str | None = None,
     ) -> None:
+        """A :class:`UnitStore` whose records also hold the lists ``parts``."""
         super().__init__(folder, fingerprint, file_name, legacy)
         self.parts = tuple(parts)
         self.key_name = key_name
 
     def get(self, unit: Any) -> list[dict] | None:
         """The stored rows of ``unit``, its parts' rows tagged, or None when not stored.
+
+        Returns:
+            The rows, or None.
 
         Raises:
             InputError: as :meth:`UnitStore.get`, or a part that is missing or not a list of rows.
@@ -240,6 +247,9 @@ def split_parts(rows: Sequence[Mapping[str, Any]], parts: Sequence[str]) -> list
     """Undo :class:`PartsStore`'s tags: ``[main rows, rows of parts[0], rows of parts[1], ...]``.
 
     Stored nulls become NaN again (``records.restore_nan``); the tag key is dropped.
+
+    Returns:
+        The main rows, then each part's rows.
 
     Raises:
         ValueError: a row tagged with a part not in ``parts``.

@@ -42,6 +42,14 @@ def check(
     """Build a model, a teacher task (cross-entropy on the regular outputs) and noise inputs; report.
 
     ``temperature`` is the KL loss's tau (ignored by the other losses).
+
+    Returns:
+        The alignment report (exact and predicted quantities at ``eps``).
+
+    Raises:
+        InputError: ``eps`` not a finite positive number with a finite square, ``aux`` < 0 or
+            ``n_inputs`` < 1.
+
     """
     # eps A + eps^2 B is evaluated in Python floats: past sqrt(max float) ~ 1.3e154 the square
     # raises OverflowError, so such a step is refused with the other bad values of eps
@@ -120,6 +128,7 @@ LEGEND = (
 
 
 def format_table(rows: list[dict]) -> str:
+    """The rows as a fixed-width text table, one line a row under a header."""
     widths = [
         len(fmt.format(0) if "f" in fmt or "e" in fmt else fmt.format("")) for _, fmt in COLUMNS
     ]

@@ -505,7 +505,9 @@ def screen_data(
         max_tokens: the most tokens a document (prompt and completion) may have.
         student_batch: the student's batch size (``rms``: minibatch gradients of this size).
         rms_draws: minibatch gradients behind the ``rms`` preconditioner.
-        bootstrap, permutations, seed: see :func:`trait_statistics`.
+        bootstrap: resamples of the documents for the 95% intervals (:func:`trait_statistics`).
+        permutations: relabellings for the max-T test (:func:`trait_statistics`).
+        seed: seed of the bootstrap and the permutations.
         sources: the data's and null's file names, for error messages.
 
     Returns:

@@ -122,6 +122,9 @@ class DynamicsConfig:
     def parse(cls, raw: dict[str, object], source: str) -> DynamicsConfig:
         """A config from a TOML table or flags (``runs.parse_config``: typed and range-checked).
 
+        Returns:
+            The config.
+
         Raises:
             InputError: one line naming ``source`` and the key at fault.
 
@@ -158,6 +161,9 @@ class DynamicsConfig:
 def trait_batch(config: DynamicsConfig, data: MnistData) -> tuple[Tensor, Tensor]:
     """The fixed measurement digits of ``L_trait``: a seeded subset of the training digits.
 
+    Returns:
+        ``(images, labels)`` of the measurement digits.
+
     Raises:
         InputError: if ``trait_digits`` exceeds the number of training digits.
 
@@ -193,6 +199,10 @@ def _per_model_gradient(
 
     The losses are summed over models before the backward pass, so row j of the gradient is the
     gradient of model j's own loss (the models share no parameters).
+
+    Returns:
+        ``(losses, gradients)``.
+
     """
     theta = flat.detach().requires_grad_(True)
     losses = loss_fn(unflatten(theta, like))
@@ -322,6 +332,10 @@ def start_state(config: DynamicsConfig, data: MnistData) -> DynamicsState:
 
     Reference inits, teachers and derangement are those of ``sublim-theory mnist`` with the same
     seed and settings (``experiment.reference_init``, ``train_teachers``, ``derangement``).
+
+    Returns:
+        The state at epoch 0.
+
     """
     mnist = config.mnist
     n_models = config.models
@@ -359,6 +373,10 @@ def adam_start(rule: Adam, flat: Tensor) -> State:
     In float32, ``1 - beta2^t`` loses about three digits to cancellation at t = 1 (beta2 =
     0.999), a relative error ~1e-5 in the step; a float64 counter computes the bias corrections
     in float64, as torch.optim.Adam does (a Python float), so only the final rounding remains.
+
+    Returns:
+        The state.
+
     """
     state = rule.init(flat.reshape(-1))
     return {**state, "step": state["step"].double()}
@@ -382,6 +400,10 @@ def train_epoch(
     logits as targets), per-model trait gradient on the fixed digits, one Adam step from the
     distillation gradient, the ablation on ``ablated`` and the same-norm random edit on
     ``random``, then the logged metrics (module docstring).
+
+    Returns:
+        The state after the epoch.
+
     """
     n_models, n_groups = config.models, len(GROUPS)
     epoch = state.epoch + 1

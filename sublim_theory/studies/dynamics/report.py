@@ -113,6 +113,10 @@ def summary_table(steps: list[dict[str, object]], accuracy: list[dict[str, objec
 
     Every cell is a mean over models with its 95% Student-t interval and n (the models).
     A per-third cell first averages each model over the steps of that third of training.
+
+    Returns:
+        The table.
+
     """
     last = max(int(row["epoch"]) for row in accuracy)
     final: dict[str, dict[int, float]] = defaultdict(dict)

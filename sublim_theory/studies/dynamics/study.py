@@ -63,6 +63,10 @@ def epoch_rows(config: DynamicsConfig, state: DynamicsState, epoch: int) -> list
     Steps ``(epoch - 1) * blocks + 1 .. epoch * blocks`` of every group and model, the epoch's
     accuracy per group and model, and for epoch 1 also the reference, teacher and untrained
     (epoch 0) accuracies.
+
+    Returns:
+        The epoch's step rows and accuracy rows.
+
     """
     n_models, blocks = config.models, config.blocks
     columns = {

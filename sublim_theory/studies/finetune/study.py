@@ -69,6 +69,9 @@ def read_selection(path: Path, cells: list[str], stamp: str) -> tuple[dict, list
 def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
     """The finetune study of a config file for ``seeds`` seeds from ``first_seed``.
 
+    Returns:
+        The study.
+
     Raises:
         InputError: a bad config or seed range.
 

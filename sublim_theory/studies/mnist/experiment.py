@@ -162,6 +162,7 @@ class MnistConfig:
     distillation_inputs: Literal["uniform", "gaussian", "real"] = "uniform"
 
     def __post_init__(self) -> None:
+        """Refuse the settings no single field's range rules out (kinds, widths, noise, controls)."""
         # the checks that span fields or elements (scalar types and ranges: ``parse``)
         unknown = [kind for kind in self.students if kind not in STUDENT_KINDS]
         if unknown or not self.students or len(set(self.students)) != len(self.students):
@@ -182,6 +183,9 @@ class MnistConfig:
     @classmethod
     def parse(cls, raw: Mapping[str, object], source: str) -> MnistConfig:
         """A config from a TOML table or flags (``runs.parse_config``: typed and range-checked).
+
+        Returns:
+            The config.
 
         Raises:
             InputError: one line naming ``source`` and the key at fault.
@@ -221,14 +225,17 @@ class StudentGroup:
 
     @property
     def cross(self) -> bool:
+        """Whether the students start from another model's reference init (the cross-model control)."""
         return self.kind.startswith("cross")
 
     @property
     def spliced(self) -> bool:
+        """Whether the students start from a head-spliced init (``variants.splice_heads``)."""
         return self.kind in HEAD_KINDS
 
     @property
     def aux_only(self) -> bool:
+        """Whether the students imitate the auxiliary logits only (else all logits)."""
         return self.kind.endswith("aux")
 
 
@@ -262,6 +269,7 @@ class ExperimentResult:
 # the batched MLP
 # --------------------------------------------------------------------------------------------
 def layer_sizes(config: MnistConfig) -> list[int]:
+    """The MLP's widths: 784 pixels, the hidden widths, 10 + m logits."""
     return [N_PIXELS, *config.hidden, N_CLASSES + config.aux_logits]
 
 
@@ -279,6 +287,7 @@ def reference_init(config: MnistConfig, model_index: int) -> Params:
 
 
 def stack(models: Sequence[Params]) -> Params:
+    """M models' parameter lists as one list of tensors with a leading model axis."""
     return [torch.stack(tensors) for tensors in zip(*models)]
 
 
@@ -301,6 +310,7 @@ def flatten(params: Params) -> Tensor:
 
 
 def unflatten(flat: Tensor, like: Params) -> Params:
+    """Flat rows (M, P) back to stacked tensors shaped like ``like``."""
     sizes = [p[0].numel() for p in like]
     return [
         c.reshape(flat.shape[0], *p.shape[1:])
@@ -336,6 +346,10 @@ def noise_block(
 
     Uniform [-1, 1] noise by default, else ``config.distillation_inputs`` (``real`` draws from
     ``train_images``, on the CPU); ``variants.draw_inputs`` with the block's own generator.
+
+    Returns:
+        The images ``(size, 784)``.
+
     """
     start = block * config.batch_size
     size = min(config.batch_size, config.noise_images - start)
@@ -350,6 +364,10 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
     """Per-model KL(softmax(t / T) || softmax(s / T)), summed over classes, mean over batch: ``(M,)``.
 
     The engine's ``KLDivergence`` (no T^2 factor), so the experiment and the theory share one loss.
+
+    Returns:
+        The loss per model.
+
     """
     targets = teacher_logits.expand_as(student_logits)  # one teacher for every student group
     return KLDivergence(temperature).value(student_logits, targets).mean(-1)
@@ -421,6 +439,10 @@ def _students_forward(params: Params, images: Tensor, n_groups: int) -> Tensor:
     Activations are kept feature-major, ``(N * G, width, B)``: the first layer is ONE batched
     matmul per model for all its G students (they see the same images, so the images are not
     copied G times), and every later layer is a batched matmul of contiguous operands.
+
+    Returns:
+        The logits.
+
     """
     n_models, batch = images.shape[0], images.shape[1]
     n_layers = len(params) // 2
@@ -461,6 +483,10 @@ def train_students(
 
     Speed: model-major students (:func:`_students_forward`), one reused input buffer, teacher
     logits computed once per block (inputs and teachers are fixed), fused Adam.
+
+    Returns:
+        The final parameters.
+
     """
     n_models, n_groups = config.models, len(groups)
     params = [_model_major(p, n_groups).clone().requires_grad_(True) for p in initial]
@@ -536,6 +562,10 @@ def run_experiment(
     on CUDA trains from the same numbers as one on the CPU. ``teachers``, if given, is a cache
     the caller keeps across runs: runs whose teachers are trained identically (same models,
     sizes, lr, weight decay, batch, teacher epochs and seed) train them once.
+
+    Returns:
+        The result.
+
     """
     log = log or (lambda message: None)
     train_images = data.train_images  # the CPU copy: real distillation inputs are drawn here

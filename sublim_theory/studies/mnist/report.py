@@ -231,6 +231,10 @@ def model_rows(
 
     ``cosine`` and ``distillation_loss`` are the students' last-epoch values (NaN for the
     reference and the teacher, which are not distilled).
+
+    Returns:
+        The rows.
+
     """
     m = result.config["aux_logits"]
     base = {"cell": cell, "factor": factor, "level": level, "aux_logits": m}

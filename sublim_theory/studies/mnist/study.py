@@ -121,6 +121,9 @@ def resolve_settings(
 def build_configs(settings: dict[str, object], source: str = "settings") -> list[MnistConfig]:
     """One ``MnistConfig`` per value of ``aux_logits`` (a list there means an m sweep).
 
+    Returns:
+        The configs, in the order of ``aux_logits``.
+
     Raises:
         InputError: for a value of the wrong type or out of range, or a repeated m.
 
@@ -148,6 +151,9 @@ def build_cells(settings: dict[str, object], source: str = "settings") -> list[C
     Without ``cells`` the runs are named ``aux_logits-M`` (factor ``aux_logits``). Each entry of
     ``cells`` is a table of overrides; it is named ``key=value,...`` (``baseline`` when empty),
     its factor is its first key and its level its values joined by ``/`` (``sgd/0.3``).
+
+    Returns:
+        The runs.
 
     Raises:
         InputError: for a malformed ``cells`` list, an invalid override or a repeated cell.
@@ -197,6 +203,9 @@ def stored_name(cell: str) -> str:
 
 def result_from_record(record: dict[str, Any]) -> ExperimentResult:
     """A stored run back as an ``ExperimentResult`` (its JSON nulls back to NaN).
+
+    Returns:
+        The result.
 
     Raises:
         InputError: a record this command did not write.

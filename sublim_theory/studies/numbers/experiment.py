@@ -104,6 +104,10 @@ def classifier_accuracy(
 
     Balanced classes, half of each for training (Adam, 300 full-batch steps, weight decay
     1e-3), half for testing. Chance is 0.5.
+
+    Returns:
+        The accuracy.
+
     """
     c = config.corpus
     n = min(teacher_seqs.shape[0], control_seqs.shape[0])
@@ -141,6 +145,10 @@ def first_order_alignment(
 
     v = theta_T - theta_B. Returns A = E[u^T M u] (u = J v), cos(K v, v) (the first-order
     student update's direction) and cos(exact one-step soft-label update, v).
+
+    Returns:
+        The report's scalars by name.
+
     """
     model = FunctionalModel(base)
     theta0 = model.flat_params()
@@ -165,6 +173,10 @@ def run_seed(
     Returns (rows, entanglement_rows, step_rows): tidy ``{seed, condition, metric, value}``
     rows, the entanglement table (with ``seed``), and per-step cosines
     ``{seed, condition, step, cosine, loss}``.
+
+    Returns:
+        ``(tidy rows, entanglement rows, per-step rows)``.
+
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     rows: list[Row] = []

@@ -63,6 +63,9 @@ def _read(path: Path) -> list[dict]:
 def merge(directories: Sequence[Path], out: Path) -> str:
     """Merge the runs in ``directories`` into ``out``; return the table.
 
+    Returns:
+        The table.
+
     Raises:
         InputError: a folder that is not a ``numbers`` run, other settings than the first run's,
             a seed in two runs, or an ``out`` whose table holds seeds the merge lacks.

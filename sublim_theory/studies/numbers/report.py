@@ -101,6 +101,9 @@ def write_reports(out: Path, rows: list, entangled: list, steps: list) -> str:
 def table_seeds(path: Path) -> set[int]:
     """The seeds a ``results.csv`` holds (empty when there is none).
 
+    Returns:
+        The seeds.
+
     Raises:
         InputError: the file is not a results table of this study.
 

@@ -51,6 +51,9 @@ def _no_orphans(context: Context, stored: Mapping[str, list[dict] | None]) -> No
 def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
     """The numbers study of a config file (None: the defaults) for ``seeds`` seeds from ``first_seed``.
 
+    Returns:
+        The study.
+
     Raises:
         InputError: a bad config or seed range.
 

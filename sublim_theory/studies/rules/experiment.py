@@ -185,6 +185,9 @@ class RuleSweepConfig:
 def parse_parameterization(name: str) -> int:
     """The LoRA rank of ``lora<r>`` (0 for ``full``).
 
+    Returns:
+        The rank.
+
     Raises:
         InputError: a name that is neither ``full`` nor ``lora<r>`` with r >= 1.
 

@@ -56,6 +56,9 @@ def make_student_optimizer(
 
     Adam is fused (one kernel per step) where torch supports it, as the paper's student.
 
+    Returns:
+        The optimizer.
+
     Raises:
         InputError: for an unknown name.
 
@@ -72,6 +75,10 @@ def mse_distillation_loss(student_logits: Tensor, teacher_logits: Tensor) -> Ten
 
     One value per student (as ``experiment.distillation_loss``), so a sum over students gives
     each student the gradient ``2 (z_S - z_T) / (B k)`` of its own loss.
+
+    Returns:
+        The loss per student, shape ``(...)``.
+
     """
     difference = student_logits - teacher_logits.expand_as(student_logits)
     return difference.square().mean((-2, -1))
@@ -88,6 +95,9 @@ def draw_inputs(
     ``uniform``: U[-1, 1] pixels, drawn as ``2 * rand - 1`` (the paper's noise, bit for bit the
     experiment's historical draw). ``gaussian``: N(0, 1) pixels. ``real``: B distinct training
     digits (``train_images``, on the CPU) chosen by ``generator``.
+
+    Returns:
+        ``out``.
 
     Raises:
         InputError: for an unknown kind, or ``real`` without enough training images.
