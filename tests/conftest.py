@@ -179,3 +179,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def disk_full_at(monkeypatch):
+    """``disk_full_at(fragment)``: the disk is full (ENOSPC at ``os.fsync``) for the files whose
+    path holds ``fragment``; other files sync as usual. ``monkeypatch.undo()`` frees it again.
+
+    Skips the test where ``/proc`` cannot tell which file a descriptor writes.
+    """
+    import errno
+    from pathlib import Path
+
+    def fill(fragment):
+        if not Path("/proc/self/fd").is_dir():
+            pytest.skip("needs /proc to tell which file a descriptor writes")
+        real = os.fsync
+
+        def fsync(descriptor):
+            if fragment in os.readlink(f"/proc/self/fd/{descriptor}"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(descriptor)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    return fill

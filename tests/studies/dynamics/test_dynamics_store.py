@@ -1,8 +1,6 @@
 """``dynamics`` under a cut table, lost epochs, a full disk and absurd sizes (issue 24), and the
 committed folder's tables rebuilt from its CSVs byte for byte."""
 
-import errno
-import os
 import shutil
 from pathlib import Path
 
@@ -111,18 +109,9 @@ def test_an_epoch_in_the_state_but_not_stored_is_stored_without_training(
 
 
 def test_a_full_disk_at_an_epoch_is_one_line_and_the_rerun_completes(
-    digits, whole, tmp_path, monkeypatch, capsys
+    digits, whole, tmp_path, monkeypatch, capsys, disk_full_at
 ):
-    if not Path("/proc/self/fd").is_dir():
-        pytest.skip("needs /proc to tell which file a descriptor writes")
-    real = os.fsync
-
-    def fsync(descriptor):
-        if "epoch-2.json" in os.readlink(f"/proc/self/fd/{descriptor}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(descriptor)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    disk_full_at("epoch-2.json")
     out = tmp_path / "out"
     capsys.readouterr()
     assert main(_argv(digits, out)) == 2
