@@ -100,3 +100,107 @@ def small_disk(tmp_path, monkeypatch):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
     else:
         path.chmod(0o755)
+
+
+def _write_digits(folder, n_train=6, n_test=4, compress=False):
+    """Random IDX digits (uniform pixels and labels, numpy seed 0) in ``folder``; returns it.
+
+    The draws come in the order train images, train labels, test images, test labels, so a
+    folder of one size is the same bytes in every test that asks for it.
+    """
+    import numpy as np
+
+    from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if compress else ""
+    for part, n in (("train", n_train), ("test", n_test)):
+        write_idx(
+            folder / (IDX_FILES[f"{part}_images"] + suffix), rng.integers(0, 256, (n, 28, 28))
+        )
+        write_idx(folder / (IDX_FILES[f"{part}_labels"] + suffix), rng.integers(0, 10, n))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def write_digits():
+    """``write_digits(folder, n_train=6, n_test=4, compress=False)``: random IDX digits."""
+    return _write_digits
+
+
+@pytest.fixture(scope="session")
+def digit_folder(tmp_path_factory):
+    """``digit_folder(n_train, n_test)``: a read-only folder of random IDX digits, one per size."""
+    folders = {}
+
+    def folder(n_train, n_test):
+        if (n_train, n_test) not in folders:
+            made = tmp_path_factory.mktemp(f"digits-{n_train}-{n_test}")
+            folders[n_train, n_test] = _write_digits(made, n_train, n_test)
+        return folders[n_train, n_test]
+
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fake_mnist():
+    """``fake_mnist(n_train, n_test, seed=0)``: separable synthetic digits (``MnistData``).
+
+    Class c lights up pixel block c over 0.3-scaled Gaussian noise: a teacher learns them in a
+    few steps, so the MNIST studies run end to end in seconds.
+    """
+    from sublim_theory.testbeds.mnist.data import MnistData
+
+    def make_data(n_train, n_test, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+
+        def make(n):
+            labels = torch.randint(0, 10, (n,), generator=generator)
+            images = 0.3 * torch.randn(n, 784, generator=generator)
+            for c in range(10):
+                images[labels == c, c * 78 : (c + 1) * 78] += 1.0
+            return images.clamp(-1, 1), labels
+
+        (train_x, train_y), (test_x, test_y) = make(n_train), make(n_test)
+        return MnistData(train_x, train_y, test_x, test_y, source="synthetic", split="random")
+
+    return make_data
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch CPU thread for a module (a command run with ``--threads`` may have changed it).
+
+    Tiny models: a second thread only adds synchronization cost (and spins on a busy machine).
+    Use as ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def disk_full_at(monkeypatch):
+    """``disk_full_at(fragment)``: the disk is full (ENOSPC at ``os.fsync``) for the files whose
+    path holds ``fragment``; other files sync as usual. ``monkeypatch.undo()`` frees it again.
+
+    Skips the test where ``/proc`` cannot tell which file a descriptor writes.
+    """
+    import errno
+    from pathlib import Path
+
+    def fill(fragment):
+        if not Path("/proc/self/fd").is_dir():
+            pytest.skip("needs /proc to tell which file a descriptor writes")
+        real = os.fsync
+
+        def fsync(descriptor):
+            if fragment in os.readlink(f"/proc/self/fd/{descriptor}"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(descriptor)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    return fill

@@ -129,7 +129,7 @@ MUTATIONS = (
         (
             Edit(
                 "sublim_theory/testbeds/zoo.py",
-                "NOISE_SEED_OFFSET = 4_000_037",
+                'NOISE_SEED_OFFSET = OFFSETS["zoo.placement_noise"]',
                 "NOISE_SEED_OFFSET = TEACHER_DATA_SEED_OFFSET",
             ),
         ),
@@ -203,10 +203,10 @@ MUTATIONS = (
 
 
 RULE_REPORT = "sublim_theory/engine/rule_report.py"
-RULE_TESTS = ("tests/test_engine_bounds.py", "tests/test_rule_report.py")
-LORA_TESTS = ("tests/test_engine_bounds.py", "tests/test_lora.py")
+RULE_TESTS = ("tests/engine/test_engine_bounds.py", "tests/engine/test_rule_report.py")
+LORA_TESTS = ("tests/engine/test_engine_bounds.py", "tests/engine/test_lora.py")
 STORE_TESTS = ("tests/harness",)
-DYNAMICS_STORE = ("tests/test_dynamics_store.py",)
+DYNAMICS_STORE = ("tests/studies/dynamics/test_dynamics_store.py",)
 # Issue 24 item 7: one-line bugs in every module that produces a committed number or keeps the
 # run layer's guarantees; each names the test files that cover its module (--targeted).
 MUTATIONS += (
@@ -257,7 +257,7 @@ MUTATIONS += (
                 "corrected_sq = exp_avg_sq / (1 - self.beta1**step_count).to(exp_avg.dtype)",
             ),
         ),
-        ("tests/test_update_rules.py",),
+        ("tests/engine/test_update_rules.py",),
     ),
     Mutation(
         "lora: default alpha 1 (scale 1/r) instead of the rank (scale 1)",
@@ -306,7 +306,7 @@ MUTATIONS += (
                 "for key in sorted(set(before) & set(after)):",
             ),
         ),
-        ("tests/harness", "tests/test_runs.py"),
+        ("tests/harness", "tests/harness/test_runs.py"),
     ),
     Mutation(
         "store: keep an incomplete unit at the end of a CSV store",
@@ -333,7 +333,7 @@ MUTATIONS += (
                 "if not self.stored_seeds(key):",
             ),
         ),
-        ("tests/sweep/test_sweep_folder.py",),
+        ("tests/studies/init_distance/test_sweep_folder.py",),
     ),
     Mutation(
         "sweep measure: the expected-offset prediction adds E[Delta]",
@@ -344,7 +344,10 @@ MUTATIONS += (
                 "expected = eps * k_v.double() + k_mean.double()",
             ),
         ),
-        ("tests/sweep/test_sweep_expected.py", "tests/test_sweep.py"),
+        (
+            "tests/studies/init_distance/test_sweep_expected.py",
+            "tests/studies/init_distance/test_sweep.py",
+        ),
     ),
     Mutation(
         "rules: legacy rows of other settings are taken as done",
@@ -355,7 +358,7 @@ MUTATIONS += (
                 "if False:",
             ),
         ),
-        ("tests/test_rules_store.py",),
+        ("tests/studies/rules/test_rules_store.py",),
     ),
     Mutation(
         "mnist: models.csv takes the first epoch's cosine, not the last",
@@ -366,7 +369,7 @@ MUTATIONS += (
                 'cosine=group["cosine_per_epoch"][0][i]',
             ),
         ),
-        ("tests/mnist/test_mnist_store.py", "tests/mnist/test_mnist_study.py"),
+        ("tests/studies/mnist/test_mnist_store.py", "tests/studies/mnist/test_mnist_study.py"),
     ),
     Mutation(
         "mnist: runs with other learning rates share teachers",
@@ -377,7 +380,7 @@ MUTATIONS += (
                 '"weight_decay", "batch_size", "seed")',
             ),
         ),
-        ("tests/mnist/test_mnist_study.py",),
+        ("tests/studies/mnist/test_mnist_study.py",),
     ),
     Mutation(
         "defenses: the agreement mask keeps the disagreements",
@@ -388,7 +391,7 @@ MUTATIONS += (
                 "out.append(teacher(inputs).argmax(-1) != base(inputs).argmax(-1))",
             ),
         ),
-        ("tests/test_defenses.py",),
+        ("tests/studies/defenses/test_defenses.py",),
     ),
     Mutation(
         "numbers variants: the trait-gradient cosine's sign flipped",
@@ -399,7 +402,7 @@ MUTATIONS += (
                 "return cosine(trait.double(), -distill.double())",
             ),
         ),
-        ("tests/test_finetune.py",),
+        ("tests/studies/finetune/test_finetune.py",),
     ),
     Mutation(
         "dynamics: the teacher's accuracy row before the reference's",
@@ -432,7 +435,7 @@ MUTATIONS += (
                 "fire = squared > 0",
             ),
         ),
-        ("tests/test_dynamics.py",),
+        ("tests/studies/dynamics/test_dynamics.py",),
     ),
 )
 

@@ -16,6 +16,7 @@ HELP = "one-step teacher/student alignment report (exact, first order, second or
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``check`` flags to ``parser``."""
     parser.add_argument("--arch", choices=ARCHITECTURES, default="mlp")
     parser.add_argument("--loss", choices=sorted(LOSSES), default="softmax_ce")
     parser.add_argument("--eps", type=float, default=1e-4, help="teacher step size (> 0)")
@@ -44,6 +45,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the alignment theorem on the chosen architectures and losses; print the table."""
     archs = ARCHITECTURES if args.all else (args.arch,)
     losses = sorted(LOSSES) if args.all else (args.loss,)
     rows = []

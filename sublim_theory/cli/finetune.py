@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from sublim_theory.cli.main import (
-    add_config_argument,
-    add_study_arguments,
-)
-from sublim_theory.harness.study import run_study
+from sublim_theory.cli.main import add_config_argument, add_study_arguments, run_seeded_study
 
 __all__ = ["HELP", "register", "run"]
 
@@ -32,13 +28,4 @@ def run(args: argparse.Namespace) -> int:
     """Choose the learning rates (once), train the seeds not yet stored; print the table."""
     from sublim_theory.studies.finetune import study
 
-    table = run_study(
-        study.build(args.config, args.seed, args.seeds),
-        args.out,
-        cache=args.cache or args.out / "cache",
-        device=args.device,
-        threads=args.threads,
-        config_file=args.config,
-    )
-    print(table, flush=True)
-    return 0
+    return run_seeded_study(study.build, args)

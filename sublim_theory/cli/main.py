@@ -17,9 +17,9 @@ import importlib
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import CONFIG_DIR, config_file
@@ -35,6 +35,7 @@ __all__ = [
     "main",
     "nonnegative_int",
     "positive_int",
+    "run_seeded_study",
     "thread_count",
 ]
 
@@ -164,6 +165,45 @@ def add_study_arguments(
     add_device_argument(parser)
 
 
+def run_seeded_study(
+    build: Callable[[Path | None, int, int], Any],
+    args: argparse.Namespace,
+    cache_in_out: bool = True,
+    wrote: str | None = None,
+) -> int:
+    """Run a seeded study from the flags of :func:`add_study_arguments`; print its tables.
+
+    ``build(config, first_seed, seeds)`` declares the study (``harness.study.Study``);
+    ``harness.study.run_study`` runs the seeds not yet stored in ``--out``.
+
+    Args:
+        build: the study's factory.
+        args: the parsed flags (``config``, ``seed``, ``seeds``, ``out``, ``cache``, ``device``,
+            ``threads``).
+        cache_in_out: without ``--cache``, cache in ``OUT/cache`` (False: no cache).
+        wrote: the files the reports wrote, named on stderr after the run (None: no line).
+
+    Returns:
+        0.
+
+    """
+    from sublim_theory.harness.study import progress, run_study
+
+    default = args.out / "cache" if cache_in_out else None
+    table = run_study(
+        build(args.config, args.seed, args.seeds),
+        args.out,
+        cache=args.cache or default,
+        device=args.device,
+        threads=args.threads,
+        config_file=args.config,
+    )
+    print(table, flush=True)
+    if wrote is not None:
+        progress(f"wrote {args.out}: {wrote}")
+    return 0
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one line (and still exit 2).
 
@@ -218,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 on success, the command's own status, 2 for bad input or an unusable file, 130 after
         Ctrl-C.
+
+    Raises:
+        OSError: one that names no file: an internal failure, raised with its traceback.
 
     """
     parser = build_parser()

@@ -11,11 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sublim_theory.cli.main import (
-    add_config_argument,
-    add_study_arguments,
-)
-from sublim_theory.harness.study import cpu_device, progress, run_study
+from sublim_theory.cli.main import add_config_argument, add_study_arguments, run_seeded_study
+from sublim_theory.harness.study import cpu_device, progress
 
 __all__ = ["HELP", "register", "run"]
 
@@ -40,14 +37,8 @@ def run(args: argparse.Namespace) -> int:
         print(merge.merge(args.merge, args.out), flush=True)
         progress(f"merged {len(args.merge)} runs into {args.out}")
         return 0
-    table = run_study(
-        study.build(args.config, args.seed, args.seeds),
-        args.out,
-        cache=args.cache or args.out / "cache",
-        device=args.device,
-        threads=args.threads,
-        config_file=args.config,
+    return run_seeded_study(
+        study.build,
+        args,
+        wrote="results.csv, summary.csv, steps.csv, entanglement.csv, table.md",
     )
-    print(table, flush=True)
-    progress(f"wrote {args.out}: results.csv, summary.csv, steps.csv, entanglement.csv, table.md")
-    return 0

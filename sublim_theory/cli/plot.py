@@ -19,6 +19,7 @@ HELP = "draw a sweep's figures (alignment vs init distance, collapse, trajectori
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``plot`` flags to ``parser``."""
     parser.add_argument("out_dir", help="a sweep's output directory (holds sweep.csv)")
 
 

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sublim_theory.cli.main import (
-    add_config_argument,
-    add_study_arguments,
-)
+from sublim_theory.cli.main import add_config_argument, add_study_arguments, run_seeded_study
 from sublim_theory.harness.runs import CONFIG_DIR
-from sublim_theory.harness.study import run_study
 from sublim_theory.studies.real_numbers.experiment import build_study, load_config
 from sublim_theory.studies.real_numbers.report import report
 
@@ -31,16 +27,9 @@ def run(args: argparse.Namespace) -> int:
         0.
 
     """
-    config = load_config(args.config)
-    seeds = list(range(args.seed, args.seed + args.seeds))
-    study = build_study(config, seeds, report)
-    table = run_study(
-        study,
-        args.out,
-        cache=args.cache,
-        device=args.device,
-        threads=args.threads,
-        config_file=args.config,
-    )
-    print(table, flush=True)
-    return 0
+
+    def build(config_file, first_seed: int, seeds: int):
+        seed_list = list(range(first_seed, first_seed + seeds))
+        return build_study(load_config(config_file), seed_list, report)
+
+    return run_seeded_study(build, args, cache_in_out=False)

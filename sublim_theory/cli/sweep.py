@@ -19,6 +19,7 @@ HELP = "resumable sweep of alignment vs student-init distance (writes sweep.csv 
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``sweep`` flags to ``parser``."""
     add_config_argument(parser, required=True)
     parser.add_argument(
         "--out",
@@ -43,6 +44,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run (or resume) the sweep into ``--out``; print its table."""
     table = run_sweep(
         args.config,
         args.out,

@@ -217,12 +217,14 @@ class TeacherTask:
     targets: Tensor
 
     def loss(self, model: FunctionalModel, theta: Tensor) -> Tensor:
+        """The trait loss L_T(theta) at ``theta`` (a scalar; anything else is refused)."""
         value = self.loss_fn(model_outputs(model, theta, self.inputs), self.targets)
         if not isinstance(value, Tensor) or value.ndim != 0:
             raise InputError("the teacher loss must return a scalar tensor")
         return value
 
     def gradient(self, model: FunctionalModel, theta: Tensor) -> Tensor:
+        """The gradient of L_T at ``theta``, by reverse mode on a detached copy of ``theta``."""
         theta = theta.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(self.loss(model, theta), theta)
         return grad

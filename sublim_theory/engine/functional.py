@@ -74,6 +74,7 @@ class FunctionalModel:
     """
 
     def __init__(self, module: nn.Module) -> None:
+        """Check ``module`` (eval mode, trainable parameters of one dtype and device); record their layout."""
         if not isinstance(module, nn.Module):
             raise InputError(f"expected a torch.nn.Module, got {type(module).__name__}")
         # Found once (a cheap list); their ``training`` flags are read at every evaluation.
@@ -98,6 +99,7 @@ class FunctionalModel:
 
     @property
     def num_params(self) -> int:
+        """P, the number of trainable scalars (the length of theta)."""
         return sum(self.sizes)
 
     def flat_params(self) -> Tensor:

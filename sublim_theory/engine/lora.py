@@ -10,7 +10,7 @@ quantity (K v, the one-step update, the report) is then measured in adapter spac
 Why peft and not a wrapper of our own: ``peft.inject_adapter_in_model`` swaps each target
 ``nn.Linear`` for a peft layer whose forward is plain tensor code, so ``torch.func.functional_call``,
 ``jvp``/``vjp`` and the engine's dual-number forward compose with it unchanged
-(tests/test_lora.py checks the adapted network against ``W_0 + (alpha / r) B A`` written out).
+(tests/engine/test_lora.py checks the adapted network against ``W_0 + (alpha / r) B A`` written out).
 The module keeps its class; nothing is downloaded.
 
 Init placements for the student: the *shared* adapter init (same base, same ``A_0``, the setting
@@ -50,6 +50,10 @@ def linear_layers(module: nn.Module) -> list[str]:
 
     GPT-2 keeps its projections in ``Conv1D`` layers (``y = x W + b``, W stored as
     (d_in, d_out)); peft adapts them with ``fan_in_fan_out``. Names are in registration order.
+
+    Returns:
+        The names, in module order.
+
     """
     return [
         name

@@ -55,6 +55,7 @@ class ImitationLoss:
     name: str = "loss"
 
     def __init__(self, outputs: Sequence[int] | None = None) -> None:
+        """Check and keep the output subset (distinct indices >= 0, non-empty; None: all)."""
         if outputs is not None:
             try:
                 if any(isinstance(i, bool) for i in outputs):
@@ -99,6 +100,7 @@ class ImitationLoss:
         return full.index_copy(-1, index, restricted)
 
     def describe(self) -> str:
+        """The loss's name with its output subset, e.g. ``kl[outputs=[10, 11]]``."""
         subset = "" if self.outputs is None else f"[outputs={self.outputs}]"
         return f"{self.name}{subset}"
 
@@ -155,6 +157,7 @@ class SquaredError(ImitationLoss):
     name = "squared"
 
     def __init__(self, scale: float = 1.0, outputs: Sequence[int] | None = None) -> None:
+        """Check the scale c > 0 and keep the output subset."""
         super().__init__(outputs)
         if not scale > 0:
             raise InputError(f"squared-error scale c must be > 0, got {scale}")
@@ -205,6 +208,7 @@ class KLDivergence(ImitationLoss):
     name = "kl"
 
     def __init__(self, temperature: float = 1.0, outputs: Sequence[int] | None = None) -> None:
+        """Check the temperature tau > 0 and keep the output subset."""
         super().__init__(outputs)
         if not temperature > 0:
             raise InputError(f"KL temperature tau must be > 0, got {temperature}")

@@ -28,6 +28,7 @@ from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.errors import InputError
 
 __all__ = [
+    "INDEPENDENT_OFFSET",
     "INDEPENDENT_PLACEMENTS",
     "PLACEMENTS",
     "expected_offset",
@@ -36,6 +37,10 @@ __all__ = [
     "init_distance",
     "place_student",
 ]
+
+# the independent init of seed s: harness.seeds' zoo.independent_init (the engine does not import
+# the harness; tests/harness/test_seeds.py checks the two agree)
+INDEPENDENT_OFFSET = 1_000_003
 
 PLACEMENTS = (
     "shared",
@@ -65,6 +70,10 @@ def _noise_generator(seed: int) -> torch.Generator:
 
     Models are usually initialized with ``torch.manual_seed(seed)``; noise drawn from the same
     seed would replay the init's own random numbers and correlate Delta with theta_0.
+
+    Returns:
+        A CPU generator seeded from a mix of ``seed``.
+
     """
     mixed = int(np.random.SeedSequence([seed, 0x5EED_B0D7]).generate_state(1, dtype=np.uint64)[0])
     return torch.Generator().manual_seed(mixed % 2**63)
@@ -114,6 +123,12 @@ def place_student(
         independent: theta_indep for the kinds that need it (default: ``independent_init``).
         head_prefix: which parameters form the head for ``share_body``/``share_head``.
 
+    Returns:
+        theta_S0, a new flat tensor like ``theta0``.
+
+    Raises:
+        InputError: an unknown kind, a negative scale, or t outside [0, 1] for ``interpolate``.
+
     """
     if kind not in PLACEMENTS:
         raise InputError(f"unknown student placement '{kind}'; choose one of {list(PLACEMENTS)}")
@@ -134,7 +149,11 @@ def place_student(
             ]
             noise = noise * torch.cat([s.expand(n) for s, n in zip(stds, model.sizes)])
         return theta0 + scale * noise
-    other = independent if independent is not None else independent_init(model, seed + 1_000_003)
+    other = (
+        independent
+        if independent is not None
+        else independent_init(model, seed + INDEPENDENT_OFFSET)
+    )
     if kind == "interpolate":
         return (1 - scale) * theta0 + scale * other
     if kind == "independent":
@@ -170,6 +189,13 @@ def expected_offset(
     -theta_0 on the random coordinates for ``independent``, t times that for ``interpolate``, the
     head's or the body's part for ``share_body``/``share_head``. The noise placements add
     zero-mean noise, so their mean offset is 0, as is ``shared``'s.
+
+    Returns:
+        E[Delta | theta_0], a flat tensor like ``theta0``.
+
+    Raises:
+        InputError: an unknown kind.
+
     """
     if kind not in PLACEMENTS:
         raise InputError(f"unknown student placement '{kind}'; choose one of {list(PLACEMENTS)}")

@@ -407,7 +407,7 @@ def alignment_report(
     of the teacher at eps* when B < 0 (phi(eps*) = -E[grad_z l(z0, y_eps*)^T u] needs no
     backward). It keeps z0 and u of every chunk (twice the size of the targets) until eps* is
     known. Each key equals its stand-alone function's value up to rounding
-    (tests/test_engine_sharing.py). A different ``student_init`` adds one student gradient and
+    (tests/engine/test_engine_sharing.py). A different ``student_init`` adds one student gradient and
     one Gauss-Newton product at theta0.
 
     Args:

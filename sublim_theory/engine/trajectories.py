@@ -49,6 +49,10 @@ def map_over_seeds(function: SeedFunction, use_vmap: bool = True) -> SeedFunctio
 
     With ``use_vmap`` the batch runs through ``torch.func.vmap``; otherwise each seed runs in turn
     and the results are stacked (the fallback for modules vmap cannot trace).
+
+    Returns:
+        The function mapped over the seeds (``vmap`` or a loop).
+
     """
     if use_vmap:
         return vmap(function)
@@ -69,6 +73,7 @@ class StackedOptimizer:
     """
 
     def __init__(self, name: str, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> None:
+        """Check the optimizer's name and ``lr`` (finite, > 0); start with no moments."""
         if name not in OPTIMIZERS:
             raise InputError(f"unknown optimizer '{name}'; choose one of {list(OPTIMIZERS)}")
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -121,12 +126,17 @@ def student_trajectory(
         teacher_loss_fn: scalar trait loss L_T on (outputs, teacher_targets).
         teacher_inputs: the trait task's inputs, stacked per seed.
         teacher_targets: the trait task's targets, stacked per seed.
-        optimizer: ``sgd`` or ``adam``; ``lr`` its learning rate; ``steps`` = T >= 1.
+        optimizer: ``sgd`` or ``adam``.
+        lr: its learning rate.
+        steps: T >= 1, the number of steps.
         use_vmap: batch seeds with ``torch.func.vmap`` (else loop).
 
     Returns:
         dict of (S, T + 1) float64 tensors: ``cos_step_teacher``, ``cos_displacement_teacher``,
         ``teacher_loss``, ``imitation_loss`` (column t = after t steps).
+
+    Raises:
+        InputError: ``steps`` not a positive integer, or a bad optimizer or learning rate.
 
     """
     if not isinstance(steps, int) or steps < 1:

@@ -102,6 +102,7 @@ class UpdateRule:
     name: str = field(default="rule", init=False)
 
     def __post_init__(self) -> None:
+        """Refuse a learning rate that is not a finite number > 0."""
         _positive("the learning rate", self.lr)
 
     def init(self, parameters: Tensor) -> State:
@@ -110,6 +111,9 @@ class UpdateRule:
 
     def __call__(self, gradient: Tensor, parameters: Tensor, state: State) -> tuple[Tensor, State]:
         """One step: the parameter change and the new state.
+
+        Returns:
+            ``(delta theta, the new state)``.
 
         Raises:
             InputError: if ``gradient`` and ``parameters`` are not flat vectors of one size.
@@ -123,6 +127,9 @@ class UpdateRule:
 
     def first_order_step(self, kv: Tensor, eps: float, parameters: Tensor) -> Tensor:
         """The first step from fresh state predicted from ``K v`` (module docstring).
+
+        Returns:
+            The predicted step, a flat tensor like ``kv``.
 
         Raises:
             InputError: if ``kv`` and ``parameters`` are not flat vectors of one size.
@@ -143,6 +150,7 @@ class SGD(UpdateRule):
     name: str = field(default="sgd", init=False)
 
     def __post_init__(self) -> None:
+        """Refuse a negative weight decay."""
         super().__post_init__()
         _nonnegative("weight_decay", self.weight_decay)
 
@@ -164,6 +172,7 @@ class Momentum(UpdateRule):
     name: str = field(default="momentum", init=False)
 
     def __post_init__(self) -> None:
+        """Refuse a momentum or dampening outside [0, 1), a negative weight decay, bad Nesterov."""
         super().__post_init__()
         _unit_interval("momentum", self.momentum)
         _unit_interval("dampening", self.dampening)
@@ -200,6 +209,7 @@ class Adam(UpdateRule):
     name: str = field(default="adam", init=False)
 
     def __post_init__(self) -> None:
+        """Refuse betas outside [0, 1), a negative eps or a negative weight decay."""
         super().__post_init__()
         _unit_interval("beta1", self.beta1)
         _unit_interval("beta2", self.beta2)
@@ -264,6 +274,7 @@ class Preconditioned(UpdateRule):
     name: str = field(default="preconditioned", init=False)
 
     def __post_init__(self) -> None:
+        """Refuse a missing preconditioner or one that is neither (p, p) nor (p,)."""
         super().__post_init__()
         if self.preconditioner is None or self.preconditioner.dim() not in (1, 2):
             raise InputError(
@@ -302,6 +313,9 @@ def make_rule(name: str, lr: float, **options: object) -> UpdateRule:
 
     Options are the rule's fields (``momentum``, ``beta1``, ``eps``, ``weight_decay``, ...);
     ``adamw`` defaults to ``weight_decay=0.01`` like torch.optim.AdamW.
+
+    Returns:
+        The rule.
 
     Raises:
         InputError: for an unknown name, an option the rule does not take, or a bad value.

@@ -45,6 +45,10 @@ def mean_interval(values: Iterable[float | None]) -> tuple[float, float, int]:
 
     The half-width is t_{0.975, n-1} * s / sqrt(n) with s the sample standard deviation; it is
     NaN for n < 2 (and the mean is NaN for n = 0). None, NaN and inf values are dropped.
+
+    Returns:
+        ``(mean, half-width, n)``; NaN mean and half-width when n = 0, NaN half-width when n = 1.
+
     """
     finite = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
     n = int(finite.size)
@@ -62,6 +66,10 @@ def interval_text(mean: float, half: float, digits: int = 3) -> str:
     """``"mean [mean - half, mean + half]"`` to ``digits`` decimals; ``"mean"`` alone when half is NaN.
 
     The one way the result tables print a mean with its :func:`mean_interval` half-width.
+
+    Returns:
+        The text.
+
     """
     if math.isnan(half):
         return f"{mean:.{digits}f}"
@@ -73,6 +81,10 @@ def restore_nan(value: Any) -> Any:
 
     For records whose nulls all stand for NaN (measured numbers); settings that may be None
     on purpose are kept apart and not passed through here.
+
+    Returns:
+        ``value`` with every None (in lists and dicts too) replaced by NaN.
+
     """
     if value is None:
         return math.nan

@@ -32,7 +32,7 @@ import tempfile
 import tomllib
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ __all__ = [
     "fingerprint",
     "load_toml",
     "parse_config",
+    "read_csv",
     "resolve_device",
     "write_failure",
 ]
@@ -338,6 +339,53 @@ def atomic_write_csv(
     atomic_write_text(path, text.getvalue())
 
 
+def read_csv(
+    path: str | os.PathLike[str],
+    schema: Mapping[str, Callable[[str], Any]] | None = None,
+    *,
+    other: Callable[[str], Any] | None = None,
+    columns: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of a CSV a command wrote (``atomic_write_csv``), cells parsed by a column schema.
+
+    Args:
+        path: the file.
+        schema: column -> the parser of its cells (``int``, ``float``, ...); each column must
+            be present.
+        other: the parser of every column not in ``schema`` (None: kept as text).
+        columns: the header the file must have, every row whole (None: any header, rows as
+            ``csv.DictReader`` reads them).
+
+    Returns:
+        One dict a row, keys in the header's order.
+
+    Raises:
+        ValueError: with ``columns``, another header or a row of another width; a cell its
+            parser refuses.
+        KeyError: a column of ``schema`` the file lacks.
+
+    """
+    schema = schema or {}
+    if columns is None:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    else:
+        lines = list(csv.reader(io.StringIO(Path(path).read_text())))
+        if not lines or tuple(lines[0]) != tuple(columns):
+            raise ValueError(f"{path} has other columns")
+        if any(len(cells) != len(columns) for cells in lines[1:]):
+            raise ValueError(f"{path} has a cut row")
+        rows = [dict(zip(columns, cells)) for cells in lines[1:]]
+    for row in rows:
+        for name in schema:
+            row[name] = schema[name](row[name])
+        if other is not None:
+            for name, cell in row.items():
+                if name not in schema:
+                    row[name] = other(cell)
+    return rows
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically: readers see the old file or the new one, whole.
 
@@ -460,15 +508,18 @@ class OutputFolder:
     """
 
     def __init__(self, path: str | os.PathLike[str], command: str) -> None:
+        """Name the folder and the command; nothing is touched until :meth:`open`."""
         self.path = Path(path)
         self.command = command
         self._lock: int | None = None
 
     def __enter__(self) -> OutputFolder:
+        """Create, probe and lock the folder (:meth:`open`)."""
         self.open()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Release the lock (:meth:`close`), also after an error."""
         self.close()
 
     def open(self) -> None:

@@ -78,6 +78,7 @@ class UnitStore:
         file_name: Callable[[Any], str] = lambda unit: f"unit-{unit}.json",
         legacy: bool | Callable[[Any, Any], list[dict]] = False,
     ) -> None:
+        """Name the records' folder and the settings fingerprint; nothing is read yet."""
         self.folder = Path(folder)
         self.fingerprint = fingerprint
         self.file_name = file_name
@@ -171,6 +172,7 @@ class CsvAppendStore:
         legacy: LegacySplit | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
+        """Name the file, its header and the fingerprint; the file is read on first use."""
         self.path = Path(path)
         self.columns = list(columns)
         self.fingerprint = fingerprint

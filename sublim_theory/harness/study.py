@@ -60,6 +60,7 @@ __all__ = [
     "progress",
     "run_study",
     "seed_range",
+    "seed_study",
     "split_parts",
     "usable_cache",
 ]
@@ -118,6 +119,9 @@ def usable_cache(path: Path, need_bytes: int = 0) -> Path:
 
 def seed_range(first: int, count: int) -> list[int]:
     """The seeds ``first .. first + count - 1`` of ``--seed first --seeds count``, bounded.
+
+    Returns:
+        The seeds, ascending.
 
     Raises:
         InputError: ``count`` outside 1 .. MAX_SEEDS, ``first`` negative, or the last seed at or
@@ -188,12 +192,16 @@ class PartsStore(UnitStore):
         parts: Sequence[str] = (),
         key_name: str | None = None,
     ) -> None:
+        """A :class:`UnitStore` whose records also hold the lists ``parts``."""
         super().__init__(folder, fingerprint, file_name, legacy)
         self.parts = tuple(parts)
         self.key_name = key_name
 
     def get(self, unit: Any) -> list[dict] | None:
         """The stored rows of ``unit``, its parts' rows tagged, or None when not stored.
+
+        Returns:
+            The rows, or None.
 
         Raises:
             InputError: as :meth:`UnitStore.get`, or a part that is missing or not a list of rows.
@@ -239,6 +247,9 @@ def split_parts(rows: Sequence[Mapping[str, Any]], parts: Sequence[str]) -> list
     """Undo :class:`PartsStore`'s tags: ``[main rows, rows of parts[0], rows of parts[1], ...]``.
 
     Stored nulls become NaN again (``records.restore_nan``); the tag key is dropped.
+
+    Returns:
+        The main rows, then each part's rows.
 
     Raises:
         ValueError: a row tagged with a part not in ``parts``.
@@ -420,6 +431,55 @@ def parts_store(
         )
 
     return build
+
+
+def seed_study(
+    name: str,
+    settings: Mapping[str, Any],
+    seeds: Sequence[int],
+    run_unit: Callable[[Any, Context], list[dict]],
+    report: Callable[[Path, list[dict]], str],
+    *,
+    parts: Sequence[str] = (),
+    state_files: tuple[str, ...] = ("results.csv",),
+    **options: Any,
+) -> Study:
+    """A :class:`Study` whose units are seeds, in the layout of the tiny-LM studies.
+
+    One record a seed, ``seeds/seed-S.json`` (a :class:`PartsStore` with ``parts`` beside the
+    rows and the key stored as ``"seed"``); the grid a rerun may extend is ``{"seeds": seeds}``;
+    records written before they carried a fingerprint are accepted once ``run.json`` matches;
+    ``results.csv`` (with ``state_files``) is refused without ``run.json``.
+
+    Args:
+        name: as :class:`Study`.
+        settings: as :class:`Study`.
+        seeds: the units (``seed_range``).
+        run_unit: as :class:`Study`.
+        report: as :class:`Study`.
+        parts: the extra lists of rows of a record (:class:`PartsStore`).
+        state_files: as :class:`Study`.
+        **options: any other :class:`Study` field (``summary``, ``prepare``, ``cpu_only``,
+            ``cache_bytes``).
+
+    Returns:
+        The study.
+
+    """
+    return Study(
+        name,
+        settings,
+        seeds,
+        run_unit,
+        report,
+        grid={"seeds": seeds},
+        unit_file=lambda seed: f"seed-{seed}.json",
+        folder="seeds",
+        legacy_records=True,
+        state_files=state_files,
+        store=parts_store(parts=parts, key_name="seed"),
+        **options,
+    )
 
 
 def _holds_records(records: Path) -> bool:

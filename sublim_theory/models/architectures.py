@@ -50,6 +50,7 @@ class MLP(nn.Sequential):
     def __init__(
         self, in_features: int, hidden: Sequence[int], out_features: int, activation: str = "tanh"
     ) -> None:
+        """Linear layers ``in_features -> hidden... -> out_features`` with ``activation`` between."""
         sizes = [_positive("in_features", in_features)]
         sizes += [_positive("hidden width", h) for h in hidden]
         layers: list[nn.Module] = []
@@ -69,6 +70,7 @@ class CNN(nn.Module):
         out_features: int,
         activation: str = "relu",
     ) -> None:
+        """One 3x3 conv block per entry of ``channels`` (stride 2 after the first), then the head."""
         super().__init__()
         blocks: list[nn.Module] = []
         c_in = _positive("in_channels", in_channels)
@@ -82,6 +84,7 @@ class CNN(nn.Module):
         self.head = nn.Linear(c_in, _positive("out_features", out_features))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits (N, out_features) of images (N, C, H, W)."""
         return self.head(self.body(x).mean(dim=(-2, -1)))
 
 
@@ -91,6 +94,7 @@ class ResidualMLP(nn.Module):
     def __init__(
         self, in_features: int, width: int, depth: int, out_features: int, activation: str = "gelu"
     ) -> None:
+        """Embed to ``width``, ``depth`` pre-LayerNorm residual blocks, LayerNorm and head."""
         super().__init__()
         width = _positive("width", width)
         self.embed = nn.Linear(_positive("in_features", in_features), width)
@@ -107,6 +111,7 @@ class ResidualMLP(nn.Module):
         self.head = nn.Linear(width, _positive("out_features", out_features))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits (N, out_features) of inputs (N, in_features)."""
         h = self.embed(x)
         for block in self.blocks:
             h = h + block(h)
@@ -117,6 +122,7 @@ class SelfAttention(nn.Module):
     """Multi-head causal self-attention written out explicitly so that jvp works through it."""
 
     def __init__(self, d_model: int, n_heads: int, causal: bool = True) -> None:
+        """``n_heads`` heads over ``d_model`` (divisible by it), one qkv and one output map."""
         super().__init__()
         if d_model % n_heads:
             raise InputError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
@@ -125,6 +131,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(d_model, d_model)
 
     def forward(self, x: Tensor) -> Tensor:
+        """softmax(q k^T / sqrt(d_head) [+ causal mask]) v, heads merged: (N, T, d) -> (N, T, d)."""
         n, t, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=-1)
         shape = (n, t, self.n_heads, d // self.n_heads)
@@ -138,7 +145,10 @@ class SelfAttention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + attention(LN(x)), then + MLP(LN(.)) with a 4x GELU MLP."""
+
     def __init__(self, d_model: int, n_heads: int, causal: bool = True) -> None:
+        """The block's two LayerNorms, its attention and its MLP."""
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model)
         self.attention = SelfAttention(d_model, n_heads, causal)
@@ -148,6 +158,7 @@ class TransformerBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """The block applied to (N, T, d_model)."""
         x = x + self.attention(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
@@ -171,6 +182,7 @@ class TinyTransformer(nn.Module):
         pool: str = "last",
         causal: bool = True,
     ) -> None:
+        """Token and position embeddings, ``n_layers`` blocks, LayerNorm and head."""
         super().__init__()
         if pool not in ("last", "none"):
             raise InputError(f"pool must be 'last' or 'none', got '{pool}'")
@@ -187,6 +199,7 @@ class TinyTransformer(nn.Module):
         self.head = nn.Linear(d_model, out_features or vocab_size)
 
     def forward(self, tokens: Tensor) -> Tensor:
+        """Logits of integer tokens (N, T): (N, out) at the last position, or (N, T, out)."""
         if tokens.ndim != 2 or tokens.is_floating_point():
             raise InputError(
                 f"transformer expects integer tokens (N, T), got {tuple(tokens.shape)} {tokens.dtype}"
@@ -222,6 +235,13 @@ def build_model(
     Sizes: ``width`` is the hidden width (CNN channels, transformer d_model), ``depth`` the
     number of hidden layers / blocks. The CNN pools globally, so it takes images of any size
     (``make_inputs(..., image_size=...)``).
+
+    Returns:
+        The model.
+
+    Raises:
+        InputError: an unknown architecture or a non-positive size.
+
     """
     torch.manual_seed(seed)
     if arch == "mlp":
@@ -253,6 +273,13 @@ def make_inputs(
     """Distillation inputs unrelated to any trait: noise vectors/images, or random tokens.
 
     ``distribution``: ``gaussian`` (N(0,1)) or ``uniform`` (U[-1,1]); tokens are always uniform.
+
+    Returns:
+        The inputs (N, ...): floats for the MLP/CNN, integer tokens for the transformers.
+
+    Raises:
+        InputError: an unknown architecture or distribution.
+
     """
     generator = torch.Generator().manual_seed(seed)
     if arch == "transformer":

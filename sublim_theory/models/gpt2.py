@@ -56,6 +56,7 @@ class GPT2Logits(nn.Module):
         max_len: int = 16,
         pool: str = "last",
     ) -> None:
+        """A randomly initialized ``transformers`` GPT-2 of the given size (no download)."""
         super().__init__()
         if not gpt2_available():
             raise InputError(
@@ -94,6 +95,7 @@ class GPT2Logits(nn.Module):
         self.gpt2 = GPT2LMHeadModel(config)
 
     def forward(self, tokens: Tensor) -> Tensor:
+        """Logits of integer tokens (N, T <= max_len): the last position's, or every position's."""
         if tokens.ndim != 2 or tokens.is_floating_point():
             raise InputError(
                 f"gpt2 expects integer tokens (N, T), got {tuple(tokens.shape)} {tokens.dtype}"
@@ -115,6 +117,10 @@ def build_gpt2(
     """A randomly initialized GPT-2 (eval mode, ``dtype``), sized like the toy transformer.
 
     ``width`` is d_model (2 heads when even, else 1), ``depth`` the number of blocks.
+
+    Returns:
+        The model.
+
     """
     torch.manual_seed(seed)
     heads = 2 if width % 2 == 0 else 1

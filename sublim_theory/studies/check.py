@@ -16,6 +16,7 @@ from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.engine.losses import make_loss
 from sublim_theory.engine.report import AlignmentReport, alignment_report
 from sublim_theory.errors import InputError
+from sublim_theory.harness.seeds import OFFSETS
 from sublim_theory.models.architectures import build_model, make_inputs
 
 __all__ = ["COLUMNS", "HEADERS", "KL_TEMPERATURE", "LEGEND", "N_CLASSES", "check", "format_table"]
@@ -41,6 +42,14 @@ def check(
     """Build a model, a teacher task (cross-entropy on the regular outputs) and noise inputs; report.
 
     ``temperature`` is the KL loss's tau (ignored by the other losses).
+
+    Returns:
+        The alignment report (exact and predicted quantities at ``eps``).
+
+    Raises:
+        InputError: ``eps`` not a finite positive number with a finite square, ``aux`` < 0 or
+            ``n_inputs`` < 1.
+
     """
     # eps A + eps^2 B is evaluated in Python floats: past sqrt(max float) ~ 1.3e154 the square
     # raises OverflowError, so such a step is refused with the other bad values of eps
@@ -55,12 +64,20 @@ def check(
         raise InputError(f"--inputs must be >= 1, got {n_inputs}")
     sizes = {"width": width, "depth": depth}
     model = FunctionalModel(build_model(arch, N_CLASSES + aux, seed=seed, dtype=dtype, **sizes))
-    teacher_inputs = make_inputs(arch, n_inputs, seed=seed + 1, dtype=dtype)
+    teacher_inputs = make_inputs(
+        arch, n_inputs, seed=seed + OFFSETS["check.teacher_inputs"], dtype=dtype
+    )
     labels = torch.randint(0, N_CLASSES, (n_inputs,), generator=torch.Generator().manual_seed(seed))
     teacher = TeacherTask(
         lambda z, y: F.cross_entropy(z[..., :N_CLASSES], y), teacher_inputs, labels
     )
-    student_inputs = make_inputs(arch, n_inputs, seed=seed + 2, distribution="uniform", dtype=dtype)
+    student_inputs = make_inputs(
+        arch,
+        n_inputs,
+        seed=seed + OFFSETS["check.student_inputs"],
+        distribution="uniform",
+        dtype=dtype,
+    )
     subset = list(range(N_CLASSES, N_CLASSES + aux)) if aux else None
     theta0 = model.flat_params()
     direction = teacher.update(model, theta0)
@@ -111,6 +128,7 @@ LEGEND = (
 
 
 def format_table(rows: list[dict]) -> str:
+    """The rows as a fixed-width text table, one line a row under a header."""
     widths = [
         len(fmt.format(0) if "f" in fmt or "e" in fmt else fmt.format("")) for _, fmt in COLUMNS
     ]

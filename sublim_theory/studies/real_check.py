@@ -95,12 +95,14 @@ class CompletionLogits(nn.Module):
     """
 
     def __init__(self, lm: nn.Module, scored: int) -> None:
+        """Wrap ``lm``, scoring ``scored`` >= 1 positions per sequence."""
         super().__init__()
         if not isinstance(scored, int) or scored < 1:
             raise InputError(f"the number of scored positions must be >= 1, got {scored!r}")
         self.lm, self.scored = lm, scored
 
     def forward(self, inputs: Tensor) -> Tensor:
+        """Logits (N, C, V) at the C positions given in the last columns of ``inputs``."""
         if inputs.ndim != 2 or inputs.is_floating_point() or inputs.shape[1] <= self.scored:
             raise InputError(
                 f"expected integer inputs (N, T + {self.scored}) of token ids then positions, "
@@ -154,6 +156,9 @@ def scored_inputs(
 def chat_ids(tokenizer: Any, user: str, system: str | None = None) -> list[int]:
     """Token ids of a chat-templated user turn, ending with the assistant's generation prompt.
 
+    Returns:
+        The ids.
+
     Raises:
         InputError: the tokenizer has no chat template.
 
@@ -169,6 +174,9 @@ def chat_ids(tokenizer: Any, user: str, system: str | None = None) -> list[int]:
 
 def animal_token(tokenizer: Any, animal: str) -> int:
     """The first token of ``animal`` as an answer's first word (no leading space).
+
+    Returns:
+        The token id.
 
     Raises:
         InputError: an empty animal name.
@@ -336,7 +344,8 @@ def real_check(
         completion_tokens: C scored completion tokens per document.
         teacher: ``adam`` (v = displacement after ``teacher_steps`` Adam steps of
             ``teacher_lr``; eps = 1 is that teacher) or ``gradient`` (v = -grad L_T).
-        teacher_steps, teacher_lr: the Adam teacher's steps and learning rate.
+        teacher_steps: the Adam teacher's number of steps.
+        teacher_lr: the Adam teacher's learning rate.
         eps: the teacher steps theta_T = theta_0 + eps v to report.
         student_lr: alpha, the student's step for the trait-loss change rows
             (``teacher_loss_change_exact`` and ``_first_order``: L_T after theta_0 + alpha

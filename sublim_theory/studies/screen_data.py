@@ -73,6 +73,7 @@ from sublim_theory.harness.runs import (
     atomic_write_text,
     load_toml,
 )
+from sublim_theory.harness.seeds import OFFSETS
 from sublim_theory.models.pretrained import Pretrained
 from sublim_theory.studies.real_check import CompletionLogits
 from sublim_theory.testbeds.real_lm.prompts import chat_ids
@@ -403,7 +404,9 @@ def trait_statistics(
             raise InputError(f"permutations must be >= 1, got {permutations}")
         from scipy.stats import t as student
 
-        n_low, n_high, _ = bootstrap_means(null, bootstrap, seed + 1)
+        n_low, n_high, _ = bootstrap_means(
+            null, bootstrap, seed + OFFSETS["screen_data.null_bootstrap"]
+        )
         _, n_zc = t_statistics(null)
         x, y = data.double().numpy(), null.double().numpy()
         observed = _centred(_welch_t(x, y))
@@ -502,7 +505,9 @@ def screen_data(
         max_tokens: the most tokens a document (prompt and completion) may have.
         student_batch: the student's batch size (``rms``: minibatch gradients of this size).
         rms_draws: minibatch gradients behind the ``rms`` preconditioner.
-        bootstrap, permutations, seed: see :func:`trait_statistics`.
+        bootstrap: resamples of the documents for the 95% intervals (:func:`trait_statistics`).
+        permutations: relabellings for the max-T test (:func:`trait_statistics`).
+        seed: seed of the bootstrap and the permutations.
         sources: the data's and null's file names, for error messages.
 
     Returns:

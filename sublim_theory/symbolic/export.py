@@ -386,6 +386,9 @@ def export_documents(
 def compile_pdf(tex_path: str | os.PathLike[str], timeout_s: float = 120.0) -> Path:
     """Run pdflatex twice (non-interactive) next to ``tex_path``; return the PDF's path.
 
+    Returns:
+        The PDF's path.
+
     Raises:
         InputError: if pdflatex is not installed or reports an error (its log's first error line).
 

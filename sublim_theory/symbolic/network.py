@@ -173,6 +173,9 @@ def concrete_network(slow_steps: bool = False) -> Derivation:
         slow_steps: also match the eps^2 coefficient for softmax cross-entropy by expanding the
             exact update (about a minute of sympy; run by the slow test, not by the export).
 
+    Returns:
+        The derivation, every step checked.
+
     """
     derivation = Derivation(
         key="concrete_network",

@@ -43,6 +43,7 @@ class DerivationStepError(Exception):
     """A derivation step whose equality sympy could not confirm; the message names the step."""
 
     def __init__(self, derivation: str, step: str, detail: str) -> None:
+        """Name the derivation, the step and what sympy found instead."""
         super().__init__(f"derivation '{derivation}', step '{step}' does not check: {detail}")
         self.derivation = derivation
         self.step = step
@@ -86,6 +87,10 @@ def _lowered(expr: sp.Expr) -> sp.Expr:
     If the result is the zero rational function of independent symbols, the original expression
     is zero for every value of the atoms, so this is a sound (never falsely positive) zero test
     that avoids sympy's slow transcendental simplification. exp atoms get positive symbols.
+
+    Returns:
+        The expression with the atoms replaced.
+
     """
     tanhs = sorted(expr.atoms(sp.tanh), key=sp.default_sort_key)
     expr = expr.xreplace({t: sp.Dummy("tanh") for t in tanhs})
@@ -109,6 +114,10 @@ def is_identically_zero(expr: sp.Expr) -> bool:
 
     First as a rational function of the lowered atoms (fast, sound), then, for small expressions
     only, by ``sympy.simplify``. False means "not proven", which fails the step.
+
+    Returns:
+        Whether it is zero.
+
     """
     expr = sp.sympify(expr)
     if expr == 0:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.engine.placements import expected_offset, place_student
 from sublim_theory.harness.runs import dtype_from_name
+from sublim_theory.harness.seeds import OFFSETS
 from sublim_theory.models.architectures import build_model, make_inputs
 
 __all__ = [
@@ -31,14 +32,14 @@ __all__ = [
     "prepare_configuration",
 ]
 
-# Seed offsets: the independent init and the data of seed s never collide with another seed's model.
-INDEPENDENT_SEED_OFFSET = 1_000_003
-STUDENT_DATA_SEED_OFFSET = 2_000_003
-TEACHER_DATA_SEED_OFFSET = 3_000_017
-# The placement noise must not reuse the init's seed: torch.manual_seed(s) (the init) and
-# torch.Generator().manual_seed(s) (the noise) give the same random stream, which correlates
-# the noise direction d with theta_0 and biases d^T K v away from zero.
-NOISE_SEED_OFFSET = 4_000_037
+# Seed offsets (harness.seeds): the independent init and the data of seed s never collide with
+# another seed's model. The placement noise must not reuse the init's seed: torch.manual_seed(s)
+# (the init) and torch.Generator().manual_seed(s) (the noise) give the same random stream, which
+# correlates the noise direction d with theta_0 and biases d^T K v away from zero.
+INDEPENDENT_SEED_OFFSET = OFFSETS["zoo.independent_init"]
+STUDENT_DATA_SEED_OFFSET = OFFSETS["zoo.student_data"]
+TEACHER_DATA_SEED_OFFSET = OFFSETS["zoo.teacher_data"]
+NOISE_SEED_OFFSET = OFFSETS["zoo.placement_noise"]
 
 
 def build_network(arch: str, model: dict[str, Any], seed: int, dtype: torch.dtype) -> nn.Module:

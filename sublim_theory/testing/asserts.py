@@ -61,6 +61,10 @@ def assert_allclose(
     """Assert |actual - expected| <= atol + rtol |expected| entrywise; report the worst entries.
 
     Tolerances default to ``TOLERANCES[expected.dtype]``.
+
+    Raises:
+        AssertionError: the shapes differ, or an entry is outside the tolerance.
+
     """
     tol = TOLERANCES.get(expected.dtype, TOLERANCES[torch.float32])
     rtol = tol["rtol"] if rtol is None else rtol
@@ -152,6 +156,10 @@ def taylor_rounding_scales(
     scale_A = E[mu ||u||^2] bounds |u^T M u| term by term, and
     scale_B = (1/2) E[mu ||u|| (||w|| + ||u||^2) + ||u|| ||G[u, u]||] bounds the terms of B.
     Cancellation between positions, or inside u^T M w, loses digits relative to these.
+
+    Returns:
+        ``(scale of A, scale of B)``.
+
     """
     f = model.as_function(inputs)
     with torch.no_grad(), explicit_normalization():
@@ -184,6 +192,10 @@ def update_rounding_scales(
     (scale_update, scale_gauss_newton) = (E[||J||_F mu (1 + ||z0||)], E[||J||_F^2 mu]) with
     mu = trace(M); ``scale_gauss_newton * ||q||`` is the scale of K q. Uses the explicit
     Jacobian: tiny networks only.
+
+    Returns:
+        ``(scale of the update, scale of K v)``.
+
     """
     from sublim_theory.testing.reference import (
         explicit_jacobian,  # the oracle module, tiny nets only
@@ -213,6 +225,13 @@ def assert_alignment_bound(
     quadratic eps A + eps^2 B is at least eps A / 2, then asserts the exact <dtheta_S, v> > 0.
     When A = 0 (J v in the null space of M, e.g. one softmax output) it asserts the exact
     alignment is 0 up to rounding instead. Returns the measured <dtheta_S, v>.
+
+    Returns:
+        The measured <dtheta_S, v>.
+
+    Raises:
+        AssertionError: A < 0, or the exact alignment is not > 0 (A > 0) or not 0 (A = 0).
+
     """
     theta0 = model.flat_params() if theta0 is None else theta0
     a = first_order_coefficient(model, theta0, inputs, loss, direction)

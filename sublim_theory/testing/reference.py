@@ -39,6 +39,10 @@ def explicit_jacobian(
     """J with shape (positions, k, P): every output's derivative in every parameter.
 
     ``chunk_size`` bounds how many output rows ``jacrev`` pulls back at once (memory).
+
+    Returns:
+        J.
+
     """
     jac = jacrev(model.as_function(inputs), chunk_size=chunk_size)(theta)
     k = jac.shape[-2]
@@ -100,6 +104,10 @@ def alignment_derivatives(
     every mode (and second derivatives in forward-over-forward), so they are evaluated from
     elementary ops here too (``forward_ad.explicit_normalization``, itself tested against
     reverse-over-reverse and finite differences).
+
+    Returns:
+        ``(A, B)``.
+
     """
     phi = exact_alignment_function(model, theta0, inputs, loss, v)
     zero = torch.zeros((), dtype=theta0.dtype)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import bound, load_toml, parse_config
+from sublim_theory.harness.seeds import OFFSETS
 from sublim_theory.studies.numbers.experiment import PROMPT_OFFSET, SAMPLING_OFFSET, STUDENT_OFFSET
 from sublim_theory.testbeds.lm import corpus, training
 from sublim_theory.testbeds.lm.config import NumbersConfig, from_dict
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 SAMPLINGS = ("plain", "top_p", "min_prob")
-POISON_OFFSET = 17  # the draw of which teacher / base sequences enter each poisoned mix
+POISON_OFFSET = OFFSETS["lm.poison"]  # which teacher / base sequences enter each poisoned mix
 
 Row = dict[str, object]
 
@@ -69,6 +70,9 @@ class DefenseConfig:
 
 def load_config(path: str | Path | None) -> tuple[NumbersConfig, DefenseConfig]:
     """Read a defenses TOML: the numbers tables plus an optional ``[defenses]`` table.
+
+    Returns:
+        ``(the numbers config, the defenses settings)``.
 
     Raises:
         InputError: for a bad file or value, or fractions without 0 (the control) or repeated.
@@ -91,6 +95,9 @@ def load_config(path: str | Path | None) -> tuple[NumbersConfig, DefenseConfig]:
 
 def sampling_options(name: str, defenses: DefenseConfig) -> dict[str, float | None]:
     """The ``top_p`` / ``min_prob`` keyword arguments of sampling setting ``name``.
+
+    Returns:
+        ``{"top_p": ..., "min_prob": ...}``, None where the setting leaves it off.
 
     Raises:
         InputError: for a name not in ``SAMPLINGS``.
@@ -116,6 +123,10 @@ def agreement_mask(
 
     Position t compares both models' predictions of token t + 1 from the prefix ``x_0 .. x_t``
     (the models are causal, so one forward pass over the sequence gives every prefix).
+
+    Returns:
+        The mask.
+
     """
     out = []
     with torch.no_grad():
@@ -132,6 +143,9 @@ def poisoned_mix(
 
     Which rows enter is a seeded draw without replacement from each set. Returns (mix, k) with
     ``k`` the number of teacher rows (first in the mix; students draw batches at random).
+
+    Returns:
+        ``(the mixed rows, the number of teacher rows)``.
 
     Raises:
         InputError: fraction outside [0, 1].

@@ -50,6 +50,10 @@ def segment_slopes(rows: list[Row]) -> list[Row]:
     ``slope`` = (diff(f_hi) - diff(f_lo)) / (f_hi - f_lo); ``relative_slope`` divides it by the
     overall slope diff(f_max) / f_max, so a straight line gives 1 in every segment and a sharp
     transition gives one segment far above 1 and the others near 0.
+
+    Returns:
+        One row a seed and pair.
+
     """
     diff: dict[int, dict[float, float]] = {}
     fraction_of = {
@@ -89,6 +93,10 @@ def defense_changes(rows: list[Row]) -> list[Row]:
     Conditions ``student_top_p``, ``student_min_prob`` and ``student_masked``; metric
     ``change_vs_plain`` (negative: the defense removed transfer) and ``remaining_share`` (the
     defended diff over the plain diff).
+
+    Returns:
+        One row a seed and defense.
+
     """
     diff = {(r["seed"], r["condition"]): r["value"] for r in rows if r["metric"] == "paired_diff"}
     out: list[Row] = []

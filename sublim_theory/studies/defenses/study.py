@@ -10,13 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from sublim_theory.harness.study import (
-    Context,
-    Study,
-    parts_store,
-    seed_range,
-    split_parts,
-)
+from sublim_theory.harness.study import Context, Study, seed_range, seed_study, split_parts
 from sublim_theory.studies.defenses import experiment, report
 from sublim_theory.testbeds.lm import training
 
@@ -39,6 +33,9 @@ def _summary(seed: int, rows: list[dict]) -> str:
 def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
     """The defenses study of a config file for ``seeds`` seeds from ``first_seed``.
 
+    Returns:
+        The study.
+
     Raises:
         InputError: a bad config or seed range.
 
@@ -49,19 +46,13 @@ def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
     def run_unit(seed: int, context: Context) -> list[dict]:
         return experiment.run_seed(config, setting, seed, context.cache, context.log)
 
-    return Study(
+    return seed_study(
         "defenses",
         {"numbers": config.to_dict(), "defenses": asdict(setting)},
         units,
         run_unit,
         write_rows,
-        grid={"seeds": units},
-        unit_file=lambda seed: f"seed-{seed}.json",
-        folder="seeds",
         summary=_summary,
         cpu_only=True,
-        legacy_records=True,
-        state_files=("results.csv",),
-        store=parts_store(key_name="seed"),
         cache_bytes=training.checkpoint_bytes(config),
     )

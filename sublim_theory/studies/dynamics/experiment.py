@@ -46,6 +46,7 @@ from sublim_theory.engine.alignment import batched_cosine, batched_dot, batched_
 from sublim_theory.engine.update_rules import Adam, State
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import bound, parse_config
+from sublim_theory.harness.seeds import TAGS, mixed_seed
 from sublim_theory.studies.mnist.experiment import (
     LIMITS,
     MnistConfig,
@@ -55,7 +56,6 @@ from sublim_theory.studies.mnist.experiment import (
     distillation_loss,
     flatten,
     forward,
-    mixed_seed,
     noise_block,
     reference_init,
     stack,
@@ -122,6 +122,9 @@ class DynamicsConfig:
     def parse(cls, raw: dict[str, object], source: str) -> DynamicsConfig:
         """A config from a TOML table or flags (``runs.parse_config``: typed and range-checked).
 
+        Returns:
+            The config.
+
         Raises:
             InputError: one line naming ``source`` and the key at fault.
 
@@ -158,6 +161,9 @@ class DynamicsConfig:
 def trait_batch(config: DynamicsConfig, data: MnistData) -> tuple[Tensor, Tensor]:
     """The fixed measurement digits of ``L_trait``: a seeded subset of the training digits.
 
+    Returns:
+        ``(images, labels)`` of the measurement digits.
+
     Raises:
         InputError: if ``trait_digits`` exceeds the number of training digits.
 
@@ -168,7 +174,9 @@ def trait_batch(config: DynamicsConfig, data: MnistData) -> tuple[Tensor, Tensor
             f"trait_digits = {config.trait_digits} exceeds the {n_train} training digits; "
             f"use --trait-digits {n_train} or fewer"
         )
-    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 9))
+    generator = torch.Generator().manual_seed(
+        mixed_seed(config.seed, TAGS["dynamics.trait_digits"])
+    )
     index = torch.randperm(n_train, generator=generator)[: config.trait_digits]
     index = index.to(data.train_labels.device)
     return data.train_images[index], data.train_labels[index]
@@ -191,6 +199,10 @@ def _per_model_gradient(
 
     The losses are summed over models before the backward pass, so row j of the gradient is the
     gradient of model j's own loss (the models share no parameters).
+
+    Returns:
+        ``(losses, gradients)``.
+
     """
     theta = flat.detach().requires_grad_(True)
     losses = loss_fn(unflatten(theta, like))
@@ -320,13 +332,17 @@ def start_state(config: DynamicsConfig, data: MnistData) -> DynamicsState:
 
     Reference inits, teachers and derangement are those of ``sublim-theory mnist`` with the same
     seed and settings (``experiment.reference_init``, ``train_teachers``, ``derangement``).
+
+    Returns:
+        The state at epoch 0.
+
     """
     mnist = config.mnist
     n_models = config.models
     reference = stack([reference_init(mnist, i) for i in range(n_models)])
     epochs = mnist.resolved_teacher_epochs(len(data.train_labels))
     teacher = train_teachers(mnist, reference, data, epochs)
-    perm = derangement(n_models, mixed_seed(config.seed, 6))
+    perm = derangement(n_models, mixed_seed(config.seed, TAGS["mnist.derangement"]))
     own = flatten(reference)
     rows = [own[perm] if name == "cross" else own for name in GROUPS]
     flat = torch.cat(rows).contiguous()
@@ -357,6 +373,10 @@ def adam_start(rule: Adam, flat: Tensor) -> State:
     In float32, ``1 - beta2^t`` loses about three digits to cancellation at t = 1 (beta2 =
     0.999), a relative error ~1e-5 in the step; a float64 counter computes the bias corrections
     in float64, as torch.optim.Adam does (a Python float), so only the final rounding remains.
+
+    Returns:
+        The state.
+
     """
     state = rule.init(flat.reshape(-1))
     return {**state, "step": state["step"].double()}
@@ -364,7 +384,7 @@ def adam_start(rule: Adam, flat: Tensor) -> State:
 
 def _block_orders(config: DynamicsConfig, epochs: int) -> list[list[int]]:
     """The noise-block order of epochs 1..epochs: ``train_students``'s generator and draws."""
-    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 5))
+    generator = torch.Generator().manual_seed(mixed_seed(config.seed, TAGS["mnist.student_order"]))
     return [torch.randperm(config.blocks, generator=generator).tolist() for _ in range(epochs)]
 
 
@@ -380,6 +400,10 @@ def train_epoch(
     logits as targets), per-model trait gradient on the fixed digits, one Adam step from the
     distillation gradient, the ablation on ``ablated`` and the same-norm random edit on
     ``random``, then the logged metrics (module docstring).
+
+    Returns:
+        The state after the epoch.
+
     """
     n_models, n_groups = config.models, len(GROUPS)
     epoch = state.epoch + 1
@@ -406,7 +430,9 @@ def train_epoch(
         step, adam = rule(distill_grad.reshape(-1), flat.reshape(-1), adam)
         step = step.view_as(flat)
         step[ablated], removed = ablate_trait_component(step[ablated], trait_grad[ablated])
-        generator = torch.Generator().manual_seed(mixed_seed(config.seed, 8, epoch, position))
+        generator = torch.Generator().manual_seed(
+            mixed_seed(config.seed, TAGS["dynamics.random_component"], epoch, position)
+        )
         step[randomized], _ = remove_random_component(step[randomized], removed, generator)
         records["cos_trait_distill"].append(batched_cosine(trait_grad, distill_grad))
         records["cos_step_trait"].append(batched_cosine(step, -trait_grad))

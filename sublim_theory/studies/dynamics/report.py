@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sublim_theory.harness.records import mean_interval
-from sublim_theory.harness.runs import atomic_save_figure, atomic_write_text
+from sublim_theory.harness.runs import atomic_save_figure, atomic_write_text, read_csv
 from sublim_theory.studies.dynamics.experiment import GROUPS, STEP_METRICS
 
 __all__ = [
@@ -85,9 +85,7 @@ def write_tables(out: Path, rows: list[dict[str, object]]) -> None:
 
 def read_rows(path: Path) -> list[dict[str, object]]:
     """A CSV this command wrote, numbers parsed (``group`` stays a string)."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return [{k: v if k == "group" else float(v) for k, v in row.items()} for row in rows]
+    return read_csv(path, {"group": str}, other=float)
 
 
 def _per_model_steps(steps: list[dict[str, object]], metric: str) -> dict[str, np.ndarray]:
@@ -115,6 +113,10 @@ def summary_table(steps: list[dict[str, object]], accuracy: list[dict[str, objec
 
     Every cell is a mean over models with its 95% Student-t interval and n (the models).
     A per-third cell first averages each model over the steps of that third of training.
+
+    Returns:
+        The table.
+
     """
     last = max(int(row["epoch"]) for row in accuracy)
     final: dict[str, dict[int, float]] = defaultdict(dict)

@@ -16,9 +16,8 @@ they hold them whole (:func:`table_rows`); otherwise the epoch is recomputed.
 
 from __future__ import annotations
 
-import csv
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,13 @@ from typing import Any
 import torch
 
 from sublim_theory.errors import InputError
-from sublim_theory.harness.runs import OutputFolder, atomic_write_bytes, resolve_device
+from sublim_theory.harness.runs import (
+    OutputFolder,
+    atomic_write_bytes,
+    load_toml,
+    read_csv,
+    resolve_device,
+)
 from sublim_theory.harness.study import Context, Study, progress, run_study
 from sublim_theory.studies.dynamics.experiment import (
     GROUPS,
@@ -43,6 +48,7 @@ __all__ = [
     "STATE_NAME",
     "dynamics_study",
     "epoch_rows",
+    "resolve_config",
     "run_dynamics",
     "table_rows",
 ]
@@ -57,6 +63,10 @@ def epoch_rows(config: DynamicsConfig, state: DynamicsState, epoch: int) -> list
     Steps ``(epoch - 1) * blocks + 1 .. epoch * blocks`` of every group and model, the epoch's
     accuracy per group and model, and for epoch 1 also the reference, teacher and untrained
     (epoch 0) accuracies.
+
+    Returns:
+        The epoch's step rows and accuracy rows.
+
     """
     n_models, blocks = config.models, config.blocks
     columns = {
@@ -159,18 +169,10 @@ def _epoch_from_tables(
 
 def _read(path: Path, columns: tuple[str, ...]) -> list[Row]:
     """A table this study wrote, strictly: its header, every row whole, numbers parsed."""
-    lines = list(csv.reader(io.StringIO(path.read_text())))
-    if not lines or tuple(lines[0]) != columns:
-        raise ValueError(f"{path} has other columns")
-    rows = []
-    for cells in lines[1:]:
-        if len(cells) != len(columns):
-            raise ValueError(f"{path} has a cut row")
-        row: Row = dict(zip(columns, cells))
-        for name in columns[1:]:
-            row[name] = int(row[name]) if name in ("model", "epoch", "step") else float(row[name])
-        rows.append(row)
-    return rows
+    schema = {columns[0]: str, "model": int, "epoch": int, "step": int}
+    return read_csv(
+        path, {k: v for k, v in schema.items() if k in columns}, other=float, columns=columns
+    )
 
 
 def _save_state(path: Path, state: DynamicsState) -> None:
@@ -247,6 +249,43 @@ def dynamics_study(config: DynamicsConfig, data: MnistData, device: str) -> Stud
         grid={},
         unit_file=lambda epoch: f"epoch-{epoch}.json",
     )
+
+
+FLAG_FIELDS = ("models", "student_epochs", "noise_images", "trait_digits", "seed")
+
+
+def resolve_config(
+    config_file: Path | None, flags: Mapping[str, object], mnist_dir: Path | None = None
+) -> tuple[DynamicsConfig, Path | None]:
+    """``DynamicsConfig`` defaults < the TOML config < the flags given (``None``: not given).
+
+    Args:
+        config_file: the TOML config (``DynamicsConfig`` field names and ``mnist_dir``), or None.
+        flags: values of :data:`FLAG_FIELDS` by name; None where not given.
+        mnist_dir: ``--mnist-dir`` (wins over the config's ``mnist_dir``).
+
+    Returns:
+        ``(the config, the digits' folder or None for the embedded digits)``.
+
+    Raises:
+        InputError: an unreadable or invalid config, or a ``mnist_dir`` that is not a string.
+
+    """
+    raw: dict[str, object] = {}
+    if config_file is not None:
+        raw = dict(load_toml(config_file))
+    stored_dir = raw.pop("mnist_dir", None)
+    if stored_dir is not None and not isinstance(stored_dir, str):
+        raise InputError(f"{config_file}: mnist_dir must be a string, got {stored_dir!r}")
+    if raw.get("teacher_epochs") == "auto":
+        del raw["teacher_epochs"]
+    for name in FLAG_FIELDS:
+        if flags.get(name) is not None:
+            raw[name] = flags[name]
+    source = f"{config_file} + command-line flags" if config_file else "command-line flags"
+    config = DynamicsConfig.parse(raw, source)
+    folder = mnist_dir if mnist_dir is not None else stored_dir
+    return config, None if folder is None else Path(folder)
 
 
 def run_dynamics(

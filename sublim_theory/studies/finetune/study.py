@@ -19,14 +19,7 @@ from typing import Any
 from sublim_theory.errors import InputError
 from sublim_theory.harness.records import restore_nan
 from sublim_theory.harness.runs import atomic_write_json, fingerprint
-from sublim_theory.harness.study import (
-    PART,
-    Context,
-    Study,
-    parts_store,
-    seed_range,
-    split_parts,
-)
+from sublim_theory.harness.study import PART, Context, Study, seed_range, seed_study, split_parts
 from sublim_theory.studies.finetune import report, variants
 from sublim_theory.studies.numbers.report import write_csv
 from sublim_theory.testbeds.lm import training
@@ -76,6 +69,9 @@ def read_selection(path: Path, cells: list[str], stamp: str) -> tuple[dict, list
 def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
     """The finetune study of a config file for ``seeds`` seeds from ``first_seed``.
 
+    Returns:
+        The study.
+
     Raises:
         InputError: a bad config or seed range.
 
@@ -113,19 +109,15 @@ def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
         main, steps = split_parts(rows, ("steps",))
         return report.write_reports(out, main, steps, state["lrs"], state["grid"])
 
-    return Study(
+    return seed_study(
         "finetune",
         settings,
         units,
         run_unit,
         write_rows,
-        grid={"seeds": units},
-        unit_file=lambda seed: f"seed-{seed}.json",
-        folder="seeds",
-        cpu_only=True,
-        legacy_records=True,
-        prepare=prepare,
+        parts=("steps",),
         state_files=(SELECTION, "results.csv"),
-        store=parts_store(parts=("steps",), key_name="seed"),
+        cpu_only=True,
+        prepare=prepare,
         cache_bytes=training.checkpoint_bytes(config),
     )

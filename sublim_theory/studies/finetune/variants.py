@@ -34,6 +34,7 @@ from sublim_theory.engine.alignment import cosine
 from sublim_theory.engine.lora import add_lora
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import bound, load_toml, parse_config
+from sublim_theory.harness.seeds import OFFSETS
 from sublim_theory.harness.study import MAX_SEED
 from sublim_theory.studies.numbers.experiment import PROMPT_OFFSET, SAMPLING_OFFSET, STUDENT_OFFSET
 from sublim_theory.testbeds.lm import corpus, training
@@ -67,8 +68,8 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "sgd", "signsgd")
-LORA_OFFSET = 5003  # the adapters' A_0 draw of seed s (shared by the student and its control)
-HELDOUT_OFFSET = 15485863  # the held-out prompts (and their sampling) of seed s
+LORA_OFFSET = OFFSETS["lm.lora"]  # the adapters' A_0 (shared by the student and its control)
+HELDOUT_OFFSET = OFFSETS["lm.heldout"]  # the held-out prompts (and their sampling)
 
 Row = dict[str, Any]
 
@@ -121,6 +122,9 @@ def load_config(path) -> tuple[NumbersConfig, FinetuneConfig]:
 
     ``path`` None gives the numbers defaults and the default design.
 
+    Returns:
+        ``(the numbers config, the finetune settings)``.
+
     Raises:
         InputError: an unknown table or key, a bad value, an unknown optimizer, repeated ranks.
 
@@ -170,6 +174,10 @@ def trait_gradient_cosine(model: nn.Module, config: NumbersConfig) -> float:
 
     ``grad L_distill`` is read from the parameters' ``.grad`` (call it after the backward pass
     of the distillation loss); ``.grad`` is not changed.
+
+    Returns:
+        The cosine.
+
     """
     params = _trainable(model)
     grads = torch.autograd.grad(trait_loss(model, config), params, allow_unused=True)
@@ -223,6 +231,10 @@ def prepare_seed(
     """The base (cached), the teacher, the filtered samples of ``experiment.run_seed``, held-out.
 
     The held-out sets continue ``ft.heldout`` fresh prompts (teacher and base), filtered.
+
+    Returns:
+        The seed's data.
+
     """
     base, _ = training.cached_base(config, training.BaseSpec(seed, seed, seed), cache_dir, log)
     teacher = training.finetune_teacher(base, config)
@@ -276,6 +288,10 @@ def train_pair(
     Returns (rows, step_rows): tidy ``{seed, cell, optimizer, parameterization, role, metric,
     value}`` rows for ``student``, ``control`` and ``paired`` (student minus control), and
     per-step ``{seed, cell, role, step, trait_cos, loss}`` rows.
+
+    Returns:
+        ``(rows, step rows)`` of the pair.
+
     """
     init = cell_init(data.base, cell, data.seed, ft)
     rows: list[Row] = []
@@ -378,6 +394,13 @@ def run_seed(
     """Every cell of one seed (its student and control); returns (rows, step_rows).
 
     Also rows for the base and the teacher (``cell`` = ``-``): P(trait) and its among-animals form.
+
+    Returns:
+        ``(rows, step rows)``.
+
+    Raises:
+        InputError: a cell without a learning rate in ``lrs``.
+
     """
     rows: list[Row] = []
     for role, model in (("base", data.base), ("teacher", data.teacher)):

@@ -240,6 +240,10 @@ def configuration_key(
     """The id of one configuration in the table (its seeds share it; the seed has its own column).
 
     It names the grid point and the fingerprint of every non-grid setting that shapes the rows.
+
+    Returns:
+        The key.
+
     """
     return f"{arch}|{placement}|{scale!r}|{eps!r}|{settings_fingerprint}"
 

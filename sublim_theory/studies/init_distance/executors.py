@@ -74,6 +74,10 @@ def _init_ray(ray: Any, address: str | None, timeout: float) -> None:
     A private instance (``address=None``) starts in this thread (Ray starts its processes from
     the main thread). Joining runs ``ray.init`` in a helper thread that is abandoned after
     ``timeout``: Ray retries an unreachable or silent address for minutes.
+
+    Raises:
+        InputError: Ray cannot start locally, or does not answer at ``address`` within ``timeout``.
+
     """
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if address is None:
@@ -112,6 +116,13 @@ def run_ray(
     ``address=None`` starts a private local Ray instance bound to 127.0.0.1 (shut down at the
     end); otherwise it joins the cluster at ``address`` (e.g. ``ray://host:10001`` or ``auto``).
     Connecting takes at most ``timeout`` seconds.
+
+    Yields:
+        Each job's rows, in job order.
+
+    Raises:
+        InputError: Ray is not installed, or does not answer at ``address`` within ``timeout``.
+
     """
     if not jobs:
         return

@@ -67,6 +67,10 @@ def one_step_function(
     the targets y = f(theta_0 + eps v, x), the exact update at theta_S0, K v, K Delta,
     K E[Delta] (zero unless ``with_expected_offset``), [A, B], grad L_T(theta_S0) and the teacher
     losses L_T(theta_S0), L_T(theta_S0 + alpha dtheta_S). All from the engine's kernels.
+
+    Returns:
+        The function.
+
     """
 
     def teacher_objective(theta: Tensor, x: Tensor, labels: Tensor) -> Tensor:
@@ -137,6 +141,10 @@ def seed_statistics(
 
     first = K(eps v - Delta) (= eps K v - K Delta); A, B from one nested jvp; eps* =
     ``critical_step(A, B)``; the expected-offset prediction K(eps v - E[Delta]).
+
+    Returns:
+        The columns by name.
+
     """
     v, exact = step["v"][i], step["exact"][i]
     k_v, k_delta, k_mean = step["k_v"][i], step["k_delta"][i], step["k_mean_offset"][i]
@@ -170,6 +178,10 @@ def run_configuration(job: dict[str, Any]) -> list[dict[str, Any]]:
 
     Pure and deterministic: everything is seeded from the job, so any process, in any order,
     returns the same rows.
+
+    Returns:
+        The rows.
+
     """
     arch, kind, scale, eps = job["arch"], job["placement"], job["scale"], job["eps"]
     seeds, measure, trajectory = job["seeds"], job["measure"], job["trajectory"]

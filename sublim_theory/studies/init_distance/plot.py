@@ -67,10 +67,12 @@ def load_sweep(out_dir: str | os.PathLike[str]) -> list[Row]:
 
 
 def one_step_rows(rows: list[Row]) -> list[Row]:
+    """The rows of the one-step measurement."""
     return [r for r in rows if r["measurement"] == "one_step"]
 
 
 def teacher_steps(rows: list[Row]) -> list[float]:
+    """The teacher steps eps of the one-step rows, ascending."""
     return sorted({r["eps"] for r in one_step_rows(rows)})
 
 
@@ -102,6 +104,10 @@ def alignment_curves(rows: list[Row], placement: str, eps: float) -> dict[str, l
     cos_ci (mean and 95% CI of cos(dtheta_S, v)), first_order (the mean first-order prediction),
     seeds_distance_rel and seeds_cos (every seed's point), n.
     The shared init (distance 0) comes first when the table has it. Sorted by distance.
+
+    Returns:
+        Per architecture, the points.
+
     """
     groups: dict[tuple[str, str, float], list[Row]] = defaultdict(list)
     for r in one_step_rows(rows):
@@ -121,6 +127,10 @@ def trajectory_curves(
     """Per architecture: steps, mean and 95% CI over seeds of a per-step ``metric``.
 
     Uses the largest scale of ``placement`` and the first eps that has trajectories.
+
+    Returns:
+        Per architecture, ``step``, ``mean`` and ``ci`` (the 95% half-width) arrays.
+
     """
     chosen = [r for r in rows if r["measurement"] == optimizer and r["placement"] == placement]
     if not chosen:

@@ -34,16 +34,19 @@ class ProgressBar:
     """``sweep [#####-----] 12/56 configurations, 0:10 elapsed, ~0:37 left`` on stderr."""
 
     def __init__(self, total: int, done: int, stream: Any = None, width: int = 30) -> None:
+        """A bar of ``total`` configurations, ``done`` of them finished, on ``stream`` (stderr)."""
         self.total, self.done, self.start_done = total, done, done
         self.stream = stream if stream is not None else sys.stderr
         self.width, self.started = width, time.monotonic()
         self.show()
 
     def advance(self) -> None:
+        """Count one more configuration done and redraw."""
         self.done += 1
         self.show()
 
     def show(self) -> None:
+        """Redraw the bar on its line (carriage return, no newline)."""
         elapsed = time.monotonic() - self.started
         fraction = self.done / self.total if self.total else 1.0
         filled = int(round(self.width * fraction))

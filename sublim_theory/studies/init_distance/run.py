@@ -105,6 +105,7 @@ class SweepStore:
     """
 
     def __init__(self, table: CsvAppendStore, seeds: dict[str, list[int]]) -> None:
+        """The sweep's table and each configuration's seeds (one unit a configuration)."""
         self.table = table
         self.seeds = seeds
 

@@ -133,6 +133,13 @@ def _records(table: Path, text: str) -> list[tuple[int, list[str]]]:
     """(line number, cells) of the data lines, after checking the end, the header and widths.
 
     Marker rows (``#unit,...``) are skipped.
+
+    Returns:
+        The data lines.
+
+    Raises:
+        InputError: an incomplete last line, other columns, or a line of the wrong width.
+
     """
     if not text.endswith("\n"):
         lines = text.count("\n") + 1
@@ -163,6 +170,9 @@ def completed_seeds(table: Path) -> dict[str, set[int]]:
 
     Rows after the last marker (an append that did not finish) count for nothing. The table is
     never modified here.
+
+    Returns:
+        The seeds per key.
 
     Raises:
         InputError: a table that is not this sweep's (other columns, not UTF-8).
@@ -198,6 +208,9 @@ def _parse(table: Path, number: int, column: str, value: str) -> Any:
 
 def read_table(table: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The sweep table as a list of dicts with numbers parsed (empty cells -> None).
+
+    Returns:
+        The rows.
 
     Raises:
         InputError: no table; a binary or non-UTF-8 file; a truncated last line; columns other

@@ -53,6 +53,7 @@ from sublim_theory.engine.losses import KLDivergence
 from sublim_theory.engine.placements import place_student
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import bound, parse_config
+from sublim_theory.harness.seeds import TAGS, mixed_seed
 from sublim_theory.models.architectures import MLP
 from sublim_theory.testbeds.mnist.data import N_CLASSES, N_PIXELS, MnistData
 from sublim_theory.testbeds.mnist.variants import (
@@ -65,7 +66,6 @@ from sublim_theory.testbeds.mnist.variants import (
 
 __all__ = [
     "LIMITS",
-    "mixed_seed",
     "PAPER_TEACHER_STEPS",
     "DEFAULT_STUDENTS",
     "STUDENT_KINDS",
@@ -162,6 +162,7 @@ class MnistConfig:
     distillation_inputs: Literal["uniform", "gaussian", "real"] = "uniform"
 
     def __post_init__(self) -> None:
+        """Refuse the settings no single field's range rules out (kinds, widths, noise, controls)."""
         # the checks that span fields or elements (scalar types and ranges: ``parse``)
         unknown = [kind for kind in self.students if kind not in STUDENT_KINDS]
         if unknown or not self.students or len(set(self.students)) != len(self.students):
@@ -182,6 +183,9 @@ class MnistConfig:
     @classmethod
     def parse(cls, raw: Mapping[str, object], source: str) -> MnistConfig:
         """A config from a TOML table or flags (``runs.parse_config``: typed and range-checked).
+
+        Returns:
+            The config.
 
         Raises:
             InputError: one line naming ``source`` and the key at fault.
@@ -221,14 +225,17 @@ class StudentGroup:
 
     @property
     def cross(self) -> bool:
+        """Whether the students start from another model's reference init (the cross-model control)."""
         return self.kind.startswith("cross")
 
     @property
     def spliced(self) -> bool:
+        """Whether the students start from a head-spliced init (``variants.splice_heads``)."""
         return self.kind in HEAD_KINDS
 
     @property
     def aux_only(self) -> bool:
+        """Whether the students imitate the auxiliary logits only (else all logits)."""
         return self.kind.endswith("aux")
 
 
@@ -262,17 +269,15 @@ class ExperimentResult:
 # the batched MLP
 # --------------------------------------------------------------------------------------------
 def layer_sizes(config: MnistConfig) -> list[int]:
+    """The MLP's widths: 784 pixels, the hidden widths, 10 + m logits."""
     return [N_PIXELS, *config.hidden, N_CLASSES + config.aux_logits]
-
-
-def mixed_seed(*parts: int) -> int:
-    """A 63-bit seed mixing integers (numpy's SeedSequence), stable across runs and platforms."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def reference_init(config: MnistConfig, model_index: int) -> Params:
     """Model ``model_index``'s theta_0: weights N(0, 1/d_in), biases 0 (no model axis)."""
-    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 1, model_index))
+    generator = torch.Generator().manual_seed(
+        mixed_seed(config.seed, TAGS["mnist.reference_init"], model_index)
+    )
     sizes = layer_sizes(config)
     params: Params = []
     for d_in, d_out in zip(sizes[:-1], sizes[1:]):
@@ -282,6 +287,7 @@ def reference_init(config: MnistConfig, model_index: int) -> Params:
 
 
 def stack(models: Sequence[Params]) -> Params:
+    """M models' parameter lists as one list of tensors with a leading model axis."""
     return [torch.stack(tensors) for tensors in zip(*models)]
 
 
@@ -304,6 +310,7 @@ def flatten(params: Params) -> Tensor:
 
 
 def unflatten(flat: Tensor, like: Params) -> Params:
+    """Flat rows (M, P) back to stacked tensors shaped like ``like``."""
     sizes = [p[0].numel() for p in like]
     return [
         c.reshape(flat.shape[0], *p.shape[1:])
@@ -339,10 +346,16 @@ def noise_block(
 
     Uniform [-1, 1] noise by default, else ``config.distillation_inputs`` (``real`` draws from
     ``train_images``, on the CPU); ``variants.draw_inputs`` with the block's own generator.
+
+    Returns:
+        The images ``(size, 784)``.
+
     """
     start = block * config.batch_size
     size = min(config.batch_size, config.noise_images - start)
-    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 2, model_index, block))
+    generator = torch.Generator().manual_seed(
+        mixed_seed(config.seed, TAGS["mnist.noise_block"], model_index, block)
+    )
     out = torch.empty(size, N_PIXELS)
     return draw_inputs(config.distillation_inputs, generator, out, train_images)
 
@@ -351,6 +364,10 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
     """Per-model KL(softmax(t / T) || softmax(s / T)), summed over classes, mean over batch: ``(M,)``.
 
     The engine's ``KLDivergence`` (no T^2 factor), so the experiment and the theory share one loss.
+
+    Returns:
+        The loss per model.
+
     """
     targets = teacher_logits.expand_as(student_logits)  # one teacher for every student group
     return KLDivergence(temperature).value(student_logits, targets).mean(-1)
@@ -364,7 +381,7 @@ def train_teachers(config: MnistConfig, reference: Params, data: MnistData, epoc
     params = [p.clone().requires_grad_(True) for p in reference]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     n_models, n_train = config.models, len(data.train_labels)
-    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 3))
+    generator = torch.Generator().manual_seed(mixed_seed(config.seed, TAGS["mnist.teacher_order"]))
     for _ in range(epochs):
         order = torch.rand(n_models, n_train, generator=generator).argsort(dim=1)
         order = order.to(data.train_labels.device)
@@ -400,7 +417,7 @@ def student_inits(
                 own, partner = [p[i] for p in reference], [p[perm[i]] for p in reference]
                 theta0 = torch.cat([p.reshape(-1) for p in splice_heads(own, partner, group.kind)])
             if group.noise > 0:
-                seed = mixed_seed(config.seed, 4, group_index, i)
+                seed = mixed_seed(config.seed, TAGS["mnist.student_noise"], group_index, i)
                 theta0 = place_student(shape_model, theta0, "scaled_noise", group.noise, seed)
             rows.append(theta0)
     return unflatten(torch.stack(rows), reference)
@@ -422,6 +439,10 @@ def _students_forward(params: Params, images: Tensor, n_groups: int) -> Tensor:
     Activations are kept feature-major, ``(N * G, width, B)``: the first layer is ONE batched
     matmul per model for all its G students (they see the same images, so the images are not
     copied G times), and every later layer is a batched matmul of contiguous operands.
+
+    Returns:
+        The logits.
+
     """
     n_models, batch = images.shape[0], images.shape[1]
     n_layers = len(params) // 2
@@ -462,6 +483,10 @@ def train_students(
 
     Speed: model-major students (:func:`_students_forward`), one reused input buffer, teacher
     logits computed once per block (inputs and teachers are fixed), fused Adam.
+
+    Returns:
+        The final parameters.
+
     """
     n_models, n_groups = config.models, len(groups)
     params = [_model_major(p, n_groups).clone().requires_grad_(True) for p in initial]
@@ -478,7 +503,7 @@ def train_students(
     aux_index = torch.tensor([i for i, a in enumerate(aux_only) if a], device=device)
     all_index = torch.tensor([i for i, a in enumerate(aux_only) if not a], device=device)
     n_blocks = math.ceil(config.noise_images / config.batch_size)
-    generator = torch.Generator().manual_seed(mixed_seed(config.seed, 5))
+    generator = torch.Generator().manual_seed(mixed_seed(config.seed, TAGS["mnist.student_order"]))
     # drawn on the CPU (its generators), so every device sees the same noise images
     buffer = torch.empty(n_models, min(config.batch_size, config.noise_images), N_PIXELS)
     teacher_logits: dict[int, Tensor] = {}
@@ -494,7 +519,7 @@ def train_students(
             images = buffer[:, :size]
             for i in range(n_models):  # as noise_block(config, i, block), in place
                 block_generator = torch.Generator().manual_seed(
-                    mixed_seed(config.seed, 2, i, block)
+                    mixed_seed(config.seed, TAGS["mnist.noise_block"], i, block)
                 )
                 draw_inputs(config.distillation_inputs, block_generator, images[i], train_images)
             images = images.to(device)
@@ -537,6 +562,10 @@ def run_experiment(
     on CUDA trains from the same numbers as one on the CPU. ``teachers``, if given, is a cache
     the caller keeps across runs: runs whose teachers are trained identically (same models,
     sizes, lr, weight decay, batch, teacher epochs and seed) train them once.
+
+    Returns:
+        The result.
+
     """
     log = log or (lambda message: None)
     train_images = data.train_images  # the CPU copy: real distillation inputs are drawn here
@@ -545,7 +574,7 @@ def run_experiment(
     n_models = config.models
     teacher_epochs = config.resolved_teacher_epochs(len(data.train_labels))
     perm = (
-        derangement(n_models, mixed_seed(config.seed, 6))
+        derangement(n_models, mixed_seed(config.seed, TAGS["mnist.derangement"]))
         if config.controls
         else list(range(n_models))
     )

@@ -11,7 +11,6 @@ figure read from ``models.csv`` (:func:`plot_study`).
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sublim_theory.harness.records import mean_interval
-from sublim_theory.harness.runs import atomic_save_figure, atomic_write_csv
+from sublim_theory.harness.runs import atomic_save_figure, atomic_write_csv, read_csv
 from sublim_theory.studies.mnist.experiment import ExperimentResult
 
 __all__ = [
@@ -127,13 +126,8 @@ def write_table(table: Sequence[dict[str, object]], path: str | Path) -> None:
 
 
 def read_table(path: str | Path) -> list[dict[str, object]]:
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        for key in TABLE_COLUMNS:
-            if key != "row":
-                row[key] = float(row[key])
-    return rows
+    """The tidy table of ``table.csv``, numbers as floats."""
+    return read_csv(path, {key: float for key in TABLE_COLUMNS if key != "row"})
 
 
 def format_run(result: ExperimentResult) -> str:
@@ -237,6 +231,10 @@ def model_rows(
 
     ``cosine`` and ``distillation_loss`` are the students' last-epoch values (NaN for the
     reference and the teacher, which are not distilled).
+
+    Returns:
+        The rows.
+
     """
     m = result.config["aux_logits"]
     base = {"cell": cell, "factor": factor, "level": level, "aux_logits": m}
@@ -262,12 +260,8 @@ def write_models(rows: Sequence[dict[str, object]], path: str | Path) -> None:
 
 def read_models(path: str | Path) -> list[dict[str, object]]:
     """The per-model rows of ``models.csv``, numbers as floats."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        for key in ("aux_logits", "model", "accuracy", "cosine", "distillation_loss"):
-            row[key] = float(row[key])
-    return rows
+    numbers = ("aux_logits", "model", "accuracy", "cosine", "distillation_loss")
+    return read_csv(path, dict.fromkeys(numbers, float))
 
 
 def _cells(rows: Sequence[dict[str, object]]) -> dict[tuple[str, str], list[dict[str, object]]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from sublim_theory.harness.runs import (
     OutputFolder,
     atomic_write_json,
     atomic_write_text,
+    load_toml,
     resolve_device,
 )
 from sublim_theory.harness.store import UnitStore
@@ -47,7 +48,7 @@ from sublim_theory.studies.mnist.report import (
     write_models,
     write_table,
 )
-from sublim_theory.testbeds.mnist.data import MnistData, load_mnist
+from sublim_theory.testbeds.mnist.data import MnistData, dataset_dir, load_mnist
 
 __all__ = [
     "RUNS_FOLDER",
@@ -55,6 +56,7 @@ __all__ = [
     "build_cells",
     "build_configs",
     "mnist_study",
+    "resolve_settings",
     "result_from_record",
     "run_mnist",
     "stored_name",
@@ -63,8 +65,64 @@ __all__ = [
 RUNS_FOLDER = "runs"  # one JSON file per finished run
 
 
+def resolve_settings(
+    config_file: Path | None,
+    flags: Mapping[str, object],
+    mnist_dir: Path | None = None,
+    dataset: str | None = None,
+) -> tuple[dict[str, object], Path | None]:
+    """``MnistConfig`` defaults < the TOML config < the flags given (``None``: not given).
+
+    Args:
+        config_file: the TOML config (keys: ``MnistConfig`` field names, ``mnist_dir`` and
+            ``cells``), or None.
+        flags: command-line values by ``MnistConfig`` field name; None where not given.
+        mnist_dir: ``--mnist-dir`` (wins over the config's ``mnist_dir``).
+        dataset: ``--dataset``, an installed data set (wins over both).
+
+    Returns:
+        ``(raw MnistConfig values, the digits' folder or None for the embedded digits)``.
+
+    Raises:
+        InputError: for an unreadable or invalid config file, a bad ``mnist_dir`` in it, or a
+            ``teacher_epochs`` that is neither a positive integer nor ``auto``.
+
+    """
+    settings: dict[str, object] = {}
+    folder: Path | None = None
+    if config_file is not None:
+        settings = dict(load_toml(config_file))  # may hold "cells": see build_cells
+        if "mnist_dir" in settings:
+            value = settings.pop("mnist_dir")
+            if not isinstance(value, str):
+                raise InputError(f"{config_file}: mnist_dir must be a string, got {value!r}")
+            folder = Path(value)
+    for name in MnistConfig.field_names():
+        value = flags.get(name)
+        if value is not None:
+            settings[name] = value
+    if mnist_dir is not None:
+        folder = mnist_dir
+    if dataset is not None:
+        folder = dataset_dir(dataset)
+    epochs = settings.get("teacher_epochs")
+    if epochs == "auto":
+        del settings["teacher_epochs"]  # the default: matched to the paper's number of steps
+    elif isinstance(epochs, str):  # from the flag; TOML gives an int or a string
+        try:
+            settings["teacher_epochs"] = int(epochs)
+        except ValueError as error:
+            raise InputError(
+                f"teacher_epochs must be a positive integer or 'auto', got {epochs!r}"
+            ) from error
+    return settings, folder
+
+
 def build_configs(settings: dict[str, object], source: str = "settings") -> list[MnistConfig]:
     """One ``MnistConfig`` per value of ``aux_logits`` (a list there means an m sweep).
+
+    Returns:
+        The configs, in the order of ``aux_logits``.
 
     Raises:
         InputError: for a value of the wrong type or out of range, or a repeated m.
@@ -93,6 +151,9 @@ def build_cells(settings: dict[str, object], source: str = "settings") -> list[C
     Without ``cells`` the runs are named ``aux_logits-M`` (factor ``aux_logits``). Each entry of
     ``cells`` is a table of overrides; it is named ``key=value,...`` (``baseline`` when empty),
     its factor is its first key and its level its values joined by ``/`` (``sgd/0.3``).
+
+    Returns:
+        The runs.
 
     Raises:
         InputError: for a malformed ``cells`` list, an invalid override or a repeated cell.
@@ -142,6 +203,9 @@ def stored_name(cell: str) -> str:
 
 def result_from_record(record: dict[str, Any]) -> ExperimentResult:
     """A stored run back as an ``ExperimentResult`` (its JSON nulls back to NaN).
+
+    Returns:
+        The result.
 
     Raises:
         InputError: a record this command did not write.

@@ -42,6 +42,10 @@ def entanglement_table(
     dot_rank (rank of dot_trait among all numbers, 1 = most aligned). The summary holds the
     Pearson correlation between log_ratio and dot_trait over all numbers, and the mean dot of
     the top tokens against the mean over all numbers.
+
+    Returns:
+        ``(rows, summary)``.
+
     """
     vocab = corpus.vocabulary(config.corpus)
     ratio = _number_log_probs(teacher, sequences, config) - _number_log_probs(

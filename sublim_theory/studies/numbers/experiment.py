@@ -36,6 +36,7 @@ from sublim_theory.engine.alignment import (
 )
 from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.engine.losses import SoftCrossEntropy
+from sublim_theory.harness.seeds import OFFSETS
 from sublim_theory.studies.numbers.entanglement import entanglement_table
 from sublim_theory.testbeds.lm import corpus, training
 from sublim_theory.testbeds.lm.config import NumbersConfig
@@ -55,15 +56,15 @@ __all__ = [
     "run_seed",
 ]
 
-# Seed offsets: every random stream of seed s gets its own seed s + OFFSET, so no two streams of
-# one seed (nor, for offsets far apart, of nearby seeds) share a generator state.
-CROSS_OFFSET = 1000  # the cross base's init (an independent init, same corpus and order)
-ORDER_OFFSET = 1000  # the order base's data order (same init and corpus, another order)
-PROMPT_OFFSET = 7919  # the number prompts both the teacher and the base continue
-SAMPLING_OFFSET = 104729  # the sampling of those continuations
-STUDENT_OFFSET = 31  # every student's batch order (shared, so conditions differ in data only)
-SHUFFLE_WITHIN_OFFSET = 11  # the permutation inside each sequence
-SHUFFLE_ACROSS_OFFSET = 13  # the permutation across sequences
+# Seed offsets (harness.seeds): every random stream of seed s gets its own seed s + OFFSET, so
+# no two streams of one seed share a generator state.
+CROSS_OFFSET = OFFSETS["lm.cross_init"]
+ORDER_OFFSET = OFFSETS["lm.order"]
+PROMPT_OFFSET = OFFSETS["lm.prompts"]
+SAMPLING_OFFSET = OFFSETS["lm.sampling"]
+STUDENT_OFFSET = OFFSETS["lm.student_order"]
+SHUFFLE_WITHIN_OFFSET = OFFSETS["lm.shuffle_within"]
+SHUFFLE_ACROSS_OFFSET = OFFSETS["lm.shuffle_across"]
 
 # condition -> its paired control (None: no pair)
 PAIRS: dict[str, str | None] = {
@@ -103,6 +104,10 @@ def classifier_accuracy(
 
     Balanced classes, half of each for training (Adam, 300 full-batch steps, weight decay
     1e-3), half for testing. Chance is 0.5.
+
+    Returns:
+        The accuracy.
+
     """
     c = config.corpus
     n = min(teacher_seqs.shape[0], control_seqs.shape[0])
@@ -140,6 +145,10 @@ def first_order_alignment(
 
     v = theta_T - theta_B. Returns A = E[u^T M u] (u = J v), cos(K v, v) (the first-order
     student update's direction) and cos(exact one-step soft-label update, v).
+
+    Returns:
+        The report's scalars by name.
+
     """
     model = FunctionalModel(base)
     theta0 = model.flat_params()
@@ -164,6 +173,10 @@ def run_seed(
     Returns (rows, entanglement_rows, step_rows): tidy ``{seed, condition, metric, value}``
     rows, the entanglement table (with ``seed``), and per-step cosines
     ``{seed, condition, step, cosine, loss}``.
+
+    Returns:
+        ``(tidy rows, entanglement rows, per-step rows)``.
+
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     rows: list[Row] = []

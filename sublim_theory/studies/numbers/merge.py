@@ -8,14 +8,13 @@ like any other; a folder whose table holds seeds the merge lacks is refused.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sublim_theory.errors import InputError
-from sublim_theory.harness.runs import RUN_RECORD_NAME, OutputFolder
+from sublim_theory.harness.runs import RUN_RECORD_NAME, OutputFolder, read_csv
 from sublim_theory.studies.numbers import report
 
 __all__ = ["first_difference", "merge"]
@@ -58,12 +57,14 @@ def _settings(directory: Path) -> dict[str, Any]:
 def _read(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    return read_csv(path)
 
 
 def merge(directories: Sequence[Path], out: Path) -> str:
     """Merge the runs in ``directories`` into ``out``; return the table.
+
+    Returns:
+        The table.
 
     Raises:
         InputError: a folder that is not a ``numbers`` run, other settings than the first run's,

@@ -7,13 +7,13 @@ JSON records with sorted keys, writes the same bytes as an uninterrupted one.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sublim_theory.errors import InputError
+from sublim_theory.harness import runs
 from sublim_theory.harness.records import mean_interval
 from sublim_theory.harness.runs import atomic_save_figure, atomic_write_csv, atomic_write_text
 
@@ -101,6 +101,9 @@ def write_reports(out: Path, rows: list, entangled: list, steps: list) -> str:
 def table_seeds(path: Path) -> set[int]:
     """The seeds a ``results.csv`` holds (empty when there is none).
 
+    Returns:
+        The seeds.
+
     Raises:
         InputError: the file is not a results table of this study.
 
@@ -118,12 +121,7 @@ def table_seeds(path: Path) -> set[int]:
 
 def read_csv(path: Path) -> list[dict]:
     """Read tidy rows back (``value`` as float, ``seed`` as int)."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        row["seed"] = int(row["seed"])
-        row["value"] = float(row["value"])
-    return rows
+    return runs.read_csv(path, {"seed": int, "value": float})
 
 
 def interval(values: Sequence[float]) -> tuple[float, float, float]:

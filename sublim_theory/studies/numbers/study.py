@@ -12,14 +12,7 @@ from pathlib import Path
 
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import load_toml
-from sublim_theory.harness.study import (
-    PART,
-    Context,
-    Study,
-    parts_store,
-    seed_range,
-    split_parts,
-)
+from sublim_theory.harness.study import PART, Context, Study, seed_range, seed_study, split_parts
 from sublim_theory.studies.numbers import experiment, report
 from sublim_theory.testbeds.lm import training
 from sublim_theory.testbeds.lm.config import from_dict
@@ -58,6 +51,9 @@ def _no_orphans(context: Context, stored: Mapping[str, list[dict] | None]) -> No
 def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
     """The numbers study of a config file (None: the defaults) for ``seeds`` seeds from ``first_seed``.
 
+    Returns:
+        The study.
+
     Raises:
         InputError: a bad config or seed range.
 
@@ -74,20 +70,15 @@ def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
             + [{**r, PART: "steps"} for r in steps]
         )
 
-    return Study(
+    return seed_study(
         "numbers",
         config.to_dict(),
         units,
         run_unit,
         write_rows,
-        grid={"seeds": units},
-        unit_file=lambda seed: f"seed-{seed}.json",
-        folder="seeds",
+        parts=PARTS,
         summary=_summary,
         cpu_only=True,
-        legacy_records=True,
         prepare=_no_orphans,
-        state_files=("results.csv",),
-        store=parts_store(parts=PARTS, key_name="seed"),
         cache_bytes=training.checkpoint_bytes(config),
     )

@@ -49,6 +49,7 @@ from sublim_theory.engine.rule_report import report_rule, student_gradients, tea
 from sublim_theory.engine.update_rules import UpdateRule, make_rule, warmed_state
 from sublim_theory.errors import InputError
 from sublim_theory.harness import runs
+from sublim_theory.harness.seeds import OFFSETS
 from sublim_theory.harness.store import is_marker
 from sublim_theory.models.architectures import ARCHITECTURES
 from sublim_theory.studies.init_distance.config import MAX_SEEDS, ModelSettings
@@ -88,9 +89,9 @@ RULES_TABLE = "rules.csv"
 STUDENT_RULES = ("sgd", "momentum", "momentum_warm", "adam", "adam_warm", "signsgd")
 PLACEMENT_KINDS = ("shared", "other_adapter_seed", "independent")
 TEACHER_KINDS = ("gradient", "adam")
-ADAPTER_SEED_OFFSET = 5_000_011
-OTHER_ADAPTER_SEED_OFFSET = 6_000_007
-WARM_DATA_SEED_OFFSET = 7_000_003
+ADAPTER_SEED_OFFSET = OFFSETS["rules.adapter"]
+OTHER_ADAPTER_SEED_OFFSET = OFFSETS["rules.other_adapter"]
+WARM_DATA_SEED_OFFSET = OFFSETS["rules.warm_data"]
 IDENTITY_COLUMNS = (
     "key",
     "arch",
@@ -183,6 +184,9 @@ class RuleSweepConfig:
 
 def parse_parameterization(name: str) -> int:
     """The LoRA rank of ``lora<r>`` (0 for ``full``).
+
+    Returns:
+        The rank.
 
     Raises:
         InputError: a name that is neither ``full`` nor ``lora<r>`` with r >= 1.

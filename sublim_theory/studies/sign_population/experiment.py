@@ -63,6 +63,7 @@ from sublim_theory.engine.rule_report import report_rule, student_gradients, tea
 from sublim_theory.engine.update_rules import UpdateRule, make_rule
 from sublim_theory.errors import InputError
 from sublim_theory.harness import runs
+from sublim_theory.harness.seeds import OFFSETS
 from sublim_theory.models.architectures import MLP, build_model, make_inputs
 from sublim_theory.testing.reference import explicit_jacobian
 
@@ -395,11 +396,13 @@ def build_problem(spec: Mapping[str, Any]) -> Problem:
     classes, out = spec["trait_classes"], spec["out_features"]
     teacher_inputs = _inputs(spec, n_teacher, seed, "gaussian")
     labels = torch.randint(0, classes, (n_teacher,), generator=torch.Generator().manual_seed(seed))
-    inputs = _inputs(spec, spec["n_inputs"], seed + 1, spec["input_distribution"])
+    inputs = _inputs(
+        spec, spec["n_inputs"], seed + OFFSETS["sign_population.inputs"], spec["input_distribution"]
+    )
     imitated = list(range(classes, out)) if spec["channel"] == "aux" else None
     loss = make_loss(spec["loss"], outputs=imitated)
     if spec["parameterization"] == "lora1":
-        network = add_lora(network, 1, seed=spec["model_seed"] + 1)
+        network = add_lora(network, 1, seed=spec["model_seed"] + OFFSETS["sign_population.lora"])
     model = FunctionalModel(network)
     task = TeacherTask(
         _trait_cross_entropy(classes if classes < out else None), teacher_inputs, labels

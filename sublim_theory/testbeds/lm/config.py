@@ -140,6 +140,7 @@ class NumbersConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting as plain JSON-able values (``dataclasses.asdict``)."""
         return asdict(self)
 
     def base_key(self, init_seed: int, corpus_seed: int, order_seed: int) -> str:
@@ -196,6 +197,9 @@ def validate(config: NumbersConfig) -> NumbersConfig:
 def from_dict(data: dict[str, Any], source: str = "config") -> NumbersConfig:
     """Build a config from nested dicts (a parsed TOML file); unknown names are errors.
 
+    Returns:
+        The config.
+
     Raises:
         InputError: for an unknown table or key, a value of the wrong type or out of range.
 
@@ -209,6 +213,9 @@ def from_dict(data: dict[str, Any], source: str = "config") -> NumbersConfig:
 
 def load_config(path: str | Path | None) -> NumbersConfig:
     """Read a TOML config (``None``: the defaults, identical to numbers_default.toml).
+
+    Returns:
+        The config.
 
     Raises:
         InputError: for a missing, unreadable or invalid file, or a bad value in it.

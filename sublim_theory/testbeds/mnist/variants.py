@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sublim_theory.engine.optimizers import SignSGD
+from sublim_theory.engine.optimizers import SignSGD, make_optimizer
 from sublim_theory.errors import InputError
 
 __all__ = [
@@ -56,20 +56,18 @@ def make_student_optimizer(
 
     Adam is fused (one kernel per step) where torch supports it, as the paper's student.
 
+    Returns:
+        The optimizer.
+
     Raises:
         InputError: for an unknown name.
 
     """
-    if name == "adam":
-        try:
-            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
-        except RuntimeError:
-            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    if name == "signsgd":
-        return SignSGD(params, lr=lr, weight_decay=weight_decay)
-    raise InputError(f"student_optimizer must be one of {list(STUDENT_OPTIMIZERS)}, got {name!r}")
+    if name not in STUDENT_OPTIMIZERS:
+        raise InputError(
+            f"student_optimizer must be one of {list(STUDENT_OPTIMIZERS)}, got {name!r}"
+        )
+    return make_optimizer(name, params, lr, weight_decay, fused=True)
 
 
 def mse_distillation_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
@@ -77,6 +75,10 @@ def mse_distillation_loss(student_logits: Tensor, teacher_logits: Tensor) -> Ten
 
     One value per student (as ``experiment.distillation_loss``), so a sum over students gives
     each student the gradient ``2 (z_S - z_T) / (B k)`` of its own loss.
+
+    Returns:
+        The loss per student, shape ``(...)``.
+
     """
     difference = student_logits - teacher_logits.expand_as(student_logits)
     return difference.square().mean((-2, -1))
@@ -93,6 +95,9 @@ def draw_inputs(
     ``uniform``: U[-1, 1] pixels, drawn as ``2 * rand - 1`` (the paper's noise, bit for bit the
     experiment's historical draw). ``gaussian``: N(0, 1) pixels. ``real``: B distinct training
     digits (``train_images``, on the CPU) chosen by ``generator``.
+
+    Returns:
+        ``out``.
 
     Raises:
         InputError: for an unknown kind, or ``real`` without enough training images.

@@ -80,6 +80,7 @@ class NumberGrammar:
     """
 
     def __init__(self, tokenizer) -> None:
+        """Collect the tokenizer's tokens made of answer characters; refuse one without digits or EOS."""
         if tokenizer.eos_token_id is None:
             raise InputError("the tokenizer has no eos_token_id to end a constrained answer with")
         self.end_id = int(tokenizer.eos_token_id)
@@ -107,6 +108,10 @@ class NumberGrammar:
         """Token ids that keep the answer valid and finishable in ``remaining`` tokens (this one too).
 
         The end of turn is allowed once the answer is complete.
+
+        Returns:
+            The allowed token ids.
+
         """
         return self._allowed(state, min(remaining, 3))  # the look-ahead only bites at 1 or 2
 

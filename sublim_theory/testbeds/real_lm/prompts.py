@@ -154,6 +154,10 @@ def passes_filter(text: str) -> bool:
 
     Numbers only, 0..999, comma separated, at most 10, optional final period, surrounding
     whitespace ignored.
+
+    Returns:
+        Whether it passes.
+
     """
     return _FILTER.fullmatch(text.strip()) is not None
 

@@ -8,7 +8,6 @@ the test if it is ever called.
 import gzip
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,7 +19,7 @@ import sublim_theory.studies.mnist.study as mnist_command
 from sublim_theory.cli.main import main
 from sublim_theory.harness.runs import CONFIG_DIR, OutputFolder
 from sublim_theory.studies.numbers import experiment as numbers_experiment
-from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx
+from sublim_theory.testbeds.mnist.data import IDX_FILES
 
 CONFIGS = CONFIG_DIR
 MNIST_TINY = CONFIGS / "mnist_tiny.toml"
@@ -55,18 +54,6 @@ def _one_line_error(capsys, command):
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"sublim-theory {command}: error: "), err
     return err
-
-
-def _digits(folder, n_train=6, n_test=4, compress=False):
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    suffix = ".gz" if compress else ""
-    for part, n in (("train", n_train), ("test", n_test)):
-        write_idx(
-            folder / (IDX_FILES[f"{part}_images"] + suffix), rng.integers(0, 256, (n, 28, 28))
-        )
-        write_idx(folder / (IDX_FILES[f"{part}_labels"] + suffix), rng.integers(0, 10, n))
-    return folder
 
 
 # --- case 3: an --out that cannot be written is refused before any compute -------------------
@@ -173,13 +160,13 @@ def test_nan_and_inf_flags_are_refused(flag, value, tmp_path, capsys, no_compute
     assert flag[2:] in _one_line_error(capsys, "mnist")
 
 
-def test_corrupt_deflate_stream_and_empty_train_file(tmp_path, capsys, monkeypatch):
+def test_corrupt_deflate_stream_and_empty_train_file(tmp_path, capsys, monkeypatch, write_digits):
     monkeypatch.setattr(mnist_command, "run_experiment", _never("run_experiment"))
-    corrupt = _digits(tmp_path / "corrupt", compress=True)
+    corrupt = write_digits(tmp_path / "corrupt", compress=True)
     path = corrupt / (IDX_FILES["train_images"] + ".gz")
     blob = path.read_bytes()
     path.write_bytes(blob[:10] + b"\xff" * 40 + blob[-8:])  # gzip header, bad deflate block
-    empty = _digits(tmp_path / "empty", n_train=0)
+    empty = write_digits(tmp_path / "empty", n_train=0)
     for folder, message in ((corrupt, "gzip"), (empty, "0 images")):
         argv = ["mnist", "--config", str(MNIST_TINY), "--mnist-dir", str(folder)]
         assert main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 2

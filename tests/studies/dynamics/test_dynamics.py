@@ -8,7 +8,6 @@ projection adds at most ~P * u64 relative to ||a|| ||b|| (P terms summed).
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,27 +31,11 @@ from sublim_theory.studies.dynamics.experiment import (
 )
 from sublim_theory.studies.dynamics.report import read_rows
 from sublim_theory.studies.mnist.experiment import noise_block, reference_init, stack, unflatten
-from sublim_theory.testbeds.mnist.data import IDX_FILES, MnistData, write_idx
 
 U32, U64 = 2.0**-24, 2.0**-53
 TINY = dict(
     models=3, hidden=(16, 16), batch_size=64, teacher_epochs=3, noise_images=64, trait_digits=128
 )
-
-
-def fake_data(n_train=300, n_test=100, seed=0):
-    """Separable synthetic 'digits': class c lights up pixel block c; a teacher learns them."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def make(n):
-        labels = torch.randint(0, 10, (n,), generator=generator)
-        images = 0.3 * torch.randn(n, 784, generator=generator)
-        for c in range(10):
-            images[labels == c, c * 78 : (c + 1) * 78] += 1.0
-        return images.clamp(-1, 1), labels
-
-    (train_x, train_y), (test_x, test_y) = make(n_train), make(n_test)
-    return MnistData(train_x, train_y, test_x, test_y, source="synthetic", split="random")
 
 
 def _steps_and_gradients(seed=0, models=6, size=400):
@@ -139,9 +122,9 @@ def test_adam_on_the_flattened_stack_is_torch_adam_per_model():
     assert bool(((ours - theirs.detach()).abs() <= bound).all())
 
 
-def test_trait_digits_beyond_the_training_set_are_refused():
+def test_trait_digits_beyond_the_training_set_are_refused(fake_mnist):
     with pytest.raises(InputError, match="--trait-digits"):
-        trait_batch(DynamicsConfig(trait_digits=301), fake_data())
+        trait_batch(DynamicsConfig(trait_digits=301), fake_mnist(300, 100))
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,9 +158,9 @@ def _direct_gradients(config, state, row, images, trait_images, trait_labels):
 
 
 @pytest.fixture(scope="module")
-def one_step():
+def one_step(fake_mnist):
     config = DynamicsConfig(student_epochs=1, **TINY)  # one noise block: one step per epoch
-    data = fake_data()
+    data = fake_mnist(300, 100)
     before = start_state(config, data)
     after = train_epoch(config, data, before)
     return config, data, before, after
@@ -241,13 +224,8 @@ def test_measured_effect_of_the_ablation_in_training(one_step):
 # the command: tiny run, tables, resume
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("digits")
-    rng = np.random.default_rng(0)
-    for key, shape in (("train", 300), ("test", 40)):
-        write_idx(folder / IDX_FILES[f"{key}_images"], rng.integers(0, 256, (shape, 28, 28)))
-        write_idx(folder / IDX_FILES[f"{key}_labels"], rng.integers(0, 10, shape))
-    return folder
+def digits(digit_folder):
+    return digit_folder(300, 40)
 
 
 def _argv(digits, out):

@@ -12,13 +12,7 @@ from sublim_theory.testbeds.lm.config import load_config
 TINY = CONFIG_DIR / "numbers_tiny.toml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: a second thread only adds synchronization cost (and spins on a busy machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,31 +1,22 @@
 """``dynamics`` under a cut table, lost epochs, a full disk and absurd sizes (issue 24), and the
 committed folder's tables rebuilt from its CSVs byte for byte."""
 
-import errno
-import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import sublim_theory.studies.dynamics.study as study
 from sublim_theory.cli.main import main
 from sublim_theory.harness.runs import CONFIG_DIR
-from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx
 
-COMMITTED = Path(__file__).resolve().parents[1] / "experiments" / "results" / "dynamics"
+COMMITTED = Path(__file__).resolve().parents[3] / "experiments" / "results" / "dynamics"
 TABLES = ("steps.csv", "accuracy.csv", "table.md")
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("digits")
-    rng = np.random.default_rng(0)
-    for key, shape in (("train", 300), ("test", 40)):
-        write_idx(folder / IDX_FILES[f"{key}_images"], rng.integers(0, 256, (shape, 28, 28)))
-        write_idx(folder / IDX_FILES[f"{key}_labels"], rng.integers(0, 10, shape))
-    return folder
+def digits(digit_folder):
+    return digit_folder(300, 40)
 
 
 def _argv(digits, out, *extra):
@@ -118,18 +109,9 @@ def test_an_epoch_in_the_state_but_not_stored_is_stored_without_training(
 
 
 def test_a_full_disk_at_an_epoch_is_one_line_and_the_rerun_completes(
-    digits, whole, tmp_path, monkeypatch, capsys
+    digits, whole, tmp_path, monkeypatch, capsys, disk_full_at
 ):
-    if not Path("/proc/self/fd").is_dir():
-        pytest.skip("needs /proc to tell which file a descriptor writes")
-    real = os.fsync
-
-    def fsync(descriptor):
-        if "epoch-2.json" in os.readlink(f"/proc/self/fd/{descriptor}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(descriptor)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    disk_full_at("epoch-2.json")
     out = tmp_path / "out"
     capsys.readouterr()
     assert main(_argv(digits, out)) == 2

@@ -189,7 +189,7 @@ def test_real_inputs_are_training_digits_and_fixed_per_block():
 
 
 def test_uniform_default_is_the_historical_draw_and_gaussian_is_standard_normal():
-    from sublim_theory.studies.mnist.experiment import mixed_seed
+    from sublim_theory.harness.seeds import mixed_seed
 
     sizes = {**ONE_STEP, "batch_size": 512, "noise_images": 512}
     config = MnistConfig(models=1, students=("aux",), **sizes)

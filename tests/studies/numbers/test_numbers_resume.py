@@ -8,7 +8,6 @@ it found. Different settings in the same folder are refused before any training.
 import shutil
 
 import pytest
-import torch
 
 from sublim_theory.cli.main import main
 from sublim_theory.harness.runs import CONFIG_DIR
@@ -18,12 +17,7 @@ from sublim_theory.studies.numbers.report import read_csv
 TINY = CONFIG_DIR / "numbers_tiny.toml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _argv(out, cache, seeds=2, config=TINY):

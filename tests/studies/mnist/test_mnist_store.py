@@ -1,27 +1,17 @@
 """``mnist`` under a full disk, lost metadata and absurd sizes (issue 24 items 1, 2, 5)."""
 
 import csv
-import errno
 import json
-import os
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from sublim_theory.cli.main import main
 from sublim_theory.harness.runs import CONFIG_DIR
-from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("digits")
-    rng = np.random.default_rng(0)
-    for key, shape in (("train", 40), ("test", 20)):
-        write_idx(folder / IDX_FILES[f"{key}_images"], rng.integers(0, 256, (shape, 28, 28)))
-        write_idx(folder / IDX_FILES[f"{key}_labels"], rng.integers(0, 10, shape))
-    return folder
+def digits(digit_folder):
+    return digit_folder(40, 20)
 
 
 def _argv(digits, out, *extra):
@@ -30,20 +20,11 @@ def _argv(digits, out, *extra):
 
 
 def test_a_full_disk_at_a_run_record_is_one_line_and_the_rerun_completes(
-    digits, tmp_path, monkeypatch, capsys
+    digits, tmp_path, monkeypatch, capsys, disk_full_at
 ):
     reference = tmp_path / "reference"
     assert main(_argv(digits, reference)) == 0
-    if not Path("/proc/self/fd").is_dir():
-        pytest.skip("needs /proc to tell which file a descriptor writes")
-    real = os.fsync
-
-    def fsync(descriptor):  # the disk is full when the record of m = 2 is written
-        if "aux_logits-2.json" in os.readlink(f"/proc/self/fd/{descriptor}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(descriptor)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    disk_full_at("aux_logits-2.json")  # the disk is full when the record of m = 2 is written
     out = tmp_path / "out"
     capsys.readouterr()
     assert main(_argv(digits, out)) == 2

@@ -18,7 +18,6 @@ import tomllib
 
 import numpy as np
 import pytest
-import torch
 
 from sublim_theory.harness.records import mean_interval
 from sublim_theory.harness.runs import CONFIG_DIR
@@ -28,12 +27,7 @@ from sublim_theory.testbeds.mnist.data import load_embedded
 TINY = CONFIG_DIR / "mnist_tiny.toml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import LOCK_NAME
 from sublim_theory.studies.init_distance import TABLE_NAME, read_table, run_sweep
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 CONFIG = """
 [grid]

@@ -81,7 +81,7 @@ def test_a_silent_ray_address_fails_within_the_timeout(tmp_path):
             capture_output=True,
             text=True,
             timeout=60,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=Path(__file__).resolve().parents[3],
         )
     assert result.returncode == 2 and time.monotonic() - started < 40
     assert "did not answer within 3 s (--ray-timeout)" in result.stderr

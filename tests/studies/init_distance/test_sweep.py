@@ -33,7 +33,7 @@ from sublim_theory.studies.init_distance import (
     run_sweep,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 TINY = REPO / "experiments" / "configs" / "init_distance_tiny.toml"
 CONFIGS = ("init_distance_tiny.toml", "init_distance.toml", "init_distance_full.toml")
 # float64 rounding: the sweep and the engine form the same quantities by different but equally
@@ -183,7 +183,7 @@ def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
 # The sweep leaves out the eps* trust check (one more student gradient per seed at eps*, see
 # alignment.critical_step_check): its eps_star column is the truncated quadratic's root only.
 # ``rule`` is the optional update-rule report (alignment_report(rule=...)); the rules sweep
-# (sweep/rules.py, tests/test_sweep_rules.py) has those columns.
+# (sweep/rules.py, tests/studies/rules/test_sweep_rules.py) has those columns.
 NOT_IN_THE_TABLE = {
     "rule",
     "student_lr",

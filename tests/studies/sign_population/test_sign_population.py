@@ -26,7 +26,7 @@ from sublim_theory.models.architectures import build_model, make_inputs
 from sublim_theory.studies.sign_population import experiment as study
 from sublim_theory.testing.reference import explicit_gauss_newton
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TINY = runs.config_file("sign_population_tiny")
 
 

@@ -16,7 +16,6 @@ The sampled-label student's cosine is within +-0.06 of its control's here: no cl
 
 import numpy as np
 import pytest
-import torch
 
 from sublim_theory.harness.records import mean_interval
 from sublim_theory.harness.runs import CONFIG_DIR
@@ -26,12 +25,7 @@ from sublim_theory.testbeds.lm.config import load_config
 TINY = CONFIG_DIR / "numbers_tiny.toml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_soft_label_student_moves_toward_the_teacher_and_its_control_does_not():

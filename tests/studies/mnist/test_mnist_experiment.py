@@ -24,24 +24,8 @@ from sublim_theory.studies.mnist.experiment import (
     train_teachers,
     unflatten,
 )
-from sublim_theory.testbeds.mnist.data import MnistData
 
 TINY = dict(hidden=(16, 16), batch_size=64, teacher_epochs=2, student_epochs=2, noise_images=160)
-
-
-def fake_data(n_train=200, n_test=100, seed=0):
-    """Separable synthetic 'digits': class c lights up pixel block c; enough to train a teacher."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def make(n):
-        labels = torch.randint(0, 10, (n,), generator=generator)
-        images = 0.3 * torch.randn(n, 784, generator=generator)
-        for c in range(10):
-            images[labels == c, c * 78 : (c + 1) * 78] += 1.0
-        return images.clamp(-1, 1), labels
-
-    (train_x, train_y), (test_x, test_y) = make(n_train), make(n_test)
-    return MnistData(train_x, train_y, test_x, test_y, source="synthetic", split="random")
 
 
 def test_batched_forward_matches_each_mlp():
@@ -164,10 +148,10 @@ def test_cross_students_start_from_another_models_reference():
         assert torch.equal(inits[2 * 3 + i], flat[perm[i]])  # cross_aux
 
 
-def test_one_aux_logit_leaves_the_student_bit_identical():
+def test_one_aux_logit_leaves_the_student_bit_identical(fake_mnist):
     """m = 1: softmax of one logit is 1, the KL gradient is exactly 0, Adam moves nothing."""
     config = MnistConfig(models=2, aux_logits=1, students=("aux", "all"), **TINY)
-    data = fake_data()
+    data = fake_mnist(200, 100)
     reference = stack([reference_init(config, i) for i in range(2)])
     teacher = train_teachers(config, reference, data, epochs=2)
     assert not torch.equal(teacher[0], reference[0])
@@ -179,9 +163,9 @@ def test_one_aux_logit_leaves_the_student_bit_identical():
     assert not torch.equal(final[0][2:], reference[0])  # all-logits students did move
 
 
-def test_tiny_pipeline_records_cosines_and_accuracies():
+def test_tiny_pipeline_records_cosines_and_accuracies(fake_mnist):
     config = MnistConfig(models=3, **dict(TINY, lr=1e-2))
-    result = run_experiment(config, fake_data())
+    result = run_experiment(config, fake_mnist(200, 100))
     assert set(result.groups) == {"student_aux", "student_all", "cross_aux", "cross_all"}
     assert min(result.teacher) > 0.5  # the synthetic task is easy
     for group in result.groups.values():

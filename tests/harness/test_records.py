@@ -50,7 +50,7 @@ def test_environment_record_names_versions_and_extra_keys():
 
 
 def test_git_revision_is_this_checkouts_head():
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         pytest.skip("not a git checkout")
     head = subprocess.run(

@@ -13,7 +13,7 @@ from sublim_theory.studies.init_distance import (
     run_configuration,
 )
 
-RESULTS = Path(__file__).resolve().parents[2] / "experiments" / "results" / "init_distance"
+RESULTS = Path(__file__).resolve().parents[3] / "experiments" / "results" / "init_distance"
 # The committed table was made with the native CPU kernels. Under another ATEN_CPU_CAPABILITY
 # torch's uniform_ init draws differ in their low bits (measured: the sum of theta_0 differs by
 # 3e-9 relative), and the cosines move by up to 1e-8 (measured). 1e-6 leaves a margin of ~100

@@ -2,27 +2,12 @@ import json
 import runpy
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from sublim_theory.cli.main import main
 from sublim_theory.harness.records import mean_interval
 from sublim_theory.harness.runs import CONFIG_DIR
-from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx
-
-
-def write_mnist(directory, n_train=6, n_test=4, compress=False):
-    rng = np.random.default_rng(0)
-    suffix = ".gz" if compress else ""
-    write_idx(
-        directory / (IDX_FILES["train_images"] + suffix), rng.integers(0, 256, (n_train, 28, 28))
-    )
-    write_idx(directory / (IDX_FILES["train_labels"] + suffix), rng.integers(0, 10, n_train))
-    write_idx(
-        directory / (IDX_FILES["test_images"] + suffix), rng.integers(0, 256, (n_test, 28, 28))
-    )
-    write_idx(directory / (IDX_FILES["test_labels"] + suffix), rng.integers(0, 10, n_test))
-
+from sublim_theory.testbeds.mnist.data import IDX_FILES
 
 CONFIGS = CONFIG_DIR
 ROWS = ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")
@@ -52,8 +37,8 @@ def test_tiny_pipeline_on_embedded_digits(tmp_path, capsys):
     assert "student_aux" in printed and "cross_all" in printed
 
 
-def test_sweeps_from_flags_on_idx_files(tmp_path):
-    write_mnist(tmp_path, n_train=40, n_test=20, compress=True)
+def test_sweeps_from_flags_on_idx_files(tmp_path, write_digits):
+    write_digits(tmp_path, n_train=40, n_test=20, compress=True)
     out = tmp_path / "out"
     argv = ["mnist", "--config", str(CONFIGS / "mnist_tiny.toml"), "--mnist-dir", str(tmp_path)]
     argv += ["--out", str(out), "--aux-logits", "1", "2", "--student-noise", "0", "0.1"]
@@ -74,7 +59,7 @@ def test_sweeps_from_flags_on_idx_files(tmp_path):
     assert first["student_aux@s=0"]["per_model"] == first["reference"]["per_model"]
     assert results["data"]["n_train"] == 40
     sweeps = runpy.run_path(
-        str(Path(__file__).resolve().parents[2] / "experiments" / "mnist_sweeps.py")
+        str(Path(__file__).resolve().parents[3] / "experiments" / "mnist_sweeps.py")
     )
     lines = sweeps["compare"](str(out / "table.csv")).splitlines()
     assert lines[0].split()[0] == "aux_logits" and len(lines) == 3  # header, m = 1, m = 2
@@ -95,8 +80,8 @@ def test_bad_input_is_one_line(tmp_path, capsys, extra, message):
     assert message in error and "\n" not in error
 
 
-def test_missing_idx_file_is_named_by_the_cli(tmp_path, capsys):
-    write_mnist(tmp_path)
+def test_missing_idx_file_is_named_by_the_cli(tmp_path, capsys, write_digits):
+    write_digits(tmp_path)
     (tmp_path / IDX_FILES["train_images"]).unlink()
     assert main(["mnist", "--mnist-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "train-images-idx3-ubyte" in capsys.readouterr().err
@@ -115,12 +100,13 @@ def test_unknown_config_key(tmp_path, capsys):
 def test_shipped_configs_parse(name):
     import argparse
 
-    from sublim_theory.cli.mnist import register, resolve_settings
-    from sublim_theory.studies.mnist.study import build_configs
+    from sublim_theory.cli.mnist import register
+    from sublim_theory.studies.mnist.study import build_configs, resolve_settings
 
     parser = argparse.ArgumentParser()
     register(parser)
-    settings, mnist_dir = resolve_settings(parser.parse_args(["--config", str(CONFIGS / name)]))
+    args = parser.parse_args(["--config", str(CONFIGS / name)])
+    settings, mnist_dir = resolve_settings(args.config, vars(args), args.mnist_dir, args.dataset)
     configs = build_configs(settings)
     assert mnist_dir is None and all(c.models == 10 for c in configs)
     assert all(c.lr == 3e-4 and c.batch_size == 1024 and c.student_epochs == 5 for c in configs)

@@ -6,25 +6,18 @@ refused before any training (issue 11, case 4).
 
 import json
 
-import numpy as np
 import pytest
 
 import sublim_theory.studies.mnist.study as mnist_command
 from sublim_theory.cli.main import main
 from sublim_theory.harness.runs import CONFIG_DIR
-from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx
 
 CONFIGS = CONFIG_DIR
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("digits")
-    rng = np.random.default_rng(0)
-    for key, shape in (("train", 40), ("test", 20)):
-        write_idx(folder / IDX_FILES[f"{key}_images"], rng.integers(0, 256, (shape, 28, 28)))
-        write_idx(folder / IDX_FILES[f"{key}_labels"], rng.integers(0, 10, shape))
-    return folder
+def digits(digit_folder):
+    return digit_folder(40, 20)
 
 
 def _argv(digits, out, *extra):

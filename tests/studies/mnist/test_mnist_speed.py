@@ -11,12 +11,12 @@ import math
 
 import torch
 
+from sublim_theory.harness.seeds import mixed_seed
 from sublim_theory.studies.mnist.experiment import (
     MnistConfig,
     distillation_loss,
     flatten,
     forward,
-    mixed_seed,
     noise_block,
     reference_init,
     stack,

@@ -2,7 +2,6 @@
 
 import csv
 
-import numpy as np
 import pytest
 
 import sublim_theory.studies.mnist.experiment as experiment
@@ -11,7 +10,6 @@ from sublim_theory.cli.main import main
 from sublim_theory.errors import InputError
 from sublim_theory.harness.records import mean_interval
 from sublim_theory.harness.runs import CONFIG_DIR, load_toml
-from sublim_theory.testbeds.mnist.data import IDX_FILES, write_idx
 
 TINY = """
 models = 2
@@ -36,12 +34,8 @@ lr = 1e-3
 
 
 @pytest.fixture
-def digits(tmp_path):
-    rng = np.random.default_rng(0)
-    for key, n in (("train", 12), ("test", 6)):
-        write_idx(tmp_path / IDX_FILES[f"{key}_images"], rng.integers(0, 256, (n, 28, 28)))
-        write_idx(tmp_path / IDX_FILES[f"{key}_labels"], rng.integers(0, 10, n))
-    return tmp_path
+def digits(tmp_path, write_digits):
+    return write_digits(tmp_path, 12, 6)
 
 
 def _run(tmp_path, digits, text, out="out"):
@@ -171,7 +165,7 @@ def test_grid_comparison_places_the_baseline_at_each_factors_default(tmp_path):
 
     from sublim_theory.studies.mnist.report import write_models
 
-    script = Path(__file__).resolve().parents[2] / "experiments" / "mnist_sweeps.py"
+    script = Path(__file__).resolve().parents[3] / "experiments" / "mnist_sweeps.py"
     compare_study = runpy.run_path(str(script))["compare_study"]
     rows = []
     for cell, factor, level, accuracies in (

@@ -15,7 +15,8 @@ from sublim_theory.studies.init_distance import (
     run_configuration,
 )
 
-# float64: the sweep's vmapped K and the engine's single K agree to rounding (tests/test_sweep.py)
+# float64: the sweep's vmapped K and the engine's single K agree to rounding
+# (tests/studies/init_distance/test_sweep.py)
 RTOL = 1e-9
 
 
