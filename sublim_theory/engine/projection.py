@@ -115,6 +115,9 @@ def projection_matrix(num_params: int, dim: int, seed: int, kind: str = "gaussia
 def project(vectors: Tensor, dim: int, seed: int, kind: str = "gaussian") -> Tensor:
     """P x for every row x of ``vectors`` (n, p): shape (n, dim), float64, streamed over blocks.
 
+    Returns:
+        The projected rows, shape (n, dim), float64.
+
     Raises:
         InputError: ``vectors`` not 2-D, or a bad dim, kind or seed.
 
@@ -133,6 +136,9 @@ def projected_directions(directions: Tensor, dim: int, seed: int, kind: str = "g
 
     <g, w_k> = <P g, P v_k> for every g, so scoring w_k exactly gives the projected attribution.
     Two streams over the blocks of P (P v, then P^T (P v)); never more than one block held.
+
+    Returns:
+        w, shape (K, p), float64.
 
     Raises:
         InputError: ``directions`` not 2-D or not finite, or a bad dim, kind or seed.
@@ -197,6 +203,9 @@ def gradient_attributions(
     w_k = P^T P v_k (:func:`projected_directions`) it is the projected one. Stack several sets
     of directions to score them all from one pass of per-example gradients.
 
+    Returns:
+        The attributions, shape (N, K), float64.
+
     Raises:
         InputError: empty data, mismatched targets, directions not (K, P) or not finite.
 
@@ -227,6 +236,9 @@ def projected_attributions(
 
     Per chunk of examples, the per-example gradients are projected (streamed over the blocks of
     P) and scored against the projected directions P v_k.
+
+    Returns:
+        The projected attributions, shape (N, K), float64.
 
     Raises:
         InputError: as :func:`gradient_attributions`, or a bad dim, kind or seed.

@@ -94,6 +94,9 @@ class ProjectionExperimentConfig:
 def experiment_config(raw: dict, source: str = "config") -> ProjectionExperimentConfig:
     """Build the config from a parsed TOML file (``[projection]`` + the numbers tables).
 
+    Returns:
+        The checked config.
+
     Raises:
         InputError: a bad key or value, teachers not distinct animals of the corpus, or
             repeated dimensions.
@@ -182,6 +185,10 @@ def data_set_unit(
     and ``value``; metrics ``forecast`` (mean attribution), ``rank``, ``spearman``,
     ``top_overlap`` (toward the exact forecast's first animal), ``cos`` (exact only:
     cos(mean_i g_i, v_k)), ``seconds`` and ``n_documents``.
+
+    Returns:
+        The tidy rows of the data set.
+
     """
     settings, numbers = config.projection, config.numbers
     names = list(numbers.corpus.animals)

@@ -59,6 +59,10 @@ def summary(rows: list[dict], animals: list[str], settings: dict) -> list[dict]:
     Top-1/top-3 count the teacher data sets x projection seeds (the exact row: the data sets);
     the projections of one d share the data sets, so the count is not of independent draws of
     the data, only of the projection.
+
+    Returns:
+        The summary rows, one per d.
+
     """
     index = _index(rows)
     sets = _data_sets(rows)

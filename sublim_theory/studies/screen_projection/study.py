@@ -23,6 +23,9 @@ __all__ = ["build"]
 def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
     """The projection study of a config file (None: the built-in defaults).
 
+    Returns:
+        The study for ``run_study``.
+
     Raises:
         InputError: a bad config or seed range.
 

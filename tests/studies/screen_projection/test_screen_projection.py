@@ -25,7 +25,7 @@ from sublim_theory.testbeds.lm.screening import (
     number_student_loss,
 )
 
-CONFIGS = Path(__file__).resolve().parents[1] / "sublim_theory" / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "sublim_theory" / "configs"
 TINY = CONFIGS / "projection_tiny.toml"
 
 
