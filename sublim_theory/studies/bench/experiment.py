@@ -172,17 +172,19 @@ def time_paths(
     device: str,
     min_seconds: float = 1.0,
     min_repeats: int = 7,
+    warmups: int = 2,
 ) -> dict[str, float]:
     """Median wall time of each path, measured round-robin.
 
     Interleaving keeps the ratios between paths from being skewed by the machine getting
     faster or slower during the run.
 
-    Two warm-up calls per path; then rounds (every path once per round) until each path has
-    >= ``min_repeats`` samples and the rounds took >= ``min_seconds`` (at most 200 rounds).
+    ``warmups`` calls per path first (default two); then rounds (every path once per round)
+    until each path has >= ``min_repeats`` samples and the rounds took >= ``min_seconds`` (at
+    most 200 rounds).
     """
     for fn in paths.values():
-        for _ in range(2):
+        for _ in range(warmups):
             fn()
     _synchronize(device)
     samples: dict[str, list[float]] = {name: [] for name in paths}
