@@ -51,6 +51,23 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="runs one after the other; a target is met only if met in every run",
     )
     parser.add_argument(
+        "--real",
+        action="store_true",
+        help="run the real-model rows alone (issue 23): engine paths per gradient, training "
+        "and generation against plain transformers + peft; writes bench_real.* into --out",
+    )
+    parser.add_argument(
+        "--real-model",
+        default="smollm2-135m-instruct",
+        help="with --real: a packaged model name, a .gguf file or a transformers directory",
+    )
+    parser.add_argument(
+        "--real-cache",
+        type=Path,
+        default=None,
+        help="with --real: keep the GGUF's dequantized weights here (faster later loads)",
+    )
+    parser.add_argument(
         "--threads",
         type=nonnegative_int,
         default=0,
@@ -65,6 +82,22 @@ def run(args: argparse.Namespace) -> int:
         0 on success.
 
     """
+    if args.real:
+        from sublim_theory.studies.bench.real import run_real_benchmarks
+
+        paths = run_real_benchmarks(
+            args.out,
+            args.real_model,
+            args.size,
+            args.device,
+            args.runs,
+            args.threads,
+            args.real_cache,
+        )
+        print(paths[2].read_text())
+        for path in paths:
+            print(f"wrote {path}", file=sys.stderr)
+        return 0
     paths = run_benchmarks(
         args.out,
         args.size,
