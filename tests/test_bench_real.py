@@ -146,3 +146,31 @@ def test_bad_arguments_are_refused_before_loading(tmp_path):
         run_real_benchmarks(tmp_path, "unused", size="tiny", runs=0)
     with pytest.raises(InputError):
         run_real_benchmarks(tmp_path, tmp_path / "no-model-here", size="tiny", runs=1)
+
+
+def test_real_and_screen_only_together_are_refused(tmp_path, capsys):
+    status = main(["bench", "--real", "--screen-only", "--size", "tiny", "--out", str(tmp_path)])
+    assert status == 2
+    assert "--real and --screen-only" in capsys.readouterr().err
+    assert not (tmp_path / "bench_real.json").exists() and not (tmp_path / "bench.json").exists()
+
+
+def test_decoding_runs_in_inference_mode_and_leaves_the_model_trainable(tiny):
+    _, pretrained = tiny
+    lm, tokenizer = pretrained.model, pretrained.tokenizer
+    encoded = [chat_ids(tokenizer, p) for p, _ in number_examples(2, seed=3)]
+    modes = []
+
+    def pick(logits, generated, done, step):
+        modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+        return logits.argmax(-1)
+
+    generate_ids(lm, encoded, pick, max_new_tokens=3, stop_ids=[], pad=tokenizer.pad_token_id)
+    assert modes == [(True, False)] * 3
+    assert not torch.is_inference_mode_enabled()
+    # Nothing decoding created stays in the model: a gradient through it still works.
+    parameters = [p for p in lm.parameters() if p.requires_grad]
+    assert parameters
+    value = lm(input_ids=torch.tensor([encoded[0]])).logits.square().mean()
+    grads = torch.autograd.grad(value, parameters)
+    assert all(bool(torch.isfinite(g).all()) for g in grads) and float(grads[0].abs().sum()) > 0
