@@ -55,9 +55,7 @@ run meets it and gives the 1-minute load average at the start of each case in ea
 from __future__ import annotations
 
 import copy
-import json
 import os
-import resource
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,7 +84,7 @@ from sublim_theory.harness.runs import (
     resolve_device,
 )
 from sublim_theory.studies.bench.experiment import load_average, time_paths
-from sublim_theory.studies.bench.report import combine_runs, verdicts
+from sublim_theory.studies.bench.report import combine_runs, real_markdown, verdicts
 
 __all__ = [
     "REAL_SIZES",
@@ -96,7 +94,6 @@ __all__ = [
     "number_examples",
     "plain_greedy",
     "plain_train",
-    "real_markdown",
     "run_real_benchmarks",
 ]
 
@@ -496,51 +493,6 @@ def bench_real_generation(
 # --------------------------------------------------------------------------------------------
 # the run and its table
 # --------------------------------------------------------------------------------------------
-def real_markdown(rows: list[dict[str, Any]], env: dict[str, Any], setup: dict[str, Any]) -> str:
-    """The real-model table: per run seconds and ratio, the verdict over all runs, the checks.
-
-    Returns:
-        The Markdown text.
-
-    """
-    combined = combine_runs(rows)
-    checks: dict[str, list[str]] = {}
-    for row in rows:
-        if row.get("check") is not None:
-            checks.setdefault(row["path"], []).append(row["check"])
-    runs = max((len(entry["ratio"]) for entry in combined), default=0)
-    lines = [
-        "# Benchmark: the real model's costs (engine paths per gradient; ours vs plain code)",
-        "",
-        f"Environment: {json.dumps(env)}",
-        "",
-        f"Setup: {json.dumps(setup)}",
-        "",
-        f"{runs} run(s), one after the other; per run: seconds (median, round-robin within the "
-        "case) and the ratio to the baseline in that run; `met` over all runs; `load` is the "
-        "1-minute load average at the start of the case in each run.",
-        "",
-        "| case | model | dtype | device | params | batch | path | seconds | ratio | baseline "
-        "| target | met | load | check |",
-        "| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | --- | --- | --- | ---: "
-        "| --- |",
-    ]
-
-    def joined(values: list[Any], spec: str) -> str:
-        return " / ".join("-" if x is None else format(x, spec) for x in values)
-
-    for r in combined:
-        lines.append(
-            f"| {r['case']} | {r['arch']} | {r['dtype']} | {r['device']} | {r['num_params']} | "
-            f"{r['batch']} | {r['path']} | {joined(r['seconds'], '.4g')} | "
-            f"{joined(r['ratio'], '.3f')} | {r['baseline']} | {r['target']} | {r['met']} | "
-            f"{joined(r['load'], '.2f')} | {' / '.join(checks.get(r['path'], []))} |"
-        )
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    lines += ["", f"Peak process RSS over the whole run: {rss:.0f} MiB."]
-    return "\n".join(lines) + "\n"
-
-
 def run_real_benchmarks(
     out_dir: str | Path,
     model: str | os.PathLike = "smollm2-135m-instruct",
