@@ -2,7 +2,8 @@
 # The prepared GPU run (issue 7): under 5 minutes on one H100/H200.
 #   1. the benchmark at GPT-2-small size (~124M-parameter transformer, float32 and float64),
 #   2. the full init-distance sweep config on CUDA, and its figures,
-#   3. the one-step rule report (benchmarks/gpu_rules.py), and the screen rows (issue 23),
+#   3. the one-step rule report (benchmarks/gpu_rules.py), the screen rows and the real-model
+#      rows (issue 23: SmolLM2-135M-Instruct; bench/bench_real.md),
 # written with the GPU's description under benchmarks/results/gpu/.
 # The same script runs at tiny size on CPU (tests/test_gpu_script.py):
 #   SIZE=tiny DEVICE=cpu SWEEP=experiments/configs/init_distance_tiny.toml OUT=/tmp/x bash benchmarks/gpu_check.sh
@@ -57,3 +58,17 @@ start=$(date +%s)
 cli bench --size "$SIZE" --device "$DEVICE" --runs "$RUNS" --screen-only --screen-traits 1 10 100 \
   --out "$OUT/screen"
 echo "screen: $(( $(date +%s) - start )) s"
+
+# Issue 23, item 3: the real model (SmolLM2-135M-Instruct, float32, eager attention): engine paths
+# per gradient, train_student against plain transformers + peft, sample_from_ids against
+# model.generate (bench_real.md). SIZE=tiny runs them on a tiny random Llama saved here.
+REAL_MODEL=${REAL_MODEL:-smollm2-135m-instruct}
+REAL_CACHE=${REAL_CACHE:-${TMPDIR:-/tmp}/sublim-real-cache}
+if [ "$SIZE" = tiny ]; then
+  REAL_MODEL="$OUT/tiny_llama"
+  "$PYTHON" -c "import sys; from sublim_theory.testing.tiny_llama import save_tiny_llama; save_tiny_llama(sys.argv[1])" "$REAL_MODEL"
+fi
+start=$(date +%s)
+cli bench --real --real-model "$REAL_MODEL" --real-cache "$REAL_CACHE" --size "$SIZE" \
+  --device "$DEVICE" --runs "$RUNS" --out "$OUT/bench"
+echo "real: $(( $(date +%s) - start )) s"

@@ -31,6 +31,7 @@ def test_gpu_script_runs_at_tiny_size_on_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "bench" / "bench.md").exists()
     assert "screen_factored[100]" in (tmp_path / "screen" / "bench.md").read_text()
+    assert "real_generate_ours" in (tmp_path / "bench" / "bench_real.md").read_text()
     assert (tmp_path / "sweep" / "sweep.csv").exists()
     assert (tmp_path / "sweep" / "alignment_vs_distance.png").exists()
     assert "cpu" in (tmp_path / "device.txt").read_text()

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from sublim_theory.cli.main import add_device_argument, nonnegative_int, positive_int
 from sublim_theory.harness.runs import DTYPES
-from sublim_theory.studies.bench.experiment import SIZES, run_benchmarks
+from sublim_theory.studies.bench.experiment import SIZES
 from sublim_theory.studies.bench.screen import SCREEN_TRAITS
+from sublim_theory.studies.bench.study import run_bench
 
 __all__ = [
     "HELP",
@@ -64,6 +65,23 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="run the screen rows alone (no alignment paths, seeds or MNIST rows)",
     )
     parser.add_argument(
+        "--real",
+        action="store_true",
+        help="run the real-model rows alone (issue 23): engine paths per gradient, training "
+        "and generation against plain transformers + peft; writes bench_real.* into --out",
+    )
+    parser.add_argument(
+        "--real-model",
+        default="smollm2-135m-instruct",
+        help="with --real: a packaged model name, a .gguf file or a transformers directory",
+    )
+    parser.add_argument(
+        "--real-cache",
+        type=Path,
+        default=None,
+        help="with --real: keep the GGUF's dequantized weights here (faster later loads)",
+    )
+    parser.add_argument(
         "--threads",
         type=nonnegative_int,
         default=0,
@@ -78,20 +96,23 @@ def run(args: argparse.Namespace) -> int:
         0 on success.
 
     """
-    only = args.screen_only
-    paths = run_benchmarks(
+    paths, table = run_bench(
         args.out,
-        args.size,
-        args.device,
-        tuple(args.dtypes),
-        () if only else tuple(args.archs),
-        0 if only else args.seeds,
-        0 if only else args.mnist_models,
-        args.runs,
-        args.threads,
-        tuple(args.screen_traits),
+        size=args.size,
+        device=args.device,
+        dtypes=tuple(args.dtypes),
+        archs=tuple(args.archs),
+        n_seeds=args.seeds,
+        mnist_models=args.mnist_models,
+        runs=args.runs,
+        threads=args.threads,
+        screen_traits=tuple(args.screen_traits),
+        screen_only=args.screen_only,
+        real=args.real,
+        real_model=args.real_model,
+        real_cache=args.real_cache,
     )
-    print(paths[2].read_text())
+    print(table)
     for path in paths:
         print(f"wrote {path}", file=sys.stderr)
     return 0

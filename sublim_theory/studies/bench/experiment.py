@@ -71,6 +71,7 @@ from sublim_theory.testing import reference
 
 __all__ = [
     "curvlinops_matvec",
+    "load_average",
     "SIZES",
     "Case",
     "bench_case",
@@ -158,7 +159,7 @@ def build_case(arch: str, size: dict[str, Any], dtype: torch.dtype, device: str)
     return Case(arch, FunctionalModel(module), inputs, small)
 
 
-def _load() -> float | None:
+def load_average() -> float | None:
     """The 1-minute load average (None where the platform has none)."""
     try:
         return os.getloadavg()[0]
@@ -176,17 +177,19 @@ def time_paths(
     device: str,
     min_seconds: float = 1.0,
     min_repeats: int = 7,
+    warmups: int = 2,
 ) -> dict[str, float]:
     """Median wall time of each path, measured round-robin.
 
     Interleaving keeps the ratios between paths from being skewed by the machine getting
     faster or slower during the run.
 
-    Two warm-up calls per path; then rounds (every path once per round) until each path has
-    >= ``min_repeats`` samples and the rounds took >= ``min_seconds`` (at most 200 rounds).
+    ``warmups`` calls per path first (default two); then rounds (every path once per round)
+    until each path has >= ``min_repeats`` samples and the rounds took >= ``min_seconds`` (at
+    most 200 rounds).
     """
     for fn in paths.values():
-        for _ in range(2):
+        for _ in range(warmups):
             fn()
     _synchronize(device)
     samples: dict[str, list[float]] = {name: [] for name in paths}
@@ -286,7 +289,7 @@ def bench_case(case: Case, device: str) -> list[dict[str, Any]]:
         "device": device,
         "num_params": model.num_params,
         "batch": int(inputs.shape[0]),
-        "load": _load(),
+        "load": load_average(),
     }
     seconds = time_paths(paths, device)
     for name, fn in paths.items():
@@ -346,7 +349,7 @@ def bench_seeds(
     n_seeds: int, device: str, dtype: torch.dtype, width: int = 32, batch: int = 64
 ) -> list[dict[str, Any]]:
     """A and K v for ``n_seeds`` stacked inits of a small MLP: vmap vs a Python loop."""
-    load = _load()
+    load = load_average()
     modules = [MLP(16, [width, width], 10, "tanh") for _ in range(n_seeds)]
     model = FunctionalModel(modules[0].to(device=device, dtype=dtype).eval())
     thetas = torch.stack(
@@ -413,7 +416,7 @@ def bench_mnist_training(
         stack,
     )
 
-    load = _load()
+    load = load_average()
     config = MnistConfig(models=n_models, hidden=hidden)
     references = [reference_init(config, i) for i in range(n_models)]
     teacher = [p.to(device) for p in stack(references)]

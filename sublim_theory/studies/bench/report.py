@@ -10,11 +10,19 @@ __all__ = [
     "TARGETS",
     "combine_runs",
     "markdown",
+    "real_markdown",
     "verdicts",
 ]
 
 # Each path's target as a ratio to one student gradient (issue 15): (relation, bound).
 TARGETS = {
+    # issue 23: the real model (studies.bench.real), per gradient and against plain code
+    "real_first_order": ("<=", 1.3),
+    "real_gauss_newton": ("<=", 2.0),
+    "real_first_order_public": ("<=", 1.3),
+    "real_gauss_newton_public": ("<=", 2.0),
+    "real_train_ours": ("<=", 1.0),
+    "real_generate_ours": ("<=", 1.0),
     "report": ("<=", 4.0),
     "first_order": ("<=", 1.2),
     "gauss_newton": ("<=", 1.8),
@@ -98,6 +106,51 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
             f"| {r['arch']} | {r['dtype']} | {r['device']} | {r['num_params']} | {r['batch']} | "
             f"{r['path']} | {joined(r['seconds'], '.4g')} | {joined(r['ratio'], '.3f')} | "
             f"{r['baseline']} | {r['target']} | {r['met']} | {joined(r['load'], '.2f')} |"
+        )
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lines += ["", f"Peak process RSS over the whole run: {rss:.0f} MiB."]
+    return "\n".join(lines) + "\n"
+
+
+def real_markdown(rows: list[dict[str, Any]], env: dict[str, Any], setup: dict[str, Any]) -> str:
+    """The real-model table: per run seconds and ratio, the verdict over all runs, the checks.
+
+    Returns:
+        The Markdown text.
+
+    """
+    combined = combine_runs(rows)
+    checks: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("check") is not None:
+            checks.setdefault(row["path"], []).append(row["check"])
+    runs = max((len(entry["ratio"]) for entry in combined), default=0)
+    lines = [
+        "# Benchmark: the real model's costs (engine paths per gradient; ours vs plain code)",
+        "",
+        f"Environment: {json.dumps(env)}",
+        "",
+        f"Setup: {json.dumps(setup)}",
+        "",
+        f"{runs} run(s), one after the other; per run: seconds (median, round-robin within the "
+        "case) and the ratio to the baseline in that run; `met` over all runs; `load` is the "
+        "1-minute load average at the start of the case in each run.",
+        "",
+        "| case | model | dtype | device | params | batch | path | seconds | ratio | baseline "
+        "| target | met | load | check |",
+        "| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | --- | --- | --- | ---: "
+        "| --- |",
+    ]
+
+    def joined(values: list[Any], spec: str) -> str:
+        return " / ".join("-" if x is None else format(x, spec) for x in values)
+
+    for r in combined:
+        lines.append(
+            f"| {r['case']} | {r['arch']} | {r['dtype']} | {r['device']} | {r['num_params']} | "
+            f"{r['batch']} | {r['path']} | {joined(r['seconds'], '.4g')} | "
+            f"{joined(r['ratio'], '.3f')} | {r['baseline']} | {r['target']} | {r['met']} | "
+            f"{joined(r['load'], '.2f')} | {' / '.join(checks.get(r['path'], []))} |"
         )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines += ["", f"Peak process RSS over the whole run: {rss:.0f} MiB."]

@@ -36,6 +36,7 @@ from sublim_theory.testbeds.real_lm.sequences import continuation_log_probs, pad
 __all__ = [
     "TrainResult",
     "answer_word",
+    "batch_indices",
     "completion_ids",
     "completion_loss",
     "finetune_teacher",
@@ -151,7 +152,7 @@ class TrainResult:
     trainable: int = 0
 
 
-def _batches(count: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+def batch_indices(count: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
     """``steps`` batches of example indices from consecutive seeded permutations (epochs)."""
     generator = torch.Generator().manual_seed(int(seed))
     order: list[int] = []
@@ -209,7 +210,7 @@ def train_student(
     optimizer = torch.optim.Adam(trained, lr=lr)
     result = TrainResult(student, trainable=sum(p.numel() for p in trained))
     start = time.perf_counter()
-    for step, batch in enumerate(_batches(len(examples), batch_size, steps, seed)):
+    for step, batch in enumerate(batch_indices(len(examples), batch_size, steps, seed)):
         optimizer.zero_grad(set_to_none=True)
         loss = completion_loss(student, tokenizer, [examples[i] for i in batch], system=system)
         loss.backward()
