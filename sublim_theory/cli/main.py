@@ -197,6 +197,7 @@ def run_seeded_study(
         device=args.device,
         threads=args.threads,
         config_file=args.config,
+        report_only=getattr(args, "report_only", False),
     )
     print(table, flush=True)
     if wrote is not None:

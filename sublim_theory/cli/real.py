@@ -18,6 +18,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``real`` flags to ``parser``."""
     add_config_argument(parser, default=CONFIG_DIR / "real_numbers_default.toml")
     add_study_arguments(parser, seeds=3, cache_help="dequantized-weights cache (default: none)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="compute nothing: rebuild the tables from the stored units",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -330,6 +330,7 @@ def run_study(
     threads: int | None = None,
     config_file: str | Path | None = None,
     log: Callable[..., None] = progress,
+    report_only: bool = False,
 ) -> str:
     """Run the units of ``study`` not yet stored in ``out``; rebuild and return its report.
 
@@ -341,6 +342,8 @@ def run_study(
         threads: torch CPU threads (default: torch's choice).
         config_file: the config file the settings came from, for the environment record.
         log: the progress printer.
+        report_only: compute nothing: rebuild the report from the stored units (after a change
+            to the report code), naming the units not computed.
 
     Returns:
         The report's text (the tables), also written under ``out``.
@@ -380,15 +383,16 @@ def run_study(
             )
         grid = {"units": units} if study.grid is None else study.grid
         folder.check_settings(study.settings, grid)
-        atomic_write_json(
-            path / "environment.json",
-            environment_record(
-                str(resolved),
-                config=dict(study.settings),
-                config_file=None if config_file is None else str(config_file),
-                units=units,
-            ),
-        )
+        if not report_only:  # the record of the run that computes, not of a table rebuild
+            atomic_write_json(
+                path / "environment.json",
+                environment_record(
+                    str(resolved),
+                    config=dict(study.settings),
+                    config_file=None if config_file is None else str(config_file),
+                    units=units,
+                ),
+            )
         if study.store is None:
             store = UnitStore(
                 records, fingerprint(study.settings), study.unit_file, legacy=study.legacy_records
@@ -403,6 +407,9 @@ def run_study(
         for unit in units:
             if stored[str(unit)] is not None:
                 log(f"{study.name} {unit}: stored in {records}, skipped")
+                continue
+            if report_only:
+                log(f"{study.name} {unit}: not computed (report only)")
                 continue
             started = time.perf_counter()
             rows = study.run_unit(unit, context)

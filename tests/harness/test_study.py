@@ -92,3 +92,18 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_table(tmp_path):
         [sys.executable, "-c", script, str(tmp_path / "b")], capture_output=True, text=True
     )
     assert resumed.stdout == whole.stdout == "0.5;1.5;2.5;3.5;4.5;5.5\n"
+
+
+def test_report_only_computes_nothing_and_keeps_the_computing_runs_record(tmp_path):
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        run_study(_study(calls, fail_at=2), tmp_path, log=lambda *a: None)
+    environment = (tmp_path / "environment.json").read_text()
+    (tmp_path / "table.md").unlink()
+    calls.clear()
+    lines = []
+    text = run_study(_study(calls), tmp_path, log=lines.append, report_only=True)
+    assert calls == [] and text == "0,0.0\n1,1.0"
+    assert (tmp_path / "table.md").read_text() == text + "\n"
+    assert any("2: not computed (report only)" in line for line in lines)
+    assert (tmp_path / "environment.json").read_text() == environment
