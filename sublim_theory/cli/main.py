@@ -56,6 +56,7 @@ COMMANDS = (
     "real",
     "realcheck",
     "screendata",
+    "realscreen",
 )
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXIT_INPUT, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, the shell's convention
