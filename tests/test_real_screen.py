@@ -163,3 +163,51 @@ def test_missing_numbers_folder_is_one_line(tmp_path, tiny, capsys):
 def test_configs_load():
     assert len(load_config(CONFIG_DIR / "real_screen_default.toml").animals) == 10
     assert load_config(TINY).max_documents == 6
+
+
+def test_pushes_agree_with_the_engines_factored_scores(tiny):
+    """The study's explicit pushes equal engine.trait_scores' factored ones (float64, tiny Llama)."""
+    from sublim_theory.engine.functional import FunctionalModel
+    from sublim_theory.engine.screen import TraitProbe
+    from sublim_theory.engine.trait_scores import probe_factors, probe_trait_scores
+    from sublim_theory.studies.real_check import CompletionLogits
+    from sublim_theory.studies.screen_data import IGNORED, completion_nll, pack
+    from sublim_theory.testbeds.real_lm.evaluate import animal_spellings
+    from sublim_theory.testbeds.real_lm.prompts import chat_ids
+    from sublim_theory.testbeds.real_lm.sequences import pad_id
+    from sublim_theory.testbeds.real_lm.train import completion_ids
+
+    loaded = load_pretrained(tiny, dtype=torch.float64)
+    lm, tokenizer = loaded.model, loaded.tokenizer
+    animals, questions = ("owl", "dolphin", "cat"), EVALUATION_QUESTIONS[:5]
+    pairs = [tuple(p) for p in _pairs(5, 4)]
+    spellings = {a: animal_spellings(tokenizer, a) for a in animals}
+    continuations = [completion_ids(tokenizer, c) for _, c in pairs]
+    scored = max(max(map(len, continuations)), *(len(s) for a in animals for s in spellings[a]))
+    pad = pad_id(tokenizer)
+    inputs, targets = pack([chat_ids(tokenizer, p) for p, _ in pairs], continuations, scored, pad)
+
+    def probe(animal):
+        rows = [(q, s) for q in questions for s in spellings[animal]]
+        probe_inputs, probe_targets = pack(
+            [chat_ids(tokenizer, q) for q, _ in rows], [s for _, s in rows], scored, pad
+        )
+
+        def loss(outputs):  # L = -m_a = -mean_q logsumexp_s log P(spelling s | q)
+            mask = probe_targets != IGNORED
+            picked = torch.log_softmax(outputs.double(), -1).gather(
+                -1, probe_targets.clamp_min(0).unsqueeze(-1)
+            )
+            sums = (picked.squeeze(-1) * mask).sum(1).reshape(len(questions), -1)
+            return -sums.logsumexp(-1).mean()
+
+        return TraitProbe(animal, probe_inputs, loss)
+
+    model = FunctionalModel(CompletionLogits(lm, scored))
+    theta = model.flat_params().detach()
+    factors = probe_factors(model, theta, [probe(a) for a in animals])
+    factored = probe_trait_scores(model, theta, inputs, targets, completion_nll, factors)
+    with float64_throughout():
+        directions = animal_directions(lm, tokenizer, questions, animals)
+        explicit = document_scores(lm, tokenizer, pairs, directions)["push"]
+    assert float((explicit - factored).abs().max() / factored.abs().max()) <= 1e-10
