@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.model is not None:
         config = dataclasses.replace(config, model=args.model)
-    report = make_report(args.numbers, config.bootstrap, config.permutations)
+    report = make_report(args.numbers, config.bootstrap, config.permutations, config.model)
     study = build_study(config, args.numbers, report)
     table = run_study(
         study,

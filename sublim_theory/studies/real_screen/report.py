@@ -160,10 +160,12 @@ def _auroc(scores, labels) -> str:
     if sum(labels) < 2 or len(labels) - sum(labels) < 2:
         return "n/a (fewer than 2 of a class)"
     result = auroc_interval(scores, labels)
+    if result.high - result.low < 1e-12:  # DeLong's variance is 0 under complete separation
+        return f"{result.auroc:.2f} (complete separation: DeLong gives no interval)"
     return f"{result.auroc:.2f} [{result.low:.2f}, {result.high:.2f}]"
 
 
-def make_report(numbers: Path, bootstrap: int, permutations: int):
+def make_report(numbers: Path, bootstrap: int, permutations: int, model: str = ""):
     """The ``report(out, rows)`` of the study (reads the students from ``numbers``).
 
     Returns:
@@ -172,12 +174,12 @@ def make_report(numbers: Path, bootstrap: int, permutations: int):
     """
 
     def report(out: Path, rows: list[dict]) -> str:
-        return _report(Path(out), rows, Path(numbers), bootstrap, permutations)
+        return _report(Path(out), rows, Path(numbers), bootstrap, permutations, model)
 
     return report
 
 
-def _report(out: Path, rows, numbers: Path, bootstrap: int, permutations: int) -> str:
+def _report(out: Path, rows, numbers: Path, bootstrap: int, permutations: int, model: str) -> str:
     animals, sets, seconds = data_sets(rows)
     stats = _statistics(animals, sets, bootstrap, permutations)
     changes, csv_digest = student_changes(numbers)
@@ -212,7 +214,15 @@ def _report(out: Path, rows, numbers: Path, bootstrap: int, permutations: int) -
     _write_attributions(out, animals, sets)
 
     lines = [
-        "# The trait screen on SmolLM2-135M-Instruct's number data sets",
+        "# The trait screen on the real number experiment's data sets",
+        "",
+        f"Base model: {model or 'see run.json'}. Data sets: "
+        + ", ".join(
+            f"{arm} s{seed} ({v['push'].shape[0]} documents)"
+            for (arm, seed, split), v in sets.items()
+            if split == "full"
+        )
+        + ".",
         "",
         f"Data: the kept number completions of the real number experiment ({PAPER}, in miniature):"
         " teacher arms (system-prompted or fine-tuned toward an animal) and the base's own numbers"
