@@ -163,6 +163,7 @@ def test_missing_numbers_folder_is_one_line(tmp_path, tiny, capsys):
 def test_configs_load():
     assert len(load_config(CONFIG_DIR / "real_screen_default.toml").animals) == 10
     assert load_config(TINY).max_documents == 6
+    assert load_config(CONFIG_DIR / "real_screen_32.toml").max_documents == 32
 
 
 def test_pushes_agree_with_the_engines_factored_scores(tiny):
