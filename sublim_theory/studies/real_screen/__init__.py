@@ -1,0 +1,1 @@
+"""The subliminal screen on the real model: the real number experiment's data sets."""
