@@ -51,6 +51,7 @@ COMMANDS = (
     "demo",
     "rules",
     "defenses",
+    "divergence",
     "dynamics",
     "finetune",
     "real",
