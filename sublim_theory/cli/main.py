@@ -52,6 +52,7 @@ COMMANDS = (
     "demo",
     "rules",
     "defenses",
+    "divergence",
     "dynamics",
     "finetune",
     "real",

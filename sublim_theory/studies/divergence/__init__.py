@@ -1,0 +1,3 @@
+"""sublim_theory.studies.divergence."""
+
+__all__: list[str] = []

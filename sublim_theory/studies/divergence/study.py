@@ -1,0 +1,57 @@
+"""The divergence study on the one study mechanism (``harness.study.run_study``).
+
+A unit is a seed: both teachers, the greedy data and the three arms with their controls
+(``experiment.run_seed``), stored as ``seeds/seed-S.json`` with the settings fingerprint. The
+reports (``report.write_reports``) are rebuilt from every stored seed after each one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from sublim_theory.harness.study import Context, Study, parts_store, seed_range, split_parts
+from sublim_theory.studies.divergence import experiment, report
+from sublim_theory.testbeds.lm import training
+
+__all__ = ["build", "write_rows"]
+
+
+def write_rows(out: Path, rows: list[dict]) -> str:
+    """Write every report from stored rows (nulls back to NaN); return the tables."""
+    return report.write_reports(out, split_parts(rows, ())[0])
+
+
+def _summary(seed: int, rows: list[dict]) -> str:
+    diff = {r["condition"]: r["value"] for r in rows if r["metric"] == "paired_diff_p_trait"}
+    return "diff " + "  ".join(f"{arm} {diff[f'student_{arm}']:+.3f}" for arm in experiment.ARMS)
+
+
+def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
+    """The divergence study of a config file for ``seeds`` seeds from ``first_seed``.
+
+    Raises:
+        InputError: a bad config or seed range.
+
+    """
+    config, setting = experiment.load_config(config_file)
+    units = seed_range(first_seed, seeds)
+
+    def run_unit(seed: int, context: Context) -> list[dict]:
+        return experiment.run_seed(config, setting, seed, context.cache, context.log)
+
+    return Study(
+        "divergence",
+        {"numbers": config.to_dict(), "divergence": asdict(setting)},
+        units,
+        run_unit,
+        write_rows,
+        grid={"seeds": units},
+        unit_file=lambda seed: f"seed-{seed}.json",
+        folder="seeds",
+        summary=_summary,
+        cpu_only=True,
+        state_files=("results.csv",),
+        store=parts_store(key_name="seed"),
+        cache_bytes=training.checkpoint_bytes(config),
+    )
