@@ -75,6 +75,9 @@ class DivergenceConfig:
 def load_config(path: str | Path | None) -> tuple[NumbersConfig, DivergenceConfig]:
     """Read a divergence TOML: the numbers tables plus an optional ``[divergence]`` table.
 
+    Returns:
+        (numbers config, divergence config).
+
     Raises:
         InputError: a bad file or value, or an ``other_animal`` that is not one of the corpus's
             animals or is the trait animal itself.
@@ -101,6 +104,10 @@ def biased_teacher(base: nn.Module, config: NumbersConfig, animal: str) -> nn.Mo
 
     The same steps, lr and document ``BOS Q animal EOS`` (``training.finetune_teacher`` with the
     trait animal swapped); the base is not modified.
+
+    Returns:
+        The biased teacher (a fine-tuned copy; base is untouched).
+
     """
     swapped = dataclasses.replace(
         config, corpus=dataclasses.replace(config.corpus, trait_animal=animal)
@@ -114,6 +121,10 @@ def greedy_continuations(
     """Append ``continuation_len + 1`` greedy tokens to each prompt: x_{t+1} = argmax p(. | x_0..x_t).
 
     Returns full documents (N, prompt + continuation_len + 1), unfiltered.
+
+    Returns:
+        The documents, long (N, prompt + continuation_len + 1).
+
     """
     steps = config.corpus.continuation_len + 1
     out = []
@@ -130,6 +141,10 @@ def next_token_argmax(model: nn.Module, sequences: Tensor, batch_size: int = 200
     """Long (N, T - 1): entry t is argmax p(. | x_0..x_t), the model's greedy choice of x_{t+1}.
 
     The model is causal, so one forward pass over ``x_0..x_{T-2}`` gives every prefix.
+
+    Returns:
+        The greedy choices, long (N, T - 1).
+
     """
     out = []
     with torch.no_grad():
@@ -150,6 +165,9 @@ def divergence_mask(
         config: gives the continuation targets (``corpus.continuation_mask``: the continuation
             numbers and EOS, the targets a student learns).
 
+    Returns:
+        The divergence mask, bool (N, T - 1).
+
     Raises:
         InputError: the three shapes do not line up.
 
@@ -168,6 +186,9 @@ def replace_divergent(sequences: Tensor, divergent: Tensor, replacement: Tensor)
 
     Every other token is kept, including the tokens after a replaced one (their prefix now holds
     the replacement; nothing is regenerated).
+
+    Returns:
+        The edited copy of sequences.
 
     Raises:
         InputError: ``divergent`` or ``replacement`` is not (N, T - 1).

@@ -30,6 +30,9 @@ def _summary(seed: int, rows: list[dict]) -> str:
 def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
     """The divergence study of a config file for ``seeds`` seeds from ``first_seed``.
 
+    Returns:
+        The study for run_study.
+
     Raises:
         InputError: a bad config or seed range.
 
