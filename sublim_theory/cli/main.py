@@ -56,6 +56,8 @@ COMMANDS = (
     "real",
     "realcheck",
     "screendata",
+    "adamstate",
+    "coverage",
 )
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXIT_INPUT, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, the shell's convention
