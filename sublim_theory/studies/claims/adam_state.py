@@ -48,6 +48,7 @@ __all__ = [
     "ARMS",
     "AdamState",
     "base_numbers",
+    "number_loss",
     "run_seed",
     "source_free_steps",
     "teacher_with_state",

@@ -48,6 +48,7 @@ __all__ = [
     "CHANNELS",
     "coverage",
     "forecast",
+    "log_probability",
     "masked_example_loss",
     "masked_logits",
     "run_seed",
