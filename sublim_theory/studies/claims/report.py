@@ -137,6 +137,15 @@ def adam_state_report(out: Path, rows: list[dict], scope: str) -> str:
     return text
 
 
+def _auroc(values: list[float], labels: list[int]) -> tuple[tuple[float, ...], str]:
+    """(AUROC, low, high) and its text; NaN and ``n/a`` with fewer than 2 in a class."""
+    try:
+        auc = auroc_interval(values, labels)
+    except InputError:
+        return (math.nan,) * 3, "n/a (< 2 in a class)"
+    return (auc.auroc, auc.low, auc.high), f"{auc.auroc:.3f} [{auc.low:.3f}, {auc.high:.3f}]"
+
+
 def coverage_report(out: Path, rows: list[dict], scope: str, threshold: float) -> str:
     """``results.csv``, ``summary.csv`` and ``table.md`` of the coverage study."""
     write_csv(out / "results.csv", rows, COVERAGE_COLUMNS)
@@ -148,33 +157,33 @@ def coverage_report(out: Path, rows: list[dict], scope: str, threshold: float) -
         "",
         f"A teacher = (seed, animal, teacher steps). Transfer = the trained student's change of "
         f"log P(animal | BOS Q) minus its paired control's (base numbers). 'Transfers' = "
-        f"transfer > {threshold:g} nats. Spearman: Fisher-z interval (Bonett-Wright); AUROC: "
+        f"transfer > {threshold:g} nats; a second AUROC splits the channel's teachers at its "
+        "median transfer (balanced classes). Spearman: Fisher-z interval (Bonett-Wright); AUROC: "
         "DeLong interval.",
         "",
         "| channel | statistic | teachers | transfer, mean [t-interval] | transfers (yes/no) "
-        "| Spearman rho [95%] | AUROC [95%] |",
-        "|---|---|---|---|---|---|---|",
+        "| Spearman rho [95%] | AUROC, transfer > threshold [95%] "
+        "| AUROC, transfer > channel median [95%] |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for channel in ("full", "masked"):
         mine = [r for r in rows if r["channel"] == channel]
         if not mine:
             continue
         transfer = [float(r["transfer"]) for r in mine]
+        median = float(np.median(transfer))
         labels = [int(t > threshold) for t in transfer]
+        above = [int(t > median) for t in transfer]
         for statistic in ("coverage", "forecast"):
             values = [float(r[statistic]) for r in mine]
             rho, low, high, n = spearman_interval(values, transfer)
-            try:
-                auc = auroc_interval(values, labels)
-                auc_row = (auc.auroc, auc.low, auc.high)
-                auc_text = f"{auc.auroc:.3f} [{auc.low:.3f}, {auc.high:.3f}]"
-            except InputError:  # fewer than 2 teachers in a class: no AUROC
-                auc_row = (math.nan,) * 3
-                auc_text = "n/a (< 2 in a class)"
+            auc, auc_text = _auroc(values, labels)
+            split, split_text = _auroc(values, above)
             rho_text = "n/a" if math.isnan(rho) else f"{rho:.3f} [{low:.3f}, {high:.3f}]"
             lines.append(
                 f"| {channel} | {statistic} | {n} | {interval_text(*mean_interval(transfer)[:2])} "
-                f"| {sum(labels)}/{len(labels) - sum(labels)} | {rho_text} | {auc_text} |"
+                f"| {sum(labels)}/{len(labels) - sum(labels)} | {rho_text} | {auc_text} "
+                f"| {split_text} |"
             )
             summary.append(
                 {
@@ -185,9 +194,13 @@ def coverage_report(out: Path, rows: list[dict], scope: str, threshold: float) -
                     "spearman": rho,
                     "spearman_low": low,
                     "spearman_high": high,
-                    "auroc": auc_row[0],
-                    "auroc_low": auc_row[1],
-                    "auroc_high": auc_row[2],
+                    "auroc": auc[0],
+                    "auroc_low": auc[1],
+                    "auroc_high": auc[2],
+                    "median_transfer": median,
+                    "auroc_median": split[0],
+                    "auroc_median_low": split[1],
+                    "auroc_median_high": split[2],
                 }
             )
     write_csv(out / "summary.csv", summary, list(summary[0]) if summary else None)
