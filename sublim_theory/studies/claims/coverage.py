@@ -19,7 +19,9 @@ Per teacher and channel:
   student's parameters after its first Adam step on the teacher's numbers (Madl's statistic);
 * the engine's first-order forecast of Delta log P(a | BOS Q) from one student step
   (``engine.screen.screen``, variant ``sign``: Adam's first step on the screened documents,
-  step size the student's lr), on the first ``forecast_examples`` teacher documents;
+  step size the student's lr), on the first ``forecast_examples`` teacher documents, minus the
+  same forecast on the first ``forecast_examples`` base documents: the forecast of the paired
+  effect (student minus control) that the transfer measures;
 * the measured transfer: the trained student's (``[student] steps`` Adam steps) change of
   log P(a | BOS Q) minus its paired control's (same init, loss, steps and batch order, on the
   base's own numbers).
@@ -182,7 +184,7 @@ def run_seed(
     control_data = _numbers(base, config, seed)
     vocab = corpus.vocabulary(config.corpus)
     rows: list[Row] = []
-    controls: dict[tuple[str, str], float] = {}  # the control depends on the animal and loss only
+    controls: dict[tuple[str, str], tuple[float, float]] = {}  # per (animal, loss) only
     for animal in animals:
         for steps in teacher_steps:
             own = dataclasses.replace(
@@ -203,7 +205,14 @@ def run_seed(
                     control, _ = train_channel(
                         base, control_data, config, seed + STUDENT_OFFSET, token
                     )
-                    controls[animal, channel] = log_probability(control, config, animal) - before
+                    controls[animal, channel] = (
+                        log_probability(control, config, animal) - before,
+                        forecast(base, control_data, config, animal, token, forecast_examples),
+                    )
+                control_change, control_forecast = controls[animal, channel]
+                teacher_forecast = forecast(
+                    base, teacher_data, config, animal, token, forecast_examples
+                )
                 rows.append(
                     {
                         "seed": seed,
@@ -212,11 +221,11 @@ def run_seed(
                         "channel": channel,
                         "teacher_gain": log_probability(teacher, config, animal) - before,
                         "coverage": coverage(first, displacement),
-                        "forecast": forecast(
-                            base, teacher_data, config, animal, token, forecast_examples
-                        ),
+                        "forecast": teacher_forecast - control_forecast,
+                        "forecast_teacher": teacher_forecast,
+                        "forecast_control": control_forecast,
                         "student_change": log_probability(student, config, animal) - before,
-                        "control_change": controls[animal, channel],
+                        "control_change": control_change,
                     }
                 )
                 rows[-1]["transfer"] = rows[-1]["student_change"] - rows[-1]["control_change"]

@@ -39,6 +39,8 @@ COVERAGE_COLUMNS = (
     "teacher_gain",
     "coverage",
     "forecast",
+    "forecast_teacher",
+    "forecast_control",
     "student_change",
     "control_change",
     "transfer",
