@@ -127,9 +127,10 @@ def forecast(
 
     ``engine.screen.screen`` with variant ``sign`` (Adam's first step from a fresh state on the
     screened documents' mean gradient), step size ``[student] lr``, one step, on the first ``n``
-    documents, the student's loss with ``token`` masked (:func:`masked_example_loss`).
+    documents, the student's loss with ``token`` masked (:func:`masked_example_loss`), in
+    float64 (a float64 copy of ``base``).
     """
-    model = FunctionalModel(base)
+    model = FunctionalModel(copy.deepcopy(base).double())  # float64: the forecasts are small
     trait = corpus.vocabulary(config.corpus).animal(animal)
     probe = TraitProbe(
         animal,
