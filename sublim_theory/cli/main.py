@@ -60,6 +60,8 @@ COMMANDS = (
     "screendata",
     "projection",
     "realscreen",
+    "adamstate",
+    "coverage",
 )
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXIT_INPUT, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, the shell's convention
