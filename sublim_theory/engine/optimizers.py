@@ -14,7 +14,9 @@ from torch import Tensor
 
 from sublim_theory.errors import InputError
 
-__all__ = ["SignSGD"]
+__all__ = ["OPTIMIZERS", "SignSGD", "make_optimizer"]
+
+OPTIMIZERS = ("adam", "sgd", "signsgd")  # the names a training loop may be given
 
 
 class SignSGD(torch.optim.Optimizer):
@@ -44,3 +46,26 @@ class SignSGD(torch.optim.Optimizer):
                 if group["weight_decay"]:
                     direction = direction.add(p, alpha=group["weight_decay"])
                 p.sub_(torch.sign(direction), alpha=group["lr"])
+
+
+def make_optimizer(name: str, params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
+    """The optimizer ``name`` of :data:`OPTIMIZERS` over ``params``, torch's defaults otherwise.
+
+    - ``adam``: ``torch.optim.Adam(params, lr=lr)`` (betas 0.9, 0.999, eps 1e-8, no decay);
+    - ``sgd``: ``torch.optim.SGD(params, lr=lr)``: ``theta <- theta - lr * grad`` (no momentum);
+    - ``signsgd``: :class:`SignSGD`: ``theta <- theta - lr * sign(grad)``.
+
+    Returns:
+        The optimizer.
+
+    Raises:
+        InputError: an unknown name.
+
+    """
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "signsgd":
+        return SignSGD(params, lr=lr)
+    raise InputError(f"unknown optimizer {name!r}; use one of {list(OPTIMIZERS)}")
