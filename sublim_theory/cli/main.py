@@ -57,6 +57,7 @@ COMMANDS = (
     "realcheck",
     "screendata",
     "projection",
+    "realgrid",
 )
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXIT_INPUT, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, the shell's convention
