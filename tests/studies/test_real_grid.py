@@ -172,7 +172,7 @@ def test_bad_config_is_refused(tmp_path, model_dir):
 
 def test_command_runs_resumes_and_refuses_bad_input(tmp_path, model_dir, capsys):
     numbers = _numbers(tmp_path / "numbers")
-    config = _config(tmp_path, model_dir, ranks="[1, 2, 4]", optimizers='["adam", "sgd"]')
+    config = _config(tmp_path, model_dir)  # the tiny config as packaged, on the tiny Llama
     out = tmp_path / "out"
     args = ["realgrid", "--config", str(config), "--numbers", str(numbers), "--out", str(out)]
     args += ["--seeds", "2", "--threads", "1"]
@@ -216,6 +216,27 @@ def test_command_runs_resumes_and_refuses_bad_input(tmp_path, model_dir, capsys)
     other = _numbers(tmp_path / "other", count=9)  # other completions: refused for this --out
     assert main([*args[:4], str(other), *args[5:]]) == 2
     assert "other completions" in capsys.readouterr().err
+
+
+def test_the_split_and_the_shared_controls(tmp_path):
+    numbers = _numbers(tmp_path / "numbers", arms=("base", "system-owl", "system-dolphin"))
+    config = E.load_config(TINY)
+    two = E.RealGridConfig(**{**config.__dict__, "arms": ("system-owl", "system-dolphin")})
+    data = E.read_numbers(numbers, two, [0, 1])
+    for seed_data in data.values():
+        held = {prompt for prompt, _ in seed_data.heldout}
+        assert len(seed_data.heldout) == two.holdout
+        assert {len(pairs) for pairs in seed_data.train.values()} == {two.examples}
+        assert all(p not in held for pairs in seed_data.train.values() for p, _ in pairs)
+    assert data[0].digest != data[1].digest
+    units = E.plan_units(two, [0, 1])
+    keys = [u.key for u in units]
+    assert len(set(keys)) == len(keys)
+    per_arm = {arm: sum(u.arm == arm for u in units) for arm in ("base", *two.arms)}
+    assert len(set(per_arm.values())) == 1  # one control per (method, optimizer, lr, seed)
+    (numbers / "completions" / "system-dolphin-s1.json").unlink()
+    with pytest.raises(InputError, match="system-dolphin-s1"):
+        E.read_numbers(numbers, two, [0, 1])
 
 
 def test_verdicts_follow_the_adam_rule():
