@@ -69,7 +69,7 @@ def tuned_lrs(rows: Sequence[dict], config: RealGridConfig) -> dict[tuple[str, s
 
     Returns:
         ``{(method, optimizer): {"losses": {lr: (mean, seeds)}, "lr": the tuned lr or None}}``;
-        the pick needs every lr of the grid to have at least one seed.
+        the pick needs every lr of the grid stored for the same number of seeds.
 
     """
     held = defaultdict(lambda: defaultdict(list))
@@ -83,7 +83,9 @@ def tuned_lrs(rows: Sequence[dict], config: RealGridConfig) -> dict[tuple[str, s
     for (method, optimizer), by_lr in held.items():
         grid = config.lrs[f"{optimizer}_{'full' if method == 'full' else 'lora'}"]
         losses = {lr: (sum(v) / len(v), len(v)) for lr, v in sorted(by_lr.items())}
+        # a pick compares like with like: every grid lr, each over the same number of seeds
         complete = all(float(lr) in losses for lr in grid)
+        complete = complete and len({n for _, n in losses.values()}) == 1
         pick = min(losses, key=lambda lr: (losses[lr][0], lr)) if complete else None
         picks[(method, optimizer)] = {"losses": losses, "lr": pick}
     return picks
