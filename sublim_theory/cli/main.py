@@ -62,6 +62,7 @@ COMMANDS = (
     "realscreen",
     "adamstate",
     "coverage",
+    "realgrid",
 )
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXIT_INPUT, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, the shell's convention

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from sublim_theory.engine.lora import add_lora, linear_layers
+from sublim_theory.engine.optimizers import make_optimizer
 from sublim_theory.errors import InputError
 from sublim_theory.testbeds.real_lm.prompts import chat_ids
 from sublim_theory.testbeds.real_lm.sequences import continuation_log_probs, pad_id
@@ -175,8 +176,14 @@ def train_student(
     seed: int = 0,
     system: str | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    optimizer: str = "adam",
 ) -> TrainResult:
-    """Fine-tune a copy of ``model`` on (prompt, completion) pairs with Adam, loss on completions.
+    """Fine-tune a copy of ``model`` on (prompt, completion) pairs, loss on completions.
+
+    Each step: the batch loss L (module docstring), its gradient g over the trained parameters,
+    then one step of ``optimizer`` (:func:`sublim_theory.engine.optimizers.make_optimizer`):
+    Adam (torch defaults, the default), plain SGD ``theta <- theta - lr g`` or SignSGD
+    ``theta <- theta - lr sign(g)``.
 
     Args:
         model: the base (left unchanged).
@@ -185,18 +192,20 @@ def train_student(
         method: "lora" or "full" (:func:`prepare_student`).
         rank: LoRA rank.
         alpha: LoRA alpha (default ``rank``).
-        steps: Adam steps.
+        steps: optimizer steps.
         batch_size: examples per step.
-        lr: Adam learning rate.
+        lr: the learning rate.
         seed: seeds the data order and the adapters' init.
         system: the prompt side's system prompt; None (students train WITHOUT the trait prompt).
         on_step: called as ``on_step(step, loss)`` after each step.
+        optimizer: "adam" (default), "sgd" or "signsgd".
 
     Returns:
         The :class:`TrainResult`.
 
     Raises:
-        InputError: no examples, steps or batch size < 1, or lr not finite and > 0.
+        InputError: no examples, steps or batch size < 1, lr not finite and > 0, or an
+            unknown optimizer.
 
     """
     if not examples:
@@ -207,14 +216,14 @@ def train_student(
         raise InputError(f"the learning rate must be finite and > 0, got {lr}")
     student = prepare_student(model, method, rank=rank, alpha=alpha, seed=seed)
     trained = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trained, lr=lr)
+    stepper = make_optimizer(optimizer, trained, lr)
     result = TrainResult(student, trainable=sum(p.numel() for p in trained))
     start = time.perf_counter()
     for step, batch in enumerate(batch_indices(len(examples), batch_size, steps, seed)):
-        optimizer.zero_grad(set_to_none=True)
+        stepper.zero_grad(set_to_none=True)
         loss = completion_loss(student, tokenizer, [examples[i] for i in batch], system=system)
         loss.backward()
-        optimizer.step()
+        stepper.step()
         result.losses.append(loss.item())
         if on_step is not None:
             on_step(step, result.losses[-1])
