@@ -282,12 +282,15 @@ def test_command_on_the_tiny_config_writes_its_tables_and_resumes(tmp_path, caps
     assert units == [
         f"seed-0-{kind}.json"
         for kind in (
-            *("base", "control-fox", "control-owl", "filter-fox", "filter-owl"),
-            *("null-0", "teacher-fox", "teacher-owl"),
+            *("base", "control-fox", "control-owl", "filter-fox", "filter-owl", "format"),
+            *("null-0", "teacher-cat", "teacher-fox", "teacher-owl"),
         )
     ]
+    progress = capsys.readouterr().err  # pretraining prints progress (it printed nothing before)
+    assert "pretraining 150 steps" in progress and "pretrained 150 steps in" in progress
     table = (out / "table.md").read_text()
     assert "### Detection" in table and "### Filtering" in table
+    assert "### Confound-only baselines" in table and "hidden-style" in table
     rows = json.loads((out / "units" / "seed-0-teacher-owl.json").read_text())["rows"]
     sgd_step = {
         (r["trait"], r["metric"]): r["value"] for r in rows if r["variant"] == "sgd_step_0.01"

@@ -41,7 +41,9 @@ __all__ = [
     "ScreenSettings",
     "base_unit",
     "experiment_config",
+    "confound_rows",
     "filter_unit",
+    "format_unit",
     "null_unit",
     "one_step_checks",
     "screen_data_set",
@@ -72,7 +74,21 @@ class ScreenSettings:
         sgd_steps: learning rates of the one-step SGD check (forecast against a real step).
         z_threshold: flag a data set when its largest centred t statistic exceeds this.
         filter_seeds: seeds whose teachers get the filter experiment (run after every seed's
-            detection units, so a short run still has the detection table complete).
+            detection units, so a short run still has the detection table complete); an empty
+            list runs no filter.
+        method: how the attributions are computed (``engine.screen.METHODS``): ``factored``
+            scores every trait from one forward and one backward per chunk
+            (``engine.trait_scores``), ``jvp`` one jvp per trait and chunk; equal up to rounding.
+        hidden_teachers: animals that get a teacher (and a data set) only on ``hidden_seeds``:
+            the hidden-style case (animals never used as teachers elsewhere).
+        hidden_seeds: seeds on which the ``hidden_teachers`` are trained (empty: none).
+        format_control: per seed, also screen the base's own numbers with the continuation's
+            numbers permuted inside each document (same numbers, another format; the tiny
+            vocabulary has no separators or spaces to vary), as a null data set.
+        confound_examples: documents per data set behind the per-example gradient norm (a
+            confound-only baseline; the other baselines use every screened document).
+        alpha: a data set is flagged when its empirical p-value against the null data sets is
+            at most this.
 
     """
 
@@ -90,6 +106,16 @@ class ScreenSettings:
     sgd_steps: tuple[float, ...] = field(default=(0.01, 0.1, 1.0), metadata=RATE)
     z_threshold: float = field(default=3.0, metadata=bound(gt=0, le=1000))
     filter_seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=bound(ge=0, lt=MAX_SEED))
+    method: Literal["jvp", "factored"] = "factored"
+    hidden_teachers: tuple[str, ...] = ("cat", "wolf", "tiger", "bear", "fox")
+    hidden_seeds: tuple[int, ...] = field(default=(0, 1), metadata=bound(ge=0, lt=MAX_SEED))
+    format_control: bool = True
+    confound_examples: int = field(default=200, metadata=bound(ge=2, le=MAX_COUNT))
+    alpha: float = field(default=0.05, metadata=bound(gt=0, lt=1))
+
+
+# [screen] lists that may be empty (the config parser refuses empty lists by default)
+_MAY_BE_EMPTY = ("filter_seeds", "hidden_teachers", "hidden_seeds")
 
 
 @dataclass(frozen=True)
@@ -112,17 +138,33 @@ def experiment_config(raw: dict, source: str = "config") -> ScreenExperimentConf
             filter variant not among the measured variants.
 
     """
+    import dataclasses
+
     from sublim_theory.harness.runs import parse_config
     from sublim_theory.testbeds.lm.config import from_dict
 
     raw = dict(raw)
-    settings = parse_config(ScreenSettings, raw.pop("screen", {}), f"{source} [screen]")
+    table = dict(raw.pop("screen", {}))
+    empty = [k for k in _MAY_BE_EMPTY if k in table and table[k] == []]
+    settings = parse_config(
+        ScreenSettings, {k: v for k, v in table.items() if k not in empty}, f"{source} [screen]"
+    )
+    settings = dataclasses.replace(settings, **{k: () for k in empty})
     numbers = from_dict(raw, source)
     unknown = [a for a in settings.teachers if a not in numbers.corpus.animals]
     if unknown or len(set(settings.teachers)) != len(settings.teachers):
         raise InputError(
             f"{source} [screen] teachers must be distinct animals of [corpus] animals "
             f"{list(numbers.corpus.animals)}, got {list(settings.teachers)}"
+        )
+    hidden = settings.hidden_teachers
+    if any(a not in numbers.corpus.animals or a in settings.teachers for a in hidden) or len(
+        set(hidden)
+    ) != len(hidden):
+        raise InputError(
+            f"{source} [screen] hidden_teachers must be distinct animals of [corpus] animals "
+            f"{list(numbers.corpus.animals)} that are not among teachers "
+            f"{list(settings.teachers)}, got {list(hidden)} (or [] for none)"
         )
     if settings.filter_variant not in settings.variants:
         raise InputError(
@@ -163,6 +205,7 @@ def _epoch_seconds(model: nn.Module, documents: Tensor, config: NumbersConfig) -
 
 
 Row = dict[str, object]
+FORMAT_OFFSET = 7919  # seed offset of the format control's permutation
 
 
 def screen_data_set(
@@ -174,12 +217,17 @@ def screen_data_set(
     label: dict[str, object],
     full_variant: str | None = None,
     variants: Sequence[str] | None = None,
+    confounds: bool = False,
     log: Callable[..., None] = print,
 ) -> tuple[list[Row], dict[str, ScreenResult]]:
     """Screen number documents against ``base`` with every variant; tidy rows and results.
 
     ``full_variant`` (if given) is screened on every document, the others on the first
-    ``screen_examples``. Rows carry ``label`` plus ``variant, trait, metric, value``.
+    ``screen_examples``. Rows carry ``label`` plus ``variant, trait, metric, value``. The
+    attributions come from ``[screen] method``; the K-normalized forecast of
+    ``engine.screen.screen`` is not computed (the study reports the raw forecast and z).
+    With ``confounds``, also the confound-only baselines of the screened documents
+    (:func:`confound_rows`).
     """
     import time
 
@@ -221,6 +269,8 @@ def screen_data_set(
             batch_size=settings.chunk,
             bootstrap=settings.bootstrap,
             seed=seed,
+            method=settings.method,
+            normalize=False,
         )
         seconds = time.perf_counter() - start
         results[variant] = result
@@ -240,7 +290,59 @@ def screen_data_set(
             f"  {label['dataset']} @ {label['init']}: {variant} on {n} docs {seconds:.0f}s, "
             f"ranking {result.ranking[:3]}"
         )
+    if confounds:
+        rows += confound_rows(config, base, documents[:n_screen], label)
     return rows, results
+
+
+def confound_rows(
+    config: ScreenExperimentConfig, base: nn.Module, documents: Tensor, label: dict
+) -> list[Row]:
+    """Direction-free statistics of a data set (variant ``confound``): baselines that know no trait.
+
+    ``mean_chars``: the mean length of a document's numbers written as text (``", "``-joined
+    decimals); ``mean_base_loss``: mean_i l_i(theta_0), the student's loss under the base;
+    ``mean_grad_norm``: mean_i |grad l_i(theta_0)| over the first ``confound_examples``
+    documents (explicit per-example gradients). The loss gap (this data set's mean base loss
+    minus that of the base's own numbers of the same seed) is formed by the report.
+    """
+    from torch.func import grad
+
+    from sublim_theory.testbeds.lm import corpus
+
+    numbers, chunk = config.numbers, config.screen.chunk
+    vocab = corpus.vocabulary(numbers.corpus)
+    is_number = vocab.is_number(documents)
+    value = (documents - vocab.number(0)).clamp_min(1).to(torch.float64)
+    widths = torch.where(is_number, value.log10().floor() + 1, 0.0)
+    count = is_number.sum(1).to(torch.float64)
+    chars = widths.sum(1) + 2 * (count - 1).clamp_min(0)
+    model = FunctionalModel(base)
+    theta = model.flat_params().detach()
+    inputs, targets = number_student_data(documents)
+    loss = number_student_loss(numbers)
+    with torch.no_grad():
+        losses = torch.cat(
+            [
+                loss(model(theta, inputs[s : s + chunk]), targets[s : s + chunk])
+                for s in range(0, inputs.shape[0], chunk)
+            ]
+        )
+    m = min(config.screen.confound_examples, inputs.shape[0])
+
+    def norm(i: int) -> float:
+        one = lambda t: loss(model(t, inputs[i : i + 1]), targets[i : i + 1]).sum()  # noqa: E731
+        return float(grad(one)(theta).double().norm())
+
+    values = {
+        "mean_chars": float(chars.mean()),
+        "mean_base_loss": float(losses.double().mean()),
+        "mean_grad_norm": sum(norm(i) for i in range(m)) / m,
+    }
+    return [
+        {**label, "variant": "confound", "trait": "", "metric": k, "value": v}
+        for k, v in values.items()
+    ]
 
 
 def _trait_rows(
@@ -359,7 +461,9 @@ def teacher_unit(
     put(
         "data", "classifier_accuracy", classifier_accuracy(documents, base_documents, numbers, seed)
     )
-    screened, results = screen_data_set(config, base, documents, seed=seed, label=label, log=log)
+    screened, results = screen_data_set(
+        config, base, documents, seed=seed, label=label, confounds=True, log=log
+    )
     rows += screened
     rows += one_step_checks(config, base, documents, results, label)
     if cross_base is not None:
@@ -467,7 +571,9 @@ def base_unit(
     from sublim_theory.studies.numbers.experiment import STUDENT_OFFSET
 
     label = {"seed": seed, "dataset": "base", "teacher": "none", "init": "base"}
-    rows, results = screen_data_set(config, base, base_documents, seed=seed, label=label, log=log)
+    rows, results = screen_data_set(
+        config, base, base_documents, seed=seed, label=label, confounds=True, log=log
+    )
     rows += one_step_checks(config, base, base_documents, results, label)
     student_rows, _ = _student_rows(
         base, base_documents, config.numbers, seed + STUDENT_OFFSET, label
@@ -517,7 +623,33 @@ def null_unit(
     shifted = seed + NULL_OFFSET * (draw + 1)
     documents = teacher_documents(config.numbers, shifted, base, config.screen.screen_examples)
     label = {"seed": seed, "dataset": f"null-{draw}", "teacher": "none", "init": "base"}
-    rows, _ = screen_data_set(config, base, documents, seed=shifted, label=label, log=log)
+    rows, _ = screen_data_set(
+        config, base, documents, seed=shifted, label=label, confounds=True, log=log
+    )
+    return rows
+
+
+def format_unit(
+    config: ScreenExperimentConfig,
+    seed: int,
+    base: nn.Module,
+    base_documents: Tensor,
+    log: Callable[..., None] = print,
+) -> list[Row]:
+    """The format control: the base's own numbers, each continuation's numbers permuted.
+
+    The same numbers in another order inside each document (``corpus.shuffle_within``, seeded
+    ``seed + FORMAT_OFFSET``): a data set whose format (and base loss) differs from the base's
+    own samples but which carries no trait, screened like a null data set (every variant and
+    the confound baselines). Label ``dataset = "format"``, ``teacher = "control"``.
+    """
+    from sublim_theory.testbeds.lm import corpus
+
+    documents = corpus.shuffle_within(base_documents, config.numbers.corpus, seed + FORMAT_OFFSET)
+    label = {"seed": seed, "dataset": "format", "teacher": "control", "init": "base"}
+    rows, _ = screen_data_set(
+        config, base, documents, seed=seed, label=label, confounds=True, log=log
+    )
     return rows
 
 

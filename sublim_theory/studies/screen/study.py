@@ -2,9 +2,10 @@
 
 A unit is one (seed, data set), stored as ``units/seed-S-NAME.json`` with the settings
 fingerprint. The units run in this order, so a run cut short still has the detection table
-complete for the seeds it reached: per seed the base (null) and one teacher per animal; then the
-filter experiment of every teacher of the ``filter_seeds``; then the extra null draws; then the
-runner-up controls. Within one run the units of a seed share its base, cross base and the base's
+complete for the seeds it reached: per seed the base (null), one teacher per animal (and per
+hidden animal on the ``hidden_seeds``) and the format control; then the extra null draws (the
+calibration's null); then the filter experiment of every teacher of the ``filter_seeds``; then
+the runner-up controls. Within one run the units of a seed share its base, cross base and the base's
 numbers (and a filter unit its teacher's numbers); a resumed unit recomputes what it needs, the
 same values. The reports read the units' rows in the order of their names, as before the port.
 """
@@ -35,13 +36,33 @@ def _plan(config: Any, seeds: list[int], draws: int, runner_up: bool) -> dict[st
     for seed in seeds:
         plan[f"seed-{seed}-base"] = ("base", seed, None)
         plan.update({f"seed-{seed}-teacher-{a}": ("teacher", seed, a) for a in screen.teachers})
-    for seed in filtered:
-        plan.update({f"seed-{seed}-filter-{a}": ("filter", seed, a) for a in screen.teachers})
+        if seed in screen.hidden_seeds:
+            hidden = screen.hidden_teachers
+            plan.update({f"seed-{seed}-teacher-{a}": ("teacher", seed, a) for a in hidden})
+        if screen.format_control:
+            plan[f"seed-{seed}-format"] = ("format", seed, None)
     for seed in seeds:
         plan.update({f"seed-{seed}-null-{d}": ("null", seed, d) for d in range(draws)})
+    for seed in filtered:
+        plan.update({f"seed-{seed}-filter-{a}": ("filter", seed, a) for a in screen.teachers})
     for seed in filtered if runner_up else []:
         plan.update({f"seed-{seed}-control-{a}": ("control", seed, a) for a in screen.teachers})
     return plan
+
+
+def _base(numbers: Any, spec: Any, cache: Any, log: Any) -> Any:
+    """The cached base of ``spec``, with a progress line before and after (pretraining is slow)."""
+    steps = numbers.pretrain.steps
+    log(f"base init {spec.init_seed}: from the cache, or pretraining {steps} steps ...")
+    model, info = training.cached_base(numbers, spec, cache, log)
+    if info["cached"]:
+        log(f"base init {spec.init_seed}: loaded from the cache")
+    else:
+        log(
+            f"base init {spec.init_seed}: pretrained {steps} steps in {info['seconds']:.0f}s, "
+            f"final loss {info['final_loss']:.3f}"
+        )
+    return model
 
 
 def build(
@@ -59,6 +80,13 @@ def build(
         raise InputError(f"--null-draws must be between 0 and {MAX_NULL_DRAWS}, got {null_draws}")
     seed_list = seed_range(first_seed, seeds)
     plan = _plan(config, seed_list, null_draws, runner_up)
+    if not any(s in config.screen.filter_seeds for s in seed_list):
+        from sublim_theory.harness.study import progress
+
+        progress(
+            f"screen: no filter experiment: [screen] filter_seeds "
+            f"{list(config.screen.filter_seeds)} holds none of the seeds run {seed_list}"
+        )
     memo: dict[tuple, Any] = {}
 
     def shared(key: tuple, make) -> Any:
@@ -78,9 +106,7 @@ def build(
         log, numbers = context.log, config.numbers
         base = shared(
             ("base", seed),
-            lambda: training.cached_base(
-                numbers, training.BaseSpec(seed, seed, seed), context.cache, log
-            )[0],
+            lambda: _base(numbers, training.BaseSpec(seed, seed, seed), context.cache, log),
         )
         if kind == "null":
             return experiment.null_unit(config, seed, arg, base, log)
@@ -92,16 +118,16 @@ def build(
         documents = shared(("base documents", seed), lambda: base_documents(seed, base, log))
         if kind == "base":
             return experiment.base_unit(config, seed, base, documents, log)
+        if kind == "format":
+            return experiment.format_unit(config, seed, base, documents, log)
         cross = None
         if config.screen.cross_init:
             spec = training.BaseSpec(seed + CROSS_OFFSET, seed, seed)
-            cross = shared(
-                ("cross", seed), lambda: training.cached_base(numbers, spec, context.cache, log)[0]
-            )
+            cross = shared(("cross", seed), lambda: _base(numbers, spec, context.cache, log))
         rows, teacher_documents = experiment.teacher_unit(
             config, seed, arg, base, documents, cross, log
         )
-        if seed in config.screen.filter_seeds:
+        if seed in config.screen.filter_seeds and arg in config.screen.teachers:
             memo[("documents", seed, arg)] = teacher_documents
         return rows
 
