@@ -284,7 +284,7 @@ MUTATIONS += (
                 "low, high = np.percentile(means, [5.0, 95.0], axis=0)",
             ),
         ),
-        ("tests/test_screen_filter.py", "tests/test_screen.py"),
+        ("tests/studies/screen/test_screen_filter.py", "tests/studies/screen/test_screen.py"),
     ),
     Mutation(
         "screen study: the filter drops the least-pushing documents",
@@ -295,7 +295,7 @@ MUTATIONS += (
                 "order = torch.argsort(attributions, descending=False, stable=True)",
             ),
         ),
-        ("tests/test_screen_filter.py", "tests/test_screen.py"),
+        ("tests/studies/screen/test_screen_filter.py", "tests/studies/screen/test_screen.py"),
     ),
     Mutation(
         "runs: the settings check compares only the keys both runs have",

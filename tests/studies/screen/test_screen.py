@@ -23,7 +23,7 @@ from sublim_theory.studies.screen import experiment as screen_study
 from sublim_theory.testbeds.lm import screening
 from sublim_theory.testing.asserts import loglog_slope
 
-TINY = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "screen_tiny.toml"
+TINY = Path(__file__).resolve().parents[3] / "experiments" / "configs" / "screen_tiny.toml"
 U64 = torch.finfo(torch.float64).eps
 CLASSES, AUX = 4, 3
 
@@ -216,7 +216,7 @@ def test_number_student_loss_is_the_students_training_loss():
     from sublim_theory.testbeds.lm.config import load_config
 
     config = load_config(
-        Path(__file__).resolve().parents[1] / "experiments/configs/numbers_tiny.toml"
+        Path(__file__).resolve().parents[3] / "experiments/configs/numbers_tiny.toml"
     )
     torch.manual_seed(0)
     net = training.build_lm(config, 0).double()

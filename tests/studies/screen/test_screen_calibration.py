@@ -20,7 +20,7 @@ from sublim_theory.studies.screen import report as R
 from sublim_theory.studies.screen import study as screen_study
 from sublim_theory.testbeds.lm import corpus, training
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 LABEL = {"dataset": "d", "init": "base"}
 ANIMALS = ["owl", "cat", "dog", "fox"]
 SETTINGS = {
