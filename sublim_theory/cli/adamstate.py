@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from sublim_theory.cli.main import add_config_argument, add_study_arguments
-from sublim_theory.harness.study import run_study
+from sublim_theory.cli.main import add_config_argument, add_study_arguments, run_seeded_study
 
 __all__ = ["HELP", "register", "run"]
 
@@ -25,16 +24,12 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the seeds not yet stored; print the table."""
+    """Run the seeds not yet stored; print the table.
+
+    Returns:
+        0.
+
+    """
     from sublim_theory.studies.claims import study
 
-    table = run_study(
-        study.build_adam_state(args.config, args.seed, args.seeds),
-        args.out,
-        cache=args.cache or args.out / "cache",
-        device=args.device,
-        threads=args.threads,
-        config_file=args.config,
-    )
-    print(table, flush=True)
-    return 0
+    return run_seeded_study(study.build_adam_state, args)

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from sublim_theory.cli.main import add_config_argument, add_study_arguments
+from sublim_theory.cli.main import add_config_argument, add_study_arguments, run_seeded_study
 from sublim_theory.harness.runs import CONFIG_DIR
-from sublim_theory.harness.study import progress, run_study
 
 __all__ = ["HELP", "register", "run"]
 
@@ -31,17 +30,12 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the seeds not yet stored in ``--out``; print the tables."""
+    """Run the seeds not yet stored in ``--out``; print the tables.
+
+    Returns:
+        0.
+
+    """
     from sublim_theory.studies.divergence import study
 
-    table = run_study(
-        study.build(args.config, args.seed, args.seeds),
-        args.out,
-        cache=args.cache or args.out / "cache",
-        device=args.device,
-        threads=args.threads,
-        config_file=args.config,
-    )
-    print(table, flush=True)
-    progress(f"wrote {args.out}: results.csv, summary.csv, table.md")
-    return 0
+    return run_seeded_study(study.build, args, wrote="results.csv, summary.csv, table.md")

@@ -35,6 +35,7 @@ __all__ = [
     "main",
     "nonnegative_int",
     "positive_int",
+    "run_declared_study",
     "run_seeded_study",
     "thread_count",
 ]
@@ -179,7 +180,7 @@ def run_seeded_study(
     """Run a seeded study from the flags of :func:`add_study_arguments`; print its tables.
 
     ``build(config, first_seed, seeds)`` declares the study (``harness.study.Study``);
-    ``harness.study.run_study`` runs the seeds not yet stored in ``--out``.
+    :func:`run_declared_study` runs the seeds not yet stored in ``--out``.
 
     Args:
         build: the study's factory.
@@ -192,11 +193,31 @@ def run_seeded_study(
         0.
 
     """
+    study = build(args.config, args.seed, args.seeds)
+    return run_declared_study(study, args, cache_in_out, wrote)
+
+
+def run_declared_study(
+    study: Any, args: argparse.Namespace, cache_in_out: bool = True, wrote: str | None = None
+) -> int:
+    """Run ``study`` (a ``harness.study.Study``) into ``--out``; print its tables.
+
+    Args:
+        study: the declared study.
+        args: the parsed flags (``config``, ``out``, ``cache``, ``device``, ``threads`` and,
+            where the command has it, ``report_only``).
+        cache_in_out: without ``--cache``, cache in ``OUT/cache`` (False: no cache).
+        wrote: the files the reports wrote, named on stderr after the run (None: no line).
+
+    Returns:
+        0.
+
+    """
     from sublim_theory.harness.study import progress, run_study
 
     default = args.out / "cache" if cache_in_out else None
     table = run_study(
-        build(args.config, args.seed, args.seeds),
+        study,
         args.out,
         cache=args.cache or default,
         device=args.device,

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from sublim_theory.cli.main import add_config_argument, add_study_arguments
-from sublim_theory.harness.study import run_study
+from sublim_theory.cli.main import add_config_argument, add_study_arguments, run_seeded_study
 
 __all__ = ["HELP", "register", "run"]
 
@@ -26,16 +25,12 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Compute the units not yet stored in ``--out``; print the tables."""
+    """Compute the units not yet stored in ``--out``; print the tables.
+
+    Returns:
+        0.
+
+    """
     from sublim_theory.studies.screen_projection import study
 
-    text = run_study(
-        study.build(args.config, args.seed, args.seeds),
-        args.out,
-        cache=args.cache or args.out / "cache",
-        device=args.device,
-        threads=args.threads,
-        config_file=args.config,
-    )
-    print(text, flush=True)
-    return 0
+    return run_seeded_study(study.build, args)

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sublim_theory.cli.main import add_config_argument, add_study_arguments
+from sublim_theory.cli.main import add_config_argument, add_study_arguments, run_seeded_study
 from sublim_theory.harness.runs import CONFIG_DIR
-from sublim_theory.harness.study import run_study
 
 __all__ = ["HELP", "register", "run"]
 
@@ -42,13 +41,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from sublim_theory.studies.real_grid import study
 
-    text = run_study(
-        study.build(args.config, args.numbers, args.seed, args.seeds),
-        args.out,
-        cache=args.cache,
-        device=args.device,
-        threads=args.threads,
-        config_file=args.config,
-    )
-    print(text, flush=True)
-    return 0
+    def build(config, first_seed: int, seeds: int):
+        return study.build(config, args.numbers, first_seed, seeds)
+
+    return run_seeded_study(build, args, cache_in_out=False)

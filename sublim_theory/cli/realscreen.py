@@ -6,9 +6,13 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from sublim_theory.cli.main import add_config_argument, add_device_argument, thread_count
+from sublim_theory.cli.main import (
+    add_config_argument,
+    add_device_argument,
+    run_declared_study,
+    thread_count,
+)
 from sublim_theory.harness.runs import CONFIG_DIR
-from sublim_theory.harness.study import run_study
 from sublim_theory.studies.real_screen.experiment import build_study, load_config
 from sublim_theory.studies.real_screen.report import make_report
 
@@ -41,13 +45,4 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, model=args.model)
     report = make_report(args.numbers, config.bootstrap, config.permutations, config.model)
     study = build_study(config, args.numbers, report)
-    table = run_study(
-        study,
-        args.out,
-        cache=args.cache,
-        device=args.device,
-        threads=args.threads,
-        config_file=args.config,
-    )
-    print(table, flush=True)
-    return 0
+    return run_declared_study(study, args, cache_in_out=False)

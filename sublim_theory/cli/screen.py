@@ -15,8 +15,8 @@ from sublim_theory.cli.main import (
     add_config_argument,
     add_study_arguments,
     nonnegative_int,
+    run_seeded_study,
 )
-from sublim_theory.harness.study import run_study
 
 __all__ = ["HELP", "register", "run"]
 
@@ -43,16 +43,15 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Compute the units not yet stored in ``--out``; print the tables."""
+    """Compute the units not yet stored in ``--out``; print the tables.
+
+    Returns:
+        0.
+
+    """
     from sublim_theory.studies.screen import study
 
-    text = run_study(
-        study.build(args.config, args.seed, args.seeds, args.null_draws, args.runner_up_drops),
-        args.out,
-        cache=args.cache or args.out / "cache",
-        device=args.device,
-        threads=args.threads,
-        config_file=args.config,
-    )
-    print(text, flush=True)
-    return 0
+    def build(config, first_seed: int, seeds: int):
+        return study.build(config, first_seed, seeds, args.null_draws, args.runner_up_drops)
+
+    return run_seeded_study(build, args)

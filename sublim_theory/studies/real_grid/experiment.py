@@ -58,6 +58,7 @@ __all__ = [
     "SeedData",
     "Unit",
     "arm_animal",
+    "heldout_loss",
     "load_config",
     "method_names",
     "plan_units",

@@ -62,6 +62,7 @@ __all__ = [
     "find_data_sets",
     "load_config",
     "read_pairs",
+    "run_unit",
     "teacher_animal",
 ]
 
