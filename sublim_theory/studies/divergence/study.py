@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from sublim_theory.harness.study import Context, Study, parts_store, seed_range, split_parts
+from sublim_theory.harness.study import Context, Study, seed_range, seed_study, split_parts
 from sublim_theory.studies.divergence import experiment, report
 from sublim_theory.testbeds.lm import training
 
@@ -43,18 +43,14 @@ def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
     def run_unit(seed: int, context: Context) -> list[dict]:
         return experiment.run_seed(config, setting, seed, context.cache, context.log)
 
-    return Study(
+    return seed_study(
         "divergence",
         {"numbers": config.to_dict(), "divergence": asdict(setting)},
         units,
         run_unit,
         write_rows,
-        grid={"seeds": units},
-        unit_file=lambda seed: f"seed-{seed}.json",
-        folder="seeds",
+        state_files=("results.csv",),
         summary=_summary,
         cpu_only=True,
-        state_files=("results.csv",),
-        store=parts_store(key_name="seed"),
         cache_bytes=training.checkpoint_bytes(config),
     )
