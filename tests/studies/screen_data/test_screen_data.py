@@ -218,7 +218,7 @@ def test_the_data_set_p_value_is_calibrated_under_exchangeable_pushes():
 
 def test_the_guide_runs_as_written(model_dir, tmp_path, monkeypatch):
     """docs/guide/screen-your-data.md: its files and its command, the model swapped for the tiny one."""
-    page = Path(__file__).resolve().parents[2] / "docs" / "guide" / "screen-your-data.md"
+    page = Path(__file__).resolve().parents[3] / "docs" / "guide" / "screen-your-data.md"
     text = page.read_text()
     files = re.findall(r'```\w+ title="([^"]+)"\n(.*?)```', text, re.S)
     assert [name for name, _ in files] == ["data.jsonl", "null.jsonl", "traits.toml"]
