@@ -57,6 +57,7 @@ __all__ = [
     "dtype_from_name",
     "dtype_name",
     "fingerprint",
+    "load_table",
     "load_toml",
     "parse_config",
     "read_csv",
@@ -103,6 +104,29 @@ def load_toml(path: str | os.PathLike[str], what: str = "config") -> dict[str, A
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise InputError(f"{what} '{path}' is not valid TOML: {error}") from None
+
+
+def load_table(path: str | os.PathLike[str], table: str) -> dict[str, Any]:
+    """The one ``[table]`` of a TOML config that holds nothing else.
+
+    Returns:
+        The table's keys and values.
+
+    Raises:
+        InputError: the file is unreadable or not TOML (:func:`load_toml`), has no ``[table]``,
+            or has another key or table beside it (a misplaced setting is refused, not dropped).
+
+    """
+    raw = load_toml(path)
+    if table not in raw:
+        raise InputError(f"'{path}' has no [{table}] table; see configs/{table}_*.toml")
+    stray = sorted(set(raw) - {table})
+    if stray:
+        raise InputError(
+            f"'{path}': unknown key(s) or table(s) {stray} beside [{table}]; "
+            f"put every setting inside [{table}]"
+        )
+    return raw[table]
 
 
 def config_file(value: str | os.PathLike[str]) -> Path:

@@ -125,11 +125,6 @@ def test_an_unclaimed_name_has_no_loader(tmp_path):
 REAL_PREFIXES = ("real_numbers_", "real_screen_", "real_grid_")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: the real_* loaders read only their own [real_*] table and ignore a stray "
-    "top-level key or table (a misplaced setting is silently dropped)",
-)
 @pytest.mark.parametrize(
     "path", [p for p in PACKAGED if p.stem.startswith(REAL_PREFIXES)], ids=lambda p: p.name
 )

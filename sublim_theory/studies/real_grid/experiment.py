@@ -45,7 +45,7 @@ import torch
 
 from sublim_theory.engine.optimizers import OPTIMIZERS
 from sublim_theory.errors import InputError
-from sublim_theory.harness.runs import bound, dtype_from_name, load_toml, parse_config
+from sublim_theory.harness.runs import bound, dtype_from_name, load_table, parse_config
 from sublim_theory.harness.study import Context
 from sublim_theory.models.pretrained import load_pretrained
 from sublim_theory.testbeds.real_lm import evaluate, train
@@ -165,10 +165,8 @@ def load_config(path: str | Path | None) -> RealGridConfig:
 
     """
     source = str(path or "defaults")
-    raw = {} if path is None else load_toml(path)
-    if path is not None and "real_grid" not in raw:
-        raise InputError(f"'{path}' has no [real_grid] table; see configs/real_grid_*.toml")
-    config = parse_config(RealGridConfig, raw.get("real_grid", {}), source)
+    table = {} if path is None else load_table(path, "real_grid")
+    config = parse_config(RealGridConfig, table, source)
     for name in ("arms", "ranks", "optimizers"):
         values = getattr(config, name)
         if len(set(values)) != len(values):

@@ -44,7 +44,7 @@ from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import (
     atomic_write_json,
     dtype_from_name,
-    load_toml,
+    load_table,
     parse_config,
 )
 from sublim_theory.harness.study import Context, Study
@@ -133,10 +133,7 @@ def load_config(path: str | Path) -> RealNumbersConfig:
             method, or an animal among the candidates missing.
 
     """
-    raw = load_toml(path)
-    if "real_numbers" not in raw:
-        raise InputError(f"'{path}' has no [real_numbers] table; see configs/real_numbers_*.toml")
-    config = parse_config(RealNumbersConfig, raw["real_numbers"], str(path))
+    config = parse_config(RealNumbersConfig, load_table(path, "real_numbers"), str(path))
     for name, (low, high) in LIMITS.items():
         value = getattr(config, name)
         if not low <= value <= high:

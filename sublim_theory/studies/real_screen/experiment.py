@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from sublim_theory.errors import InputError
-from sublim_theory.harness.runs import dtype_from_name, load_toml, parse_config
+from sublim_theory.harness.runs import dtype_from_name, load_table, parse_config
 from sublim_theory.harness.study import Context, Study
 from sublim_theory.models.pretrained import float64_throughout, load_pretrained
 from sublim_theory.testbeds.real_lm.forecast import animal_directions
@@ -114,10 +114,7 @@ def load_config(path: str | Path) -> RealScreenConfig:
             than 2 animals or a repeated one.
 
     """
-    raw = load_toml(path)
-    if "real_screen" not in raw:
-        raise InputError(f"'{path}' has no [real_screen] table; see configs/real_screen_*.toml")
-    config = parse_config(RealScreenConfig, raw["real_screen"], str(path))
+    config = parse_config(RealScreenConfig, load_table(path, "real_screen"), str(path))
     for name, (low, high) in LIMITS.items():
         value = getattr(config, name)
         if not low <= value <= high:
