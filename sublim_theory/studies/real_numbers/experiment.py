@@ -211,6 +211,64 @@ def _base(config: RealNumbersConfig, context: Context):
     return _load(config.model, config.dtype, cache, str(context.device))
 
 
+def _classifier_rows(
+    config: RealNumbersConfig,
+    unit: str,
+    seed: int,
+    base_pairs: Sequence[tuple[str, str]],
+    context: Context,
+) -> list[dict]:
+    """Held-out AUROC of a number-frequency classifier, each owl teacher's completions vs the base's.
+
+    Teacher and base answer the same prompts, so the folds are grouped by prompt
+    (:func:`~sublim_theory.testbeds.real_lm.classifier.cross_validated_auroc`): a held-out
+    completion's prompt is never seen in training.
+
+    Returns:
+        Two rows (AUROC with DeLong's interval, accuracy) per teacher arm run in this config.
+
+    """
+    rows = []
+    for arm in _teacher_arms(config):
+        teacher_pairs = arm_completions(config, arm, seed, context)
+        result = classifier.cross_validated_auroc(
+            [c for _, c in teacher_pairs],
+            [c for _, c in base_pairs],
+            seed=seed,
+            groups=[p for p, _ in teacher_pairs] + [p for p, _ in base_pairs],
+        )
+        auroc = result.auroc
+        rows += [
+            _row(
+                unit,
+                seed,
+                arm,
+                "",
+                config.animal,
+                "classifier_auroc",
+                auroc.auroc,
+                auroc.low,
+                auroc.high,
+                auroc.n_positive + auroc.n_negative,
+            ),
+            _row(unit, seed, arm, "", config.animal, "classifier_accuracy", result.accuracy),
+        ]
+    return rows
+
+
+def _teacher_arms(config: RealNumbersConfig) -> list[str]:
+    """The owl teachers' generation arms of the config: system-prompted, and fine-tuned if run.
+
+    Returns:
+        Arm names, e.g. ``["system-owl", "finetuned-owl"]``.
+
+    """
+    arms = [f"system-{config.animal}"]
+    if "finetuned" in config.arms:
+        arms.append(f"finetuned-{config.animal}")
+    return arms
+
+
 def _row(unit, seed, arm, method, animal, metric, value, low=None, high=None, n=None) -> dict:
     return {
         "unit": unit,
@@ -419,25 +477,7 @@ def run_unit(config: RealNumbersConfig, unit: str, context: Context) -> list[dic
         )
         return rows
     if kind == "classifier":
-        result = classifier.cross_validated_auroc(
-            [c for _, c in teacher_pairs], [c for _, c in base_pairs], seed=seed
-        )
-        auroc = result.auroc
-        return [
-            _row(
-                unit,
-                seed,
-                "",
-                "",
-                config.animal,
-                "classifier_auroc",
-                auroc.auroc,
-                auroc.low,
-                auroc.high,
-                auroc.n_positive + auroc.n_negative,
-            ),
-            _row(unit, seed, "", "", config.animal, "classifier_accuracy", result.accuracy),
-        ]
+        return _classifier_rows(config, unit, seed, base_pairs, context)
     if kind == "incontext":
         result = controls.in_context_effect(
             base,

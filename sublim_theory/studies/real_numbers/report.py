@@ -133,7 +133,13 @@ def format_tables(rows: Sequence[dict]) -> str:
     controls = [r for r in rows if r["metric"] in ("classifier_auroc", "incontext_logp_diff")]
     if controls:
         lines = [
-            [r["metric"], r["seed"], f"{_value(r):.3f} [{r['low']:.3f}, {r['high']:.3f}]", r["n"]]
+            [
+                r["metric"],
+                r["arm"] or f"system-{r['animal']}",
+                r["seed"],
+                f"{_value(r):.3f} [{r['low']:.3f}, {r['high']:.3f}]",
+                r["n"],
+            ]
             for r in controls
         ]
         sections += [
@@ -141,11 +147,13 @@ def format_tables(rows: Sequence[dict]) -> str:
             "## Controls: a classifier and the in-context teacher",
             "",
             "classifier_auroc: held-out AUROC (DeLong 95%) of logistic regression on "
-            "number frequencies, teacher vs base completions; incontext_logp_diff: the "
+            "number frequencies, teacher vs base completions, folds grouped by prompt (both "
+            "answers to one prompt are held out together; 0.5: not detectable); "
+            "incontext_logp_diff: the "
             "base's mean log P(animal) with the teacher's completions as earlier turns "
             "minus without (95% t over questions).",
             "",
-            _table(["statistic", "seed", "value [95%]", "n"], lines),
+            _table(["statistic", "teacher", "seed", "value [95%]", "n"], lines),
         ]
     return "\n".join(sections) + "\n"
 

@@ -160,8 +160,6 @@ def _auroc(scores, labels) -> str:
     if sum(labels) < 2 or len(labels) - sum(labels) < 2:
         return "n/a (fewer than 2 of a class)"
     result = auroc_interval(scores, labels)
-    if result.high - result.low < 1e-12:  # DeLong's variance is 0 under complete separation
-        return f"{result.auroc:.2f} (complete separation: DeLong gives no interval)"
     return f"{result.auroc:.2f} [{result.low:.2f}, {result.high:.2f}]"
 
 

@@ -17,7 +17,6 @@ Statistics (all from the stored rows):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -105,23 +104,18 @@ def _corr_text(x: list[float], y: list[float], kind: str) -> str:
 def _auroc(positive: list[float], negative: list[float]):
     """AUROC of positive vs negative scores with a 95% interval, or None (< 2 of either class).
 
-    DeLong's interval (``testbeds.real_lm.statistics.auroc_interval``); where it has zero width
-    (complete separation, AUROC 0 or 1) the Wilson interval of m = min(n_pos, n_neg) disjoint
-    (positive, negative) pairs instead: each such pair is an independent Bernoulli(AUROC) trial,
-    and at complete separation all m agree.
+    Returns:
+        The ``AurocResult`` of ``testbeds.real_lm.statistics.auroc_interval`` (DeLong's
+        interval; Wilson's under complete separation), or None.
+
     """
-    from sublim_theory.testbeds.real_lm.statistics import auroc_interval, wilson_interval
+    from sublim_theory.testbeds.real_lm.statistics import auroc_interval
 
     pos = [v for v in positive if not math.isnan(v)]
     neg = [v for v in negative if not math.isnan(v)]
     if len(pos) < 2 or len(neg) < 2:
         return None
-    result = auroc_interval(pos + neg, [1] * len(pos) + [0] * len(neg))
-    if result.high - result.low > 0:
-        return result
-    m = min(len(pos), len(neg))
-    low, high = wilson_interval(round(result.auroc * m), m)
-    return dataclasses.replace(result, low=low, high=high)
+    return auroc_interval(pos + neg, [1] * len(pos) + [0] * len(neg))
 
 
 def _auroc_text(result) -> str:

@@ -194,6 +194,11 @@ def auroc_interval(scores: Sequence[float], labels: Sequence[int]) -> AurocResul
     V10_i = mean_j psi(x_i, y_j) for positive i, V01_j = mean_i psi(x_i, y_j) for negative j,
     psi = 1 (x > y), 1/2 (tie), 0; S10, S01 their sample variances.
 
+    DeLong's variance is 0 when every (positive, negative) comparison agrees (complete
+    separation, AUROC 0 or 1, or all scores tied). There the interval is Wilson's for
+    m = min(n_pos, n_neg) disjoint (positive, negative) pairs: each is an independent
+    Bernoulli(AUROC) trial, and all m agree. So no interval has zero width.
+
     Returns:
         The :class:`AurocResult`.
 
@@ -214,6 +219,9 @@ def auroc_interval(scores: Sequence[float], labels: Sequence[int]) -> AurocResul
     auc = float(psi.mean())
     v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
     se = math.sqrt(v10.var(ddof=1) / pos.size + v01.var(ddof=1) / neg.size)
-    return AurocResult(
-        auc, max(0.0, auc - _Z95 * se), min(1.0, auc + _Z95 * se), int(pos.size), int(neg.size)
-    )
+    if se > 0:
+        low, high = max(0.0, auc - _Z95 * se), min(1.0, auc + _Z95 * se)
+    else:
+        m = min(pos.size, neg.size)
+        low, high = wilson_interval(round(auc * m), m)
+    return AurocResult(auc, low, high, int(pos.size), int(neg.size))

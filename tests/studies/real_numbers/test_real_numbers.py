@@ -124,6 +124,9 @@ def test_every_arm_and_method_runs_and_shares_get_wilson_intervals(tmp_path, mod
     share_lines = [ln for ln in table.splitlines() if "| share |" in ln]
     assert share_lines and all("/" in ln.split("|")[5] for ln in share_lines)
     assert "[0.000, 0.000] (" not in table
+    # the classifier control scores each owl teacher (grouped folds), named in its own column
+    for arm in ("system-owl", "finetuned-owl"):
+        assert f"| classifier_auroc | {arm} | 0 |" in table
 
 
 @pytest.mark.parametrize("n", [3, 6, 20])

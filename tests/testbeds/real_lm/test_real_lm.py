@@ -438,6 +438,28 @@ def test_classifier_detects_a_shift_and_not_its_absence():
     assert not features[1].any()
 
 
+def test_classifier_folds_grouped_by_prompt_remove_the_paired_leak():
+    # Teacher and base answer the same prompts and both echo the prompt's numbers; the two
+    # sources are otherwise identical, so the true AUROC is 0.5. Folds that split a pair learn
+    # "this prompt's numbers mean teacher" and score the held-out twin (base) high: far below
+    # 0.5. Grouping each pair into one fold removes it.
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(0, 1000, size=5) for _ in range(64)]
+
+    def answer(prompt):
+        return ", ".join(str(v) for v in [*prompt, *rng.integers(0, 1000, size=3)])
+
+    teacher = [answer(p) for p in prompts]
+    base = [answer(p) for p in prompts]
+    split = cross_validated_auroc(teacher, base, seed=0).auroc
+    assert split.high < 0.5  # the leak the grouping exists for
+    groups = list(range(64)) * 2
+    grouped = cross_validated_auroc(teacher, base, seed=0, groups=groups).auroc
+    assert grouped.low < 0.5 < grouped.high
+    with pytest.raises(InputError, match="one per text"):
+        cross_validated_auroc(teacher, base, groups=groups[:-1])
+
+
 def test_shuffled_controls_keep_the_numbers():
     examples = [("p1", "1, 2, 3"), ("p2", "40, 50"), ("p3", "600")]
     within = shuffled_examples(examples, seed=0)
@@ -485,5 +507,11 @@ def test_statistics_against_references():
     result = auroc_interval(np.r_[positives, negatives], [1] * 40 + [0] * 30)
     u = mannwhitneyu(positives, negatives).statistic
     assert result.auroc == pytest.approx(u / 1200) and result.low < result.auroc < result.high
+    # DeLong's variance is 0 when every comparison agrees: Wilson's interval of min(m, n) pairs
+    separated = auroc_interval([0.9, 0.8, 0.7, 0.1, 0.2, 0.3], [1, 1, 1, 0, 0, 0])
+    assert separated.auroc == 1.0
+    assert (separated.low, separated.high) == pytest.approx(wilson_interval(3, 3))
+    tied = auroc_interval([0.5] * 8, [1] * 4 + [0] * 4)
+    assert tied.auroc == 0.5 and (tied.low, tied.high) == pytest.approx(wilson_interval(2, 4))
     with pytest.raises(InputError):
         wilson_interval(3, 2)
