@@ -45,7 +45,7 @@ from torch import Tensor
 from sublim_theory.engine.alignment import batched_cosine, batched_dot, batched_norm
 from sublim_theory.engine.update_rules import Adam, State
 from sublim_theory.errors import InputError
-from sublim_theory.harness.runs import bound, parse_config
+from sublim_theory.harness.runs import bound
 from sublim_theory.harness.seeds import TAGS, mixed_seed
 from sublim_theory.studies.mnist.experiment import (
     LIMITS,
@@ -117,19 +117,6 @@ class DynamicsConfig:
     temperature: float = field(default=1.0, metadata=bound(gt=0, le=LIMITS["rate"]))
     trait_digits: int = field(default=1024, metadata=bound(ge=1, le=LIMITS["images"]))
     seed: int = field(default=0, metadata=bound(ge=0, lt=2**31))
-
-    @classmethod
-    def parse(cls, raw: dict[str, object], source: str) -> DynamicsConfig:
-        """A config from a TOML table or flags (``runs.parse_config``: typed and range-checked).
-
-        Returns:
-            The config.
-
-        Raises:
-            InputError: one line naming ``source`` and the key at fault.
-
-        """
-        return parse_config(cls, dict(raw), source)
 
     @property
     def mnist(self) -> MnistConfig:
