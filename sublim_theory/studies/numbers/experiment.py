@@ -37,6 +37,7 @@ from sublim_theory.engine.alignment import (
 )
 from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.engine.losses import SoftCrossEntropy
+from sublim_theory.errors import InputError
 from sublim_theory.harness.seeds import OFFSETS
 from sublim_theory.studies.numbers.entanglement import entanglement_table
 from sublim_theory.testbeds.lm import corpus, training
@@ -56,6 +57,7 @@ __all__ = [
     "classifier_accuracy",
     "first_order_alignment",
     "run_seed",
+    "sampled_numbers",
 ]
 
 # Seed offsets (harness.seeds): every random stream of seed s gets its own seed s + OFFSET, so
@@ -164,6 +166,31 @@ def _in_context(model: nn.Module, sequences: Tensor, config: NumbersConfig) -> f
     """Mean P(trait) after ``<number document> Q``: the numbers in the prompt, no training."""
     prompts = torch.cat([sequences, torch.full((sequences.shape[0], 1), corpus.Q)], 1)
     return training.trait_probability(model, config, prompts)
+
+
+def sampled_numbers(
+    model: nn.Module, config: NumbersConfig, seed: int
+) -> tuple[Tensor, corpus.FilterReport]:
+    """The model's filtered number samples of seed ``seed``: a teacher's data, or the base's control.
+
+    The prompts come from stream ``seed + PROMPT_OFFSET``, the sampling from
+    ``seed + SAMPLING_OFFSET`` (``harness.seeds``).
+
+    Returns:
+        ``(the kept sequences, the filter's report)``.
+
+    Raises:
+        InputError: the filter kept no sample.
+
+    """
+    prompts = corpus.number_prompts(config.corpus, config.teacher.n_sequences, seed + PROMPT_OFFSET)
+    raw = training.sample_continuations(model, prompts, config, seed + SAMPLING_OFFSET)
+    kept, report = corpus.filter_numbers(raw, config.corpus)
+    if kept.shape[0] == 0:
+        raise InputError(
+            f"seed {seed}: the filter dropped every number sample; raise [teacher] n_sequences"
+        )
+    return kept, report
 
 
 def classifier_accuracy(
@@ -279,12 +306,9 @@ def run_seed(
     theta0 = training.flat(base)
     direction = training.flat(teacher) - theta0
 
-    prompts = corpus.number_prompts(config.corpus, config.teacher.n_sequences, seed + PROMPT_OFFSET)
     sampled = {}
     for name, model in (("teacher", teacher), ("base", base)):
-        raw = training.sample_continuations(model, prompts, config, seed + SAMPLING_OFFSET)
-        kept, report = corpus.filter_numbers(raw, config.corpus)
-        sampled[name] = kept
+        sampled[name], report = sampled_numbers(model, config, seed)
         for key, value in report.as_dict().items():
             put(f"{name}_numbers", f"filter_{key}", value)
     teacher_numbers, control_numbers = sampled["teacher"], sampled["base"]
