@@ -8,6 +8,7 @@ of explicitly flattened float64 parameter vectors; Spearman's rho equals scipy's
 import copy
 import dataclasses
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -209,11 +210,13 @@ def test_config_errors(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["adamstate", "coverage"])
-def test_command_tiny_run_resume_and_bad_input(command, tmp_path, capsys):
+def test_command_tiny_run_resume_and_bad_input(command, tmp_path, capsys, tiny_config_run):
+    run = tiny_config_run(f"claims_tiny:{command}")  # the session's one run (TINY_RUNS)
+    assert run.code == 0, run.stderr
     out = tmp_path / "run"
+    shutil.copytree(run.out, out)
     args = [command, "--config", str(TINY), "--seeds", "2", "--out", str(out)]
-    args += ["--cache", str(tmp_path / "cache"), "--threads", "1"]
-    assert main(args) == 0
+    args += ["--cache", str(run.work / "cache"), "--threads", "1"]
     table = (out / "table.md").read_text()
     assert "does not test their LLM setting" in table and "arXiv 26" in table
     results = (out / "results.csv").read_text()
