@@ -235,6 +235,7 @@ TINY_RUNS = {
     "divergence_tiny": _tiny_argv(
         "divergence", "divergence_tiny", "--seeds", "2", "--cache", "WORK/cache", "--threads", "1"
     ),
+    "init_distance_tiny": _tiny_argv("sweep", "init_distance_tiny", "--device", "cpu", "--quiet"),
     "numbers_tiny": _tiny_argv("numbers", "numbers_tiny", "--seeds", "2"),
     "projection_tiny": _tiny_argv("projection", "projection_tiny", "--threads", "1"),
     "rules_tiny": _tiny_argv("rules", "rules_tiny", "--quiet"),
