@@ -154,12 +154,23 @@ def cpu_device(command: str, requested: str) -> None:
 
 @dataclass(frozen=True)
 class Context:
-    """What a study's unit sees of the run: where to write, what to reuse, where to compute."""
+    """What a study's unit sees of the run: where to write, what to reuse, where to compute.
+
+    Attributes:
+        out: the output folder.
+        cache: the cache folder, or None.
+        device: where to compute.
+        log: the progress printer.
+        report_only: the run rebuilds the report from stored units and computes nothing; a
+            ``prepare`` hook then only reads or checks what is stored (or refuses the folder).
+
+    """
 
     out: Path
     cache: Path | None
     device: torch.device
     log: Callable[..., None] = progress
+    report_only: bool = False
 
 
 class PartsStore(UnitStore):
@@ -286,7 +297,8 @@ class Study:
         prepare: ``prepare(context, stored)``, called once the settings are checked and before
             any unit (``stored``: unit key as text -> its stored rows or None). It writes the
             study's own files (say, a selection made once for every unit) and may refuse the
-            folder with an ``InputError``.
+            folder with an ``InputError``. Under ``report_only`` (``context.report_only``) it
+            computes nothing: it reads its files or refuses a folder that lacks them.
         state_files: the study's own files in the folder (those ``prepare`` writes, or tables
             holding rows no record has): like stored units, refused when ``run.json`` is missing.
         store: ``store(records, fingerprint, study, log)`` builds the store of the records:
@@ -399,7 +411,7 @@ def run_study(
             )
         else:
             store = study.store(records, fingerprint(study.settings), study, log)
-        context = Context(path, cache_path, resolved, log)
+        context = Context(path, cache_path, resolved, log, report_only)
         stored = {str(u): store.get(u) for u in units}
         if study.prepare is not None:
             study.prepare(context, dict(stored))
