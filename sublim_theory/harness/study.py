@@ -461,6 +461,8 @@ def seed_study(
     *,
     parts: Sequence[str] = (),
     state_files: tuple[str, ...] = ("results.csv",),
+    key_name: str | None = "seed",
+    legacy_records: bool = True,
     **options: Any,
 ) -> Study:
     """A :class:`Study` whose units are seeds, in the layout of the tiny-LM studies.
@@ -478,6 +480,8 @@ def seed_study(
         report: as :class:`Study`.
         parts: the extra lists of rows of a record (:class:`PartsStore`).
         state_files: as :class:`Study`.
+        key_name: the name the seed is stored under in its record (None: not stored).
+        legacy_records: as :class:`Study` (False: every record must carry the fingerprint).
         **options: any other :class:`Study` field (``summary``, ``prepare``, ``cpu_only``,
             ``cache_bytes``).
 
@@ -494,9 +498,9 @@ def seed_study(
         grid={"seeds": seeds},
         unit_file=lambda seed: f"seed-{seed}.json",
         folder="seeds",
-        legacy_records=True,
+        legacy_records=legacy_records,
         state_files=state_files,
-        store=parts_store(parts=parts, key_name="seed"),
+        store=parts_store(parts=parts, key_name=key_name),
         **options,
     )
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from sublim_theory.harness.study import Context, Study, seed_range
+from sublim_theory.harness.study import Context, Study, seed_range, seed_study
 from sublim_theory.studies.claims import adam_state, coverage, report
 from sublim_theory.studies.claims.config import load_config
 from sublim_theory.testbeds.lm import training
@@ -47,6 +47,8 @@ def _seeds_study(
 ) -> Study:
     """A claim's study: a unit a seed (``seeds/seed-S.json``), on the CPU, bases cached.
 
+    ``harness.study.seed_study``, its records carrying the fingerprint and no seed key.
+
     Args:
         name: the study's name.
         config: the numbers config (its checkpoint size is what the cache must hold).
@@ -60,15 +62,15 @@ def _seeds_study(
         The study for run_study.
 
     """
-    return Study(
+    return seed_study(
         name,
         settings,
         units,
         run_unit,
         write_report,
-        grid={"seeds": units},
-        unit_file=lambda seed: f"seed-{seed}.json",
-        folder="seeds",
+        state_files=(),
+        key_name=None,
+        legacy_records=False,
         cpu_only=True,
         cache_bytes=training.checkpoint_bytes(config),
         **options,
