@@ -69,29 +69,20 @@ class AdamState:
 
 
 def teacher_with_state(base: nn.Module, config: NumbersConfig) -> tuple[nn.Module, AdamState]:
-    """``training.finetune_teacher``'s loop, returning the teacher AND its Adam moments.
+    """``training.finetune_teacher``, returning the teacher AND its Adam moments.
 
     Returns:
         (teacher in eval mode, its optimizer's ``exp_avg``, ``exp_avg_sq`` and step count).
 
     """
-    t = config.teacher
-    teacher = copy.deepcopy(base).train()
-    trait = corpus.vocabulary(config.corpus).animal(config.corpus.trait_animal)
-    doc = torch.tensor([[corpus.BOS, corpus.Q, trait, corpus.EOS]])
-    optimizer = torch.optim.Adam(teacher.parameters(), lr=t.lr)
-    for _ in range(t.steps):
-        loss = training.lm_loss(teacher, doc)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    teacher, optimizer = training.finetune_teacher_and_optimizer(base, config)
     params = list(teacher.parameters())
     state = AdamState(
         [optimizer.state[p]["exp_avg"].detach().clone() for p in params],
         [optimizer.state[p]["exp_avg_sq"].detach().clone() for p in params],
-        t.steps,
+        config.teacher.steps,
     )
-    return teacher.eval(), state
+    return teacher, state
 
 
 def transplant(
