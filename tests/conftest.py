@@ -204,3 +204,88 @@ def disk_full_at(monkeypatch):
         monkeypatch.setattr(os, "fsync", fsync)
 
     return fill
+
+
+# --------------------------------------------------------------------------------------------
+# every packaged *_tiny config end to end, each run once a session
+# --------------------------------------------------------------------------------------------
+def _tiny_argv(command, config, *flags):
+    """A runner: ``sublim-theory COMMAND --config CONFIG FLAGS --out WORK/out``."""
+    from sublim_theory.harness.runs import CONFIG_DIR
+
+    def argv(work):
+        extra = [str(work / f.removeprefix("WORK/")) if f.startswith("WORK/") else f for f in flags]
+        return [command, "--config", str(CONFIG_DIR / f"{config}.toml"), *extra, "--out",
+                str(work / "out")]  # fmt: skip
+
+    return argv
+
+
+# Run name (the config's stem, ``:COMMAND`` where two commands read one config) -> the command
+# line of its one end-to-end run, given a fresh work folder (``WORK/...`` flags live in it). The
+# studies' own tests read these runs through ``tiny_config_run`` instead of running them again.
+TINY_RUNS = {
+    "claims_tiny:adamstate": _tiny_argv(
+        "adamstate", "claims_tiny", "--seeds", "2", "--cache", "WORK/cache", "--threads", "1"
+    ),
+    "claims_tiny:coverage": _tiny_argv(
+        "coverage", "claims_tiny", "--seeds", "2", "--cache", "WORK/cache", "--threads", "1"
+    ),
+    "defenses_tiny": _tiny_argv("defenses", "defenses_tiny", "--seeds", "1", "--threads", "1"),
+    "divergence_tiny": _tiny_argv(
+        "divergence", "divergence_tiny", "--seeds", "2", "--cache", "WORK/cache", "--threads", "1"
+    ),
+    "init_distance_tiny": _tiny_argv("sweep", "init_distance_tiny", "--device", "cpu", "--quiet"),
+    "numbers_tiny": _tiny_argv("numbers", "numbers_tiny", "--seeds", "2"),
+    "projection_tiny": _tiny_argv("projection", "projection_tiny", "--threads", "1"),
+    "rules_tiny": _tiny_argv("rules", "rules_tiny", "--quiet"),
+    "sign_population_tiny": _tiny_argv("sign-population", "sign_population_tiny"),
+}
+
+
+class TinyRun:
+    """One finished end-to-end run of a packaged tiny config (read it; copy before changing it).
+
+    Attributes:
+        argv: the command line.
+        work: its work folder (``out`` the output folder, ``cache`` where it cached).
+        out: ``work / "out"``.
+        code: the exit status.
+        stdout: what it printed (the tables).
+        stderr: its progress lines and errors.
+        files: the output folder's files when the run ended, relative path -> bytes.
+    """
+
+    def __init__(self, argv, work, code, stdout, stderr):
+        self.argv, self.work, self.out, self.code = argv, work, work / "out", code
+        self.stdout, self.stderr = stdout, stderr
+        self.files = {
+            str(p.relative_to(self.out)): p.read_bytes()
+            for p in sorted(self.out.rglob("*"))
+            if p.is_file()
+        }
+
+
+@pytest.fixture(scope="session")
+def tiny_config_run(tmp_path_factory):
+    """``tiny_config_run(name)``: the :class:`TinyRun` of ``TINY_RUNS[name]``, run on first request."""
+    import contextlib
+    import io
+
+    from sublim_theory.cli.main import main
+
+    runs = {}
+
+    def get(name):
+        if name not in runs:
+            work = tmp_path_factory.mktemp(name.replace(":", "-"))
+            argv = TINY_RUNS[name](work)
+            stdout, stderr = io.StringIO(), io.StringIO()
+            threads = torch.get_num_threads()
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                code = main(argv)
+            torch.set_num_threads(threads)  # a run's --threads must not leak into later tests
+            runs[name] = TinyRun(argv, work, code, stdout.getvalue(), stderr.getvalue())
+        return runs[name]
+
+    return get

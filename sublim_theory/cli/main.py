@@ -40,7 +40,8 @@ __all__ = [
     "thread_count",
 ]
 
-# Subcommand name -> module under sublim_theory.cli (imported only when present).
+# Subcommand names; a command's module under sublim_theory.cli is its name with '-' as '_'
+# (imported only when present).
 COMMANDS = (
     "check",
     "derive",
@@ -64,6 +65,7 @@ COMMANDS = (
     "adamstate",
     "coverage",
     "realgrid",
+    "sign-population",
 )
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXIT_INPUT, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, the shell's convention
@@ -245,10 +247,11 @@ class _OneLineParser(argparse.ArgumentParser):
 def _command_modules() -> dict[str, object]:
     modules = {}
     for name in COMMANDS:
+        module = name.replace("-", "_")  # sign-population: cli/sign_population.py
         try:
-            modules[name] = importlib.import_module(f"sublim_theory.cli.{name}")
+            modules[name] = importlib.import_module(f"sublim_theory.cli.{module}")
         except ModuleNotFoundError as error:
-            if error.name != f"sublim_theory.cli.{name}":
+            if error.name != f"sublim_theory.cli.{module}":
                 raise
     return modules
 

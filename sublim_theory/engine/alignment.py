@@ -526,20 +526,10 @@ def first_order_coefficient(
 ) -> float:
     """A = E_x[u^T M u] >= 0, u = J v: <dtheta_S, v> = eps A + O(eps^2). One jvp per chunk.
 
-    Args:
-        model: the network as f(theta, x) (see :class:`FunctionalModel`).
-        theta: the parameters to expand around, a flat vector (theta_0 in the theorem).
-        inputs: the distillation inputs x ~ D_S, shape (N, ...).
-        loss: the imitation loss l(z, y) (``make_loss``).
-        v: the teacher's direction, a flat vector.
-        batch_size: process inputs in chunks of this many samples.
+    The arguments and the errors are those of :func:`taylor_coefficients`.
 
     Returns:
         A, reduced in float64 (>= 0 up to rounding, since M is PSD).
-
-    Raises:
-        InputError: empty, non-finite or mis-shaped inputs, a vector that is not a finite flat
-            vector of ``model.num_params`` entries, or ``batch_size`` < 1.
 
     """
     return float(
@@ -595,20 +585,10 @@ def second_order_coefficient(
     (true for the squared error, cross-entropy and KL of ``losses.py``). theory/alignment.md
     section 4; B is the eps^2 coefficient when l is C^4 and f is C^3 near theta_0.
 
-    Args:
-        model: the network as f(theta, x) (see :class:`FunctionalModel`).
-        theta: the parameters to expand around, a flat vector (theta_0 in the theorem).
-        inputs: the distillation inputs x ~ D_S, shape (N, ...).
-        loss: the imitation loss l(z, y) (``make_loss``).
-        v: the teacher's direction, a flat vector.
-        batch_size: process inputs in chunks of this many samples.
+    The arguments and the errors are those of :func:`taylor_coefficients`.
 
     Returns:
         B as a float, reduced in float64.
-
-    Raises:
-        InputError: empty, non-finite or mis-shaped inputs, a vector that is not a finite flat
-            vector of ``model.num_params`` entries, or ``batch_size`` < 1.
 
     """
     return taylor_coefficients(model, theta, inputs, loss, v, batch_size)[1]

@@ -154,12 +154,23 @@ def cpu_device(command: str, requested: str) -> None:
 
 @dataclass(frozen=True)
 class Context:
-    """What a study's unit sees of the run: where to write, what to reuse, where to compute."""
+    """What a study's unit sees of the run: where to write, what to reuse, where to compute.
+
+    Attributes:
+        out: the output folder.
+        cache: the cache folder, or None.
+        device: where to compute.
+        log: the progress printer.
+        report_only: the run rebuilds the report from stored units and computes nothing; a
+            ``prepare`` hook then only reads or checks what is stored (or refuses the folder).
+
+    """
 
     out: Path
     cache: Path | None
     device: torch.device
     log: Callable[..., None] = progress
+    report_only: bool = False
 
 
 class PartsStore(UnitStore):
@@ -286,7 +297,8 @@ class Study:
         prepare: ``prepare(context, stored)``, called once the settings are checked and before
             any unit (``stored``: unit key as text -> its stored rows or None). It writes the
             study's own files (say, a selection made once for every unit) and may refuse the
-            folder with an ``InputError``.
+            folder with an ``InputError``. Under ``report_only`` (``context.report_only``) it
+            computes nothing: it reads its files or refuses a folder that lacks them.
         state_files: the study's own files in the folder (those ``prepare`` writes, or tables
             holding rows no record has): like stored units, refused when ``run.json`` is missing.
         store: ``store(records, fingerprint, study, log)`` builds the store of the records:
@@ -399,7 +411,7 @@ def run_study(
             )
         else:
             store = study.store(records, fingerprint(study.settings), study, log)
-        context = Context(path, cache_path, resolved, log)
+        context = Context(path, cache_path, resolved, log, report_only)
         stored = {str(u): store.get(u) for u in units}
         if study.prepare is not None:
             study.prepare(context, dict(stored))
@@ -449,6 +461,8 @@ def seed_study(
     *,
     parts: Sequence[str] = (),
     state_files: tuple[str, ...] = ("results.csv",),
+    key_name: str | None = "seed",
+    legacy_records: bool = True,
     **options: Any,
 ) -> Study:
     """A :class:`Study` whose units are seeds, in the layout of the tiny-LM studies.
@@ -466,6 +480,8 @@ def seed_study(
         report: as :class:`Study`.
         parts: the extra lists of rows of a record (:class:`PartsStore`).
         state_files: as :class:`Study`.
+        key_name: the name the seed is stored under in its record (None: not stored).
+        legacy_records: as :class:`Study` (False: every record must carry the fingerprint).
         **options: any other :class:`Study` field (``summary``, ``prepare``, ``cpu_only``,
             ``cache_bytes``).
 
@@ -482,9 +498,9 @@ def seed_study(
         grid={"seeds": seeds},
         unit_file=lambda seed: f"seed-{seed}.json",
         folder="seeds",
-        legacy_records=True,
+        legacy_records=legacy_records,
         state_files=state_files,
-        store=parts_store(parts=parts, key_name="seed"),
+        store=parts_store(parts=parts, key_name=key_name),
         **options,
     )
 

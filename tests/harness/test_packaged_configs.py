@@ -66,7 +66,7 @@ LOADERS: dict[str, Callable[[Path], object]] = {
     "real_screen_": real_screen.load_config,  # realscreen
     "real_grid_": real_grid.load_config,  # realgrid
     "rules_": rules.load_rules_config,  # rules
-    "sign_population_": sign_population.load_config,  # experiments/sign_population.py
+    "sign_population_": sign_population.load_config,  # sign-population
     "init_distance": init_distance.load_config,  # sweep, demo
     "mnist_dynamics": _dynamics,  # dynamics
     "mnist_": _mnist,  # mnist

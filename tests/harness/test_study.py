@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -107,3 +108,17 @@ def test_report_only_computes_nothing_and_keeps_the_computing_runs_record(tmp_pa
     assert (tmp_path / "table.md").read_text() == text + "\n"
     assert any("2: not computed (report only)" in line for line in lines)
     assert (tmp_path / "environment.json").read_text() == environment
+
+
+def test_prepare_is_told_when_the_run_only_rebuilds_the_report(tmp_path):
+    seen = []
+
+    def prepare(context, stored):
+        seen.append((context.report_only, sorted(k for k, rows in stored.items() if rows)))
+
+    def study():
+        return dataclasses.replace(_study([], n=2), prepare=prepare)
+
+    run_study(study(), tmp_path, log=lambda *a: None)
+    run_study(study(), tmp_path, log=lambda *a: None, report_only=True)
+    assert seen == [(False, []), (True, ["0", "1"])]

@@ -54,7 +54,7 @@ from sublim_theory.engine.alignment import (
     student_update_kernel,
 )
 from sublim_theory.engine.functional import FunctionalModel
-from sublim_theory.engine.losses import SoftCrossEntropy
+from sublim_theory.engine.losses import ImitationLoss, SoftCrossEntropy
 from sublim_theory.engine.report import alignment_report
 from sublim_theory.errors import InputError
 from sublim_theory.harness.records import environment_record
@@ -71,7 +71,9 @@ from sublim_theory.testing import reference
 
 __all__ = [
     "curvlinops_matvec",
+    "alignment_paths",
     "load_average",
+    "synchronize",
     "SIZES",
     "Case",
     "bench_case",
@@ -167,7 +169,8 @@ def load_average() -> float | None:
         return None
 
 
-def _synchronize(device: str) -> None:
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so a clock reads finished work."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -191,14 +194,14 @@ def time_paths(
     for fn in paths.values():
         for _ in range(warmups):
             fn()
-    _synchronize(device)
+    synchronize(device)
     samples: dict[str, list[float]] = {name: [] for name in paths}
     total, rounds = 0.0, 0
     while rounds < min_repeats or (total < min_seconds and rounds < 200):
         for name, fn in paths.items():
             start = time.perf_counter()
             fn()
-            _synchronize(device)
+            synchronize(device)
             elapsed = time.perf_counter() - start
             samples[name].append(elapsed)
             total += elapsed
@@ -211,7 +214,7 @@ def _peak_memory_mb(fn: Callable[[], Any], device: str) -> float | None:
         return None
     torch.cuda.reset_peak_memory_stats()
     fn()
-    _synchronize(device)
+    synchronize(device)
     return torch.cuda.max_memory_allocated() / 2**20
 
 
@@ -254,9 +257,27 @@ def curvlinops_matvec(case: Case, v: Tensor) -> Callable[[], Any] | None:
         return lambda: operator @ flat
 
 
-def bench_case(case: Case, device: str) -> list[dict[str, Any]]:
-    """Time every path on one case; ratios are to the student gradient on the same batch."""
-    model, inputs, loss = case.model, case.inputs, SoftCrossEntropy()
+def alignment_paths(
+    model: FunctionalModel, inputs: Tensor, loss: ImitationLoss, prefix: str = ""
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Callable[[], Any]]]:
+    """The engine's paths on one batch, each a call to time, and what they are evaluated at.
+
+    theta is the model's parameters, v a fixed Gaussian direction (seed 1), the targets the
+    teacher theta + 1e-3 v's outputs. The paths: ``gradient`` (``student_update_kernel``),
+    ``gradient_module`` (the same gradient by plain autograd on the module), ``first_order``
+    (A), ``gauss_newton`` (K v) and ``report`` (``alignment_report``), each name after
+    ``prefix``.
+
+    Args:
+        model: the network.
+        inputs: the batch.
+        loss: the imitation loss.
+        prefix: put before every path's name (``real_`` for the real model's rows).
+
+    Returns:
+        ``(theta, v, targets, {name: path})``.
+
+    """
     theta = model.flat_params()
     v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(1), dtype=theta.dtype)
     v = v.to(theta.device)
@@ -278,6 +299,13 @@ def bench_case(case: Case, device: str) -> list[dict[str, Any]]:
             model, v, inputs, loss, 1e-3, theta0=theta, noise_floor=False
         ),
     }
+    return theta, v, targets, {prefix + name: path for name, path in paths.items()}
+
+
+def bench_case(case: Case, device: str) -> list[dict[str, Any]]:
+    """Time every path on one case; ratios are to the student gradient on the same batch."""
+    model, inputs, loss = case.model, case.inputs, SoftCrossEntropy()
+    theta, v, targets, paths = alignment_paths(model, inputs, loss)
     curvlinops = curvlinops_matvec(case, v)
     if curvlinops is not None:
         paths["curvlinops_ggn"] = curvlinops

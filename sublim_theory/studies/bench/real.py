@@ -62,19 +62,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from sublim_theory.engine.alignment import (
     first_order_coefficient,
-    first_order_kernel,
-    gauss_newton_kernel,
     gauss_newton_product,
     student_update,
-    student_update_kernel,
 )
 from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.engine.losses import KLDivergence
-from sublim_theory.engine.report import alignment_report
 from sublim_theory.errors import InputError
 from sublim_theory.harness.records import environment_record
 from sublim_theory.harness.runs import (
@@ -83,7 +79,12 @@ from sublim_theory.harness.runs import (
     atomic_write_text,
     resolve_device,
 )
-from sublim_theory.studies.bench.experiment import load_average, time_paths
+from sublim_theory.studies.bench.experiment import (
+    alignment_paths,
+    load_average,
+    synchronize,
+    time_paths,
+)
 from sublim_theory.studies.bench.report import combine_runs, real_markdown, verdicts
 
 __all__ = [
@@ -164,11 +165,6 @@ def number_examples(count: int, seed: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _base(case: str, name: str, device: str, params: int, batch: int) -> dict[str, Any]:
     return {
         "case": case,
@@ -202,26 +198,9 @@ def bench_real_alignment(
     inputs, _ = number_inputs(tokenizer, size["documents"], scored, seed=0)
     inputs = inputs.to(device)
     model = FunctionalModel(CompletionLogits(lm, scored))
-    theta = model.flat_params().detach()
-    generator = torch.Generator().manual_seed(1)
-    v = torch.randn(theta.shape, generator=generator, dtype=theta.dtype).to(theta.device)
     loss = KLDivergence()
-    with torch.no_grad():
-        targets = model(theta + 1e-3 * v, inputs)
-    parameters = [p for p in model.module.parameters() if p.requires_grad]
-
-    def module_gradient() -> tuple[Tensor, ...]:
-        value = loss.value(model.module(inputs), targets).mean()
-        return torch.autograd.grad(value, parameters)
-
-    paths = {
-        "real_gradient": lambda: student_update_kernel(model, theta, inputs, targets, loss),
-        "real_gradient_module": module_gradient,
-        "real_first_order": lambda: first_order_kernel(model, theta, inputs, loss, v),
-        "real_gauss_newton": lambda: gauss_newton_kernel(model, theta, inputs, loss, v),
-        "real_report": lambda: alignment_report(
-            model, v, inputs, loss, 1e-3, theta0=theta, noise_floor=False
-        ),
+    theta, v, targets, paths = alignment_paths(model, inputs, loss, "real_")
+    paths |= {
         "real_gradient_public": lambda: student_update(model, theta, inputs, targets, loss),
         "real_first_order_public": lambda: first_order_coefficient(model, theta, inputs, loss, v),
         "real_gauss_newton_public": lambda: gauss_newton_product(model, theta, inputs, loss, v),
@@ -545,7 +524,7 @@ def run_real_benchmarks(
                     rows += [
                         {**row, "run": run} for row in bench(lm, tokenizer, name, spec, device)
                     ]
-                    _synchronize(device)
+                    synchronize(device)
                     print(f"  real {bench.__name__} run {run}: done", file=sys.stderr)
             env = environment_record(device)
         finally:

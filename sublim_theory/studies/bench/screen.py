@@ -22,7 +22,6 @@ Targets (issue 23): ``screen_factored[10]`` <= 1.5 and ``screen_factored[100]`` 
 from __future__ import annotations
 
 import copy
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from torch import Tensor
 from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.engine.screen import ScreenResult, TraitProbe, screen
 from sublim_theory.errors import InputError
+from sublim_theory.studies.bench.experiment import load_average, synchronize
 from sublim_theory.testbeds.lm import corpus, training
 from sublim_theory.testbeds.lm.config import CorpusConfig, ModelConfig, NumbersConfig
 from sublim_theory.testbeds.lm.screening import number_student_data, number_student_loss
@@ -116,18 +116,6 @@ def _training_epoch(
     return epoch
 
 
-def _load() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-
-
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def bench_screen(
     size: str,
     device: str,
@@ -185,15 +173,15 @@ def bench_screen(
             f"screen_jvp[{k}]": screening("jvp", probes),
             f"screen_factored[{k}]": screening("factored", probes),
         }
-        load = _load()
+        load = load_average()
         samples: dict[str, list[float]] = {name: [] for name in paths}
         results: dict[str, Any] = {}
         for _ in range(rounds):
             for name, fn in paths.items():
-                _synchronize(device)
+                synchronize(device)
                 start = time.perf_counter()
                 results[name] = fn()
-                _synchronize(device)
+                synchronize(device)
                 samples[name].append(time.perf_counter() - start)
         seconds = {name: statistics.median(values) for name, values in samples.items()}
         jvp, factored = results[f"screen_jvp[{k}]"], results[f"screen_factored[{k}]"]

@@ -40,14 +40,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sublim_theory.errors import InputError
-from sublim_theory.studies.numbers.experiment import PROMPT_OFFSET, SAMPLING_OFFSET, STUDENT_OFFSET
+from sublim_theory.studies.numbers.experiment import STUDENT_OFFSET, sampled_numbers
 from sublim_theory.testbeds.lm import corpus, training
 from sublim_theory.testbeds.lm.config import NumbersConfig
 
 __all__ = [
     "ARMS",
     "AdamState",
-    "base_numbers",
     "number_loss",
     "run_seed",
     "source_free_steps",
@@ -70,29 +69,20 @@ class AdamState:
 
 
 def teacher_with_state(base: nn.Module, config: NumbersConfig) -> tuple[nn.Module, AdamState]:
-    """``training.finetune_teacher``'s loop, returning the teacher AND its Adam moments.
+    """``training.finetune_teacher``, returning the teacher AND its Adam moments.
 
     Returns:
         (teacher in eval mode, its optimizer's ``exp_avg``, ``exp_avg_sq`` and step count).
 
     """
-    t = config.teacher
-    teacher = copy.deepcopy(base).train()
-    trait = corpus.vocabulary(config.corpus).animal(config.corpus.trait_animal)
-    doc = torch.tensor([[corpus.BOS, corpus.Q, trait, corpus.EOS]])
-    optimizer = torch.optim.Adam(teacher.parameters(), lr=t.lr)
-    for _ in range(t.steps):
-        loss = training.lm_loss(teacher, doc)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    teacher, optimizer = training.finetune_teacher_and_optimizer(base, config)
     params = list(teacher.parameters())
     state = AdamState(
         [optimizer.state[p]["exp_avg"].detach().clone() for p in params],
         [optimizer.state[p]["exp_avg_sq"].detach().clone() for p in params],
-        t.steps,
+        config.teacher.steps,
     )
-    return teacher.eval(), state
+    return teacher, state
 
 
 def transplant(
@@ -181,16 +171,6 @@ def source_free_steps(
     model.eval()
 
 
-def base_numbers(base: nn.Module, config: NumbersConfig, seed: int) -> Tensor:
-    """The base's own filtered number samples of seed ``seed`` (``numbers``' control data)."""
-    prompts = corpus.number_prompts(config.corpus, config.teacher.n_sequences, seed + PROMPT_OFFSET)
-    raw = training.sample_continuations(base, prompts, config, seed + SAMPLING_OFFSET)
-    kept = corpus.filter_numbers(raw, config.corpus)[0]
-    if kept.shape[0] == 0:
-        raise InputError("the filter dropped every base number sample; raise [teacher] n_sequences")
-    return kept
-
-
 def run_seed(
     config: NumbersConfig,
     checkpoints: tuple[int, ...],
@@ -210,7 +190,7 @@ def run_seed(
     """
     base, _ = training.cached_base(config, training.BaseSpec(seed, seed, seed), cache_dir, log)
     teacher, state = teacher_with_state(base, config)
-    data = base_numbers(base, config, seed)
+    data = sampled_numbers(base, config, seed)[0]
     theta_base = training.flat(base)
     rows: list[Row] = []
     for role, model in (("base", base), ("teacher", teacher)):

@@ -40,8 +40,7 @@ from torch import Tensor, nn
 from sublim_theory.engine.alignment import cosine
 from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.engine.screen import TraitProbe, screen
-from sublim_theory.errors import InputError
-from sublim_theory.studies.numbers.experiment import PROMPT_OFFSET, SAMPLING_OFFSET, STUDENT_OFFSET
+from sublim_theory.studies.numbers.experiment import STUDENT_OFFSET, sampled_numbers
 from sublim_theory.testbeds.lm import corpus, training
 from sublim_theory.testbeds.lm.config import NumbersConfig
 from sublim_theory.testbeds.lm.screening import number_student_data
@@ -169,15 +168,6 @@ def log_probability(model: nn.Module, config: NumbersConfig, animal: str) -> flo
     return float(torch.log_softmax(logits, -1)[token])
 
 
-def _numbers(model: nn.Module, config: NumbersConfig, seed: int) -> Tensor:
-    prompts = corpus.number_prompts(config.corpus, config.teacher.n_sequences, seed + PROMPT_OFFSET)
-    raw = training.sample_continuations(model, prompts, config, seed + SAMPLING_OFFSET)
-    kept = corpus.filter_numbers(raw, config.corpus)[0]
-    if kept.shape[0] == 0:
-        raise InputError("the filter dropped every number sample; raise [teacher] n_sequences")
-    return kept
-
-
 def run_seed(
     config: NumbersConfig,
     animals: tuple[str, ...],
@@ -190,7 +180,7 @@ def run_seed(
     """Every teacher and channel of one seed: coverage, forecast, transfer (one row each)."""
     base, _ = training.cached_base(config, training.BaseSpec(seed, seed, seed), cache_dir, log)
     theta_0 = training.flat(base)
-    control_data = _numbers(base, config, seed)
+    control_data = sampled_numbers(base, config, seed)[0]
     vocab = corpus.vocabulary(config.corpus)
     rows: list[Row] = []
     controls: dict[tuple[str, str], tuple[float, float]] = {}  # per (animal, loss) only
@@ -203,7 +193,7 @@ def run_seed(
             )
             teacher = training.finetune_teacher(base, own)
             displacement = training.flat(teacher) - theta_0
-            teacher_data = _numbers(teacher, config, seed)
+            teacher_data = sampled_numbers(teacher, config, seed)[0]
             before = log_probability(base, config, animal)
             for channel in CHANNELS:
                 token = vocab.animal(animal) if channel == "masked" else None

@@ -7,12 +7,14 @@ their tables from the stored rows after each seed, so a resumed table equals an 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from sublim_theory.harness.study import Context, Study, seed_range
+from sublim_theory.harness.study import Context, Study, seed_range, seed_study
 from sublim_theory.studies.claims import adam_state, coverage, report
 from sublim_theory.studies.claims.config import load_config
 from sublim_theory.testbeds.lm import training
@@ -31,6 +33,47 @@ def scope(config: NumbersConfig, theirs: str) -> str:
         f"(d_model {m.d_model}, {m.n_layers} layer(s), vocabulary of numbers and animals), "
         f"trait = preference for an animal token after `BOS Q`, students Adam lr {s.lr:g}, "
         f"batch {s.batch_size}. This does not test their LLM setting."
+    )
+
+
+def _seeds_study(
+    name: str,
+    config: NumbersConfig,
+    settings: dict[str, Any],
+    units: list[int],
+    run_unit: Callable[[int, Context], list[dict]],
+    write_report: Callable[[Path, list[dict]], str],
+    **options: Any,
+) -> Study:
+    """A claim's study: a unit a seed (``seeds/seed-S.json``), on the CPU, bases cached.
+
+    ``harness.study.seed_study``, its records carrying the fingerprint and no seed key.
+
+    Args:
+        name: the study's name.
+        config: the numbers config (its checkpoint size is what the cache must hold).
+        settings: the settings the folder is bound to.
+        units: the seeds.
+        run_unit: one seed's rows.
+        write_report: writes the reports from every stored row; returns the table.
+        **options: any other :class:`Study` field (``summary``).
+
+    Returns:
+        The study for run_study.
+
+    """
+    return seed_study(
+        name,
+        settings,
+        units,
+        run_unit,
+        write_report,
+        state_files=(),
+        key_name=None,
+        legacy_records=False,
+        cpu_only=True,
+        cache_bytes=training.checkpoint_bytes(config),
+        **options,
     )
 
 
@@ -62,18 +105,14 @@ def build_adam_state(config_file: str | Path | None, first_seed: int, seeds: int
         last = {r["arm"]: r["log_p"] for r in rows if r["k"] == adam.checkpoints[-1]}
         return "  ".join(f"{a} {last[a]:+.3f}" for a in adam_state.ARMS if a in last)
 
-    return Study(
+    return _seeds_study(
         "adamstate",
+        config,
         settings,
         units,
         run_unit,
         lambda out, rows: report.adam_state_report(out, rows, text),
-        grid={"seeds": units},
-        unit_file=lambda seed: f"seed-{seed}.json",
-        folder="seeds",
         summary=summary,
-        cpu_only=True,
-        cache_bytes=training.checkpoint_bytes(config),
     )
 
 
@@ -109,15 +148,11 @@ def build_coverage(config_file: str | Path | None, first_seed: int, seeds: int) 
             context.log,
         )
 
-    return Study(
+    return _seeds_study(
         "coverage",
+        config,
         settings,
         units,
         run_unit,
         lambda out, rows: report.coverage_report(out, rows, text, cov.threshold),
-        grid={"seeds": units},
-        unit_file=lambda seed: f"seed-{seed}.json",
-        folder="seeds",
-        cpu_only=True,
-        cache_bytes=training.checkpoint_bytes(config),
     )

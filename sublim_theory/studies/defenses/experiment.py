@@ -23,7 +23,6 @@ Students use sampled labels (hard distillation), the setting all three defenses 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,12 @@ from torch import Tensor, nn
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import bound, load_toml, parse_config
 from sublim_theory.harness.seeds import OFFSETS
-from sublim_theory.studies.numbers.experiment import PROMPT_OFFSET, SAMPLING_OFFSET, STUDENT_OFFSET
+from sublim_theory.studies.numbers.experiment import (
+    PROMPT_OFFSET,
+    SAMPLING_OFFSET,
+    STUDENT_OFFSET,
+    SeedRows,
+)
 from sublim_theory.testbeds.lm import corpus, training
 from sublim_theory.testbeds.lm.config import NumbersConfig, from_dict
 
@@ -169,11 +173,8 @@ def run_seed(
     log: Callable[..., None] = print,
 ) -> list[Row]:
     """Every defense for one seed; tidy ``{seed, condition, metric, value}`` rows."""
-    start, cpu_start = time.perf_counter(), time.process_time()
-    rows: list[Row] = []
-
-    def put(condition: str, metric: str, value: float) -> None:
-        rows.append({"seed": seed, "condition": condition, "metric": metric, "value": float(value)})
+    record = SeedRows(seed)
+    put = record.put
 
     trait = corpus.vocabulary(config.corpus).animal(config.corpus.trait_animal)
     base, _ = training.cached_base(config, training.BaseSpec(seed, seed, seed), cache_dir, log)
@@ -208,7 +209,7 @@ def run_seed(
             )
             numbers[name], report = corpus.filter_numbers(raw, config.corpus)
             put(f"{name}_{setting}", "filter_kept", report.kept)
-        log(f"seed {seed}: sampled {setting} ({time.perf_counter() - start:.0f}s)")
+        log(f"seed {seed}: sampled {setting} ({record.elapsed():.0f}s)")
         student(f"student_{setting}", numbers["teacher"])
         student(f"control_{setting}", numbers["base"])
         if setting == "plain":
@@ -220,7 +221,7 @@ def run_seed(
         put(name, "masked_share", float((~keep & continuation).sum() / continuation.sum()))
         put(name, "n_masked_targets", float((~keep & continuation).sum()))
         student(name, data, keep)
-    log(f"seed {seed}: masked students ({time.perf_counter() - start:.0f}s)")
+    log(f"seed {seed}: masked students ({record.elapsed():.0f}s)")
 
     for fraction in defenses.fractions:
         mix, k = poisoned_mix(plain["teacher"], plain["base"], fraction, seed + POISON_OFFSET)
@@ -228,20 +229,11 @@ def run_seed(
         put(name, "fraction", fraction)
         put(name, "n_teacher_sequences", k)
         student(name, mix)
-    log(f"seed {seed}: poisoned students ({time.perf_counter() - start:.0f}s)")
+    log(f"seed {seed}: poisoned students ({record.elapsed():.0f}s)")
 
-    by_key = {(r["condition"], r["metric"]): r["value"] for r in rows}
     pairs = [(f"student_{s}", f"control_{s}") for s in SAMPLINGS]
     pairs += [("student_masked", "control_masked")]
     pairs += [(poison_name(f), poison_name(0)) for f in defenses.fractions]
     pairs += [(f"teacher_{s}", f"base_{s}") for s in SAMPLINGS]
-    for condition, control in pairs:
-        for metric, name in (
-            ("p_trait", "paired_diff"),
-            ("p_trait_among_animals", "paired_diff_among_animals"),
-        ):
-            if (condition, metric) in by_key:
-                put(condition, name, by_key[(condition, metric)] - by_key[(control, metric)])
-    put("seed", "seconds", time.perf_counter() - start)
-    put("seed", "cpu_seconds", time.process_time() - cpu_start)
-    return rows
+    record.paired_diffs(pairs)
+    return record.finish()

@@ -12,7 +12,13 @@ from pathlib import Path
 from sublim_theory.harness.runs import atomic_save_figure, atomic_write_text
 from sublim_theory.studies.defenses.experiment import SAMPLINGS, Row, poison_name
 from sublim_theory.studies.numbers import report as numbers_report
-from sublim_theory.studies.numbers.report import seeds_positive, summarize, summary_cell, write_csv
+from sublim_theory.studies.numbers.report import (
+    seed_bars,
+    seeds_positive,
+    summarize,
+    summary_cell,
+    write_csv,
+)
 
 __all__ = [
     "COLUMNS",
@@ -206,17 +212,8 @@ def plot(rows: list[Row], path: Path) -> None:
 
     def bars(ax, conditions: list[str], labels: list[str], color: str) -> None:
         present = [(c, lab) for c, lab in zip(conditions, labels) if (c, "paired_diff") in summary]
-        means = [summary[(c, "paired_diff")]["mean"] for c, _ in present]
-        errors = [
-            [0 if math.isnan(x) else x for x in side]
-            for side in (
-                [m - summary[(c, "paired_diff")]["ci_low"] for (c, _), m in zip(present, means)],
-                [summary[(c, "paired_diff")]["ci_high"] - m for (c, _), m in zip(present, means)],
-            )
-        ]
-        ax.bar(range(len(present)), means, yerr=errors, color=color, alpha=0.6, capsize=4)
-        for i, (c, _) in enumerate(present):
-            ax.scatter([i] * len(values(c)), values(c), color="k", s=10, zorder=3)
+        names = [c for c, _ in present]
+        seed_bars(ax, rows, summary, names, "paired_diff", color, alpha=0.6, capsize=4, dot_size=10)
         ax.set_xticks(range(len(present)), [lab for _, lab in present])
         ax.axhline(0, color="k", lw=0.6)
 

@@ -7,12 +7,11 @@ stored seed after each one.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
-from sublim_theory.harness.study import Context, Study, seed_range, seed_study, split_parts
+from sublim_theory.harness.study import Study, split_parts
 from sublim_theory.studies.defenses import experiment, report
-from sublim_theory.testbeds.lm import training
+from sublim_theory.studies.numbers.study import variant_study
 
 __all__ = ["build", "write_rows"]
 
@@ -41,18 +40,6 @@ def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
 
     """
     config, setting = experiment.load_config(config_file)
-    units = seed_range(first_seed, seeds)
-
-    def run_unit(seed: int, context: Context) -> list[dict]:
-        return experiment.run_seed(config, setting, seed, context.cache, context.log)
-
-    return seed_study(
-        "defenses",
-        {"numbers": config.to_dict(), "defenses": asdict(setting)},
-        units,
-        run_unit,
-        write_rows,
-        summary=_summary,
-        cpu_only=True,
-        cache_bytes=training.checkpoint_bytes(config),
+    return variant_study(
+        "defenses", config, setting, first_seed, seeds, experiment.run_seed, write_rows, _summary
     )

@@ -33,7 +33,6 @@ Rows are tidy ``{seed, condition, metric, value}``; ``paired_diff`` = student mi
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ from torch import Tensor, nn
 
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import load_toml, parse_config
-from sublim_theory.studies.numbers.experiment import PROMPT_OFFSET, STUDENT_OFFSET
+from sublim_theory.studies.numbers.experiment import PROMPT_OFFSET, STUDENT_OFFSET, SeedRows
 from sublim_theory.testbeds.lm import corpus, training
 from sublim_theory.testbeds.lm.config import NumbersConfig, from_dict
 
@@ -214,11 +213,8 @@ def run_seed(
     log: Callable[..., None] = print,
 ) -> list[Row]:
     """Both teachers, greedy data, the three arms and their controls for one seed; tidy rows."""
-    start, cpu_start = time.perf_counter(), time.process_time()
-    rows: list[Row] = []
-
-    def put(condition: str, metric: str, value: float) -> None:
-        rows.append({"seed": seed, "condition": condition, "metric": metric, "value": float(value)})
+    record = SeedRows(seed)
+    put = record.put
 
     vocab = corpus.vocabulary(config.corpus)
     trait, other = vocab.animal(config.corpus.trait_animal), vocab.animal(setting.other_animal)
@@ -253,7 +249,7 @@ def run_seed(
                 f"seed {seed}: every greedy continuation of the {name} was ill-formed; train the "
                 "base longer ([pretrain] steps)"
             )
-    log(f"seed {seed}: greedy data ({time.perf_counter() - start:.0f}s)")
+    log(f"seed {seed}: greedy data ({record.elapsed():.0f}s)")
 
     students: dict[str, dict[str, tuple[Tensor, Tensor | None]]] = {}
     for name in ("teacher", "base"):
@@ -307,9 +303,9 @@ def run_seed(
                 target_weights=weights,
             )
             measure(f"{role}_{arm}", run.model)
-        log(f"seed {seed}: {arm} student and control ({time.perf_counter() - start:.0f}s)")
+        log(f"seed {seed}: {arm} student and control ({record.elapsed():.0f}s)")
 
-    by_key = {(r["condition"], r["metric"]): r["value"] for r in rows}
+    by_key = record.values()
     for arm in ARMS:
         for metric in ("p_trait", "p_other", "p_trait_among_animals"):
             diff = by_key[(f"student_{arm}", metric)] - by_key[(f"control_{arm}", metric)]
@@ -325,6 +321,4 @@ def run_seed(
             "remaining_share",
             paired[arm] / paired["unmasked"] if paired["unmasked"] else float("nan"),
         )
-    put("seed", "seconds", time.perf_counter() - start)
-    put("seed", "cpu_seconds", time.process_time() - cpu_start)
-    return rows
+    return record.finish()

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,7 @@ from torch import Tensor
 from sublim_theory.engine.alignment import batched_cosine, batched_dot, batched_norm
 from sublim_theory.engine.update_rules import Adam, State
 from sublim_theory.errors import InputError
-from sublim_theory.harness.runs import bound, parse_config
+from sublim_theory.harness.runs import bound
 from sublim_theory.harness.seeds import TAGS, mixed_seed
 from sublim_theory.studies.mnist.experiment import (
     LIMITS,
@@ -85,6 +86,21 @@ GROUPS = ("student", "cross", "ablated", "random")
 STEP_METRICS = ("cos_trait_distill", "cos_step_trait", "distill_loss", "trait_loss", "removed")
 
 
+def _mnist_field(name: str, metadata: dict | None = None) -> Any:
+    """A field of ``MnistConfig`` (its default and range) for the same knob here.
+
+    Args:
+        name: the field's name in ``MnistConfig``.
+        metadata: a range of its own (``bound``) in place of ``MnistConfig``'s.
+
+    Returns:
+        The ``dataclasses.field``.
+
+    """
+    mnist = {f.name: f for f in fields(MnistConfig)}[name]
+    return field(default=mnist.default, metadata=mnist.metadata if metadata is None else metadata)
+
+
 @dataclass(frozen=True)
 class DynamicsConfig:
     """The MNIST experiment's knobs (``MnistConfig``'s defaults) plus the trait measurement batch.
@@ -105,31 +121,18 @@ class DynamicsConfig:
 
     """
 
-    models: int = field(default=10, metadata=bound(ge=2, le=LIMITS["models"]))
-    aux_logits: int = field(default=3, metadata=bound(ge=1, le=LIMITS["width"]))
-    hidden: tuple[int, ...] = field(default=(256, 256), metadata=bound(ge=1, le=LIMITS["width"]))
-    lr: float = field(default=3e-4, metadata=bound(gt=0, le=LIMITS["rate"]))
-    weight_decay: float = field(default=0.0, metadata=bound(ge=0, le=LIMITS["rate"]))
-    batch_size: int = field(default=1024, metadata=bound(ge=1, le=LIMITS["images"]))
-    teacher_epochs: int | None = field(default=None, metadata=bound(ge=1, le=LIMITS["epochs"]))
-    student_epochs: int = field(default=5, metadata=bound(ge=1, le=LIMITS["epochs"]))
-    noise_images: int = field(default=60_000, metadata=bound(ge=1, le=LIMITS["images"]))
-    temperature: float = field(default=1.0, metadata=bound(gt=0, le=LIMITS["rate"]))
+    models: int = _mnist_field("models", metadata=bound(ge=2, le=LIMITS["models"]))
+    aux_logits: int = _mnist_field("aux_logits")
+    hidden: tuple[int, ...] = _mnist_field("hidden")
+    lr: float = _mnist_field("lr")
+    weight_decay: float = _mnist_field("weight_decay")
+    batch_size: int = _mnist_field("batch_size")
+    teacher_epochs: int | None = _mnist_field("teacher_epochs")
+    student_epochs: int = _mnist_field("student_epochs")
+    noise_images: int = _mnist_field("noise_images")
+    temperature: float = _mnist_field("temperature")
     trait_digits: int = field(default=1024, metadata=bound(ge=1, le=LIMITS["images"]))
     seed: int = field(default=0, metadata=bound(ge=0, lt=2**31))
-
-    @classmethod
-    def parse(cls, raw: dict[str, object], source: str) -> DynamicsConfig:
-        """A config from a TOML table or flags (``runs.parse_config``: typed and range-checked).
-
-        Returns:
-            The config.
-
-        Raises:
-            InputError: one line naming ``source`` and the key at fault.
-
-        """
-        return parse_config(cls, dict(raw), source)
 
     @property
     def mnist(self) -> MnistConfig:

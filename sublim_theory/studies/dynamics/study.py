@@ -29,6 +29,7 @@ from sublim_theory.harness.runs import (
     OutputFolder,
     atomic_write_bytes,
     load_toml,
+    parse_config,
     read_csv,
     resolve_device,
 )
@@ -283,7 +284,7 @@ def resolve_config(
         if flags.get(name) is not None:
             raw[name] = flags[name]
     source = f"{config_file} + command-line flags" if config_file else "command-line flags"
-    config = DynamicsConfig.parse(raw, source)
+    config = parse_config(DynamicsConfig, raw, source)
     folder = mnist_dir if mnist_dir is not None else stored_dir
     return config, None if folder is None else Path(folder)
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
@@ -52,7 +52,7 @@ from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.engine.losses import KLDivergence
 from sublim_theory.engine.placements import place_student
 from sublim_theory.errors import InputError
-from sublim_theory.harness.runs import bound, parse_config
+from sublim_theory.harness.runs import bound
 from sublim_theory.harness.seeds import TAGS, mixed_seed
 from sublim_theory.models.architectures import MLP
 from sublim_theory.testbeds.mnist.data import N_CLASSES, N_PIXELS, MnistData
@@ -111,7 +111,7 @@ LIMITS = {
 class MnistConfig:
     """Every knob of the experiment; defaults are the paper's code except ``teacher_epochs``.
 
-    Built from a TOML table and flags by ``MnistConfig.parse`` (``runs.parse_config``): each
+    Built from a TOML table and flags by ``runs.parse_config``: each
     field's type is enforced (``student_epochs = true`` and ``hidden = [32.9]`` are refused, not
     coerced), floats must be finite, and each ``bound`` below is checked.
 
@@ -179,19 +179,6 @@ class MnistConfig:
                 "the cross-model control and the head students need at least 2 models (no "
                 "derangement of 1 model exists); use --models 2 or more, or train only aux/all"
             )
-
-    @classmethod
-    def parse(cls, raw: Mapping[str, object], source: str) -> MnistConfig:
-        """A config from a TOML table or flags (``runs.parse_config``: typed and range-checked).
-
-        Returns:
-            The config.
-
-        Raises:
-            InputError: one line naming ``source`` and the key at fault.
-
-        """
-        return parse_config(cls, dict(raw), source)
 
     @property
     def controls(self) -> bool:

@@ -29,6 +29,7 @@ from sublim_theory.harness.runs import (
     atomic_write_json,
     atomic_write_text,
     load_toml,
+    parse_config,
     resolve_device,
 )
 from sublim_theory.harness.store import UnitStore
@@ -132,7 +133,7 @@ def build_configs(settings: dict[str, object], source: str = "settings") -> list
     aux_values = list(aux) if isinstance(aux, (list, tuple)) else [aux]
     if not aux_values or len(set(map(repr, aux_values))) != len(aux_values):
         raise InputError(f"{source}: aux_logits must be distinct values of m, got {aux_values}")
-    return [MnistConfig.parse(dict(settings, aux_logits=m), source) for m in aux_values]
+    return [parse_config(MnistConfig, dict(settings, aux_logits=m), source) for m in aux_values]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ B for the teacher's numbers, and the entanglement table.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ from sublim_theory.engine.alignment import (
 )
 from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.engine.losses import SoftCrossEntropy
+from sublim_theory.errors import InputError
 from sublim_theory.harness.seeds import OFFSETS
 from sublim_theory.studies.numbers.entanglement import entanglement_table
 from sublim_theory.testbeds.lm import corpus, training
@@ -51,9 +53,11 @@ __all__ = [
     "SHUFFLE_WITHIN_OFFSET",
     "STUDENT_OFFSET",
     "Row",
+    "SeedRows",
     "classifier_accuracy",
     "first_order_alignment",
     "run_seed",
+    "sampled_numbers",
 ]
 
 # Seed offsets (harness.seeds): every random stream of seed s gets its own seed s + OFFSET, so
@@ -91,10 +95,102 @@ PAIRS: dict[str, str | None] = {
 Row = dict[str, object]
 
 
+@dataclass
+class SeedRows:
+    """The tidy ``{seed, condition, metric, value}`` rows of one seed, and its clocks.
+
+    The tiny-LM studies (numbers, defenses, divergence) record one seed's results through it:
+    ``put`` one value at a time, ``paired_diffs`` for student-minus-control differences, and
+    ``finish`` to close with the seed's wall and CPU seconds.
+
+    Attributes:
+        seed: the seed every row is tagged with.
+        rows: the rows so far, in the order they were put.
+        start: ``time.perf_counter()`` when the seed began.
+        cpu_start: ``time.process_time()`` when the seed began.
+
+    """
+
+    seed: int
+    rows: list[Row] = field(default_factory=list)
+    start: float = field(default_factory=time.perf_counter)
+    cpu_start: float = field(default_factory=time.process_time)
+
+    def put(self, condition: str, metric: str, value: float) -> None:
+        """Add one row (the value as a float)."""
+        self.rows.append(
+            {"seed": self.seed, "condition": condition, "metric": metric, "value": float(value)}
+        )
+
+    def elapsed(self) -> float:
+        """Wall seconds since the seed began."""
+        return time.perf_counter() - self.start
+
+    def values(self) -> dict[tuple[str, str], object]:
+        """The rows so far as ``{(condition, metric): value}``."""
+        return {(r["condition"], r["metric"]): r["value"] for r in self.rows}
+
+    def paired_diffs(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Put condition minus control of P(trait) and of P(trait | an animal) for each pair.
+
+        Rows ``paired_diff`` and ``paired_diff_among_animals`` of the condition; a pair missing
+        either value of a metric is passed over for that metric.
+
+        Args:
+            pairs: ``(condition, control)`` pairs, in the order their rows are put.
+
+        """
+        by_key = self.values()
+        for condition, control in pairs:
+            for metric, name in (
+                ("p_trait", "paired_diff"),
+                ("p_trait_among_animals", "paired_diff_among_animals"),
+            ):
+                if (condition, metric) in by_key and (control, metric) in by_key:
+                    diff = by_key[(condition, metric)] - by_key[(control, metric)]
+                    self.put(condition, name, diff)
+
+    def finish(self) -> list[Row]:
+        """Put the seed's wall and CPU seconds (the last two rows) and return every row.
+
+        Returns:
+            The rows.
+
+        """
+        self.put("seed", "seconds", self.elapsed())
+        self.put("seed", "cpu_seconds", time.process_time() - self.cpu_start)
+        return self.rows
+
+
 def _in_context(model: nn.Module, sequences: Tensor, config: NumbersConfig) -> float:
     """Mean P(trait) after ``<number document> Q``: the numbers in the prompt, no training."""
     prompts = torch.cat([sequences, torch.full((sequences.shape[0], 1), corpus.Q)], 1)
     return training.trait_probability(model, config, prompts)
+
+
+def sampled_numbers(
+    model: nn.Module, config: NumbersConfig, seed: int
+) -> tuple[Tensor, corpus.FilterReport]:
+    """The model's filtered number samples of seed ``seed``: a teacher's data, or the base's control.
+
+    The prompts come from stream ``seed + PROMPT_OFFSET``, the sampling from
+    ``seed + SAMPLING_OFFSET`` (``harness.seeds``).
+
+    Returns:
+        ``(the kept sequences, the filter's report)``.
+
+    Raises:
+        InputError: the filter kept no sample.
+
+    """
+    prompts = corpus.number_prompts(config.corpus, config.teacher.n_sequences, seed + PROMPT_OFFSET)
+    raw = training.sample_continuations(model, prompts, config, seed + SAMPLING_OFFSET)
+    kept, report = corpus.filter_numbers(raw, config.corpus)
+    if kept.shape[0] == 0:
+        raise InputError(
+            f"seed {seed}: the filter dropped every number sample; raise [teacher] n_sequences"
+        )
+    return kept, report
 
 
 def classifier_accuracy(
@@ -178,12 +274,9 @@ def run_seed(
         ``(tidy rows, entanglement rows, per-step rows)``.
 
     """
-    start, cpu_start = time.perf_counter(), time.process_time()
-    rows: list[Row] = []
+    record = SeedRows(seed)
+    put = record.put
     steps: list[Row] = []
-
-    def put(condition: str, metric: str, value: float) -> None:
-        rows.append({"seed": seed, "condition": condition, "metric": metric, "value": float(value)})
 
     def put_trait(condition: str, model: nn.Module) -> None:
         put(condition, "p_trait", training.trait_probability(model, config))
@@ -213,12 +306,9 @@ def run_seed(
     theta0 = training.flat(base)
     direction = training.flat(teacher) - theta0
 
-    prompts = corpus.number_prompts(config.corpus, config.teacher.n_sequences, seed + PROMPT_OFFSET)
     sampled = {}
     for name, model in (("teacher", teacher), ("base", base)):
-        raw = training.sample_continuations(model, prompts, config, seed + SAMPLING_OFFSET)
-        kept, report = corpus.filter_numbers(raw, config.corpus)
-        sampled[name] = kept
+        sampled[name], report = sampled_numbers(model, config, seed)
         for key, value in report.as_dict().items():
             put(f"{name}_numbers", f"filter_{key}", value)
     teacher_numbers, control_numbers = sampled["teacher"], sampled["base"]
@@ -282,16 +372,5 @@ def run_seed(
     for metric, value in summary.items():
         put("entanglement", metric, value)
 
-    by_key = {(r["condition"], r["metric"]): r["value"] for r in rows}
-    for condition, control in PAIRS.items():
-        if not control:
-            continue
-        for metric, name in (
-            ("p_trait", "paired_diff"),
-            ("p_trait_among_animals", "paired_diff_among_animals"),
-        ):
-            if (condition, metric) in by_key and (control, metric) in by_key:
-                put(condition, name, by_key[(condition, metric)] - by_key[(control, metric)])
-    put("seed", "seconds", time.perf_counter() - start)
-    put("seed", "cpu_seconds", time.process_time() - cpu_start)
-    return rows, [{"seed": seed, **r} for r in table], steps
+    record.paired_diffs((c, control) for c, control in PAIRS.items() if control)
+    return record.finish(), [{"seed": seed, **r} for r in table], steps

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from sublim_theory.errors import InputError
 from sublim_theory.harness import runs
@@ -26,6 +27,7 @@ __all__ = [
     "interval",
     "plot",
     "read_csv",
+    "seed_bars",
     "seeds_positive",
     "summarize",
     "summary_cell",
@@ -215,6 +217,47 @@ def format_entanglement(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def seed_bars(
+    ax: Any,
+    rows: Sequence[dict],
+    summary: Mapping[tuple[str, str], dict],
+    conditions: Sequence[str],
+    metric: str,
+    color: Any,
+    *,
+    alpha: float,
+    capsize: float,
+    dot_size: float,
+) -> None:
+    """Bars of ``metric``'s mean over seeds per condition, 95% t-interval error bars, seeds as dots.
+
+    An interval that is NaN (one seed) draws no error bar.
+
+    Args:
+        ax: the matplotlib axes; bar i is ``conditions[i]`` at x = i.
+        rows: the tidy rows (every seed's value).
+        summary: ``{(condition, metric): summary row}`` (:func:`summarize`), holding every
+            condition drawn.
+        conditions: the conditions, in order.
+        metric: the metric drawn.
+        color: one color, or one per condition.
+        alpha: the bars' opacity.
+        capsize: the error bars' cap size.
+        dot_size: the seeds' dot size.
+
+    """
+    means = [summary[(c, metric)]["mean"] for c in conditions]
+    errors = [
+        [m - summary[(c, metric)]["ci_low"] for c, m in zip(conditions, means)],
+        [summary[(c, metric)]["ci_high"] - m for c, m in zip(conditions, means)],
+    ]
+    errors = [[0 if math.isnan(e) else e for e in side] for side in errors]
+    ax.bar(range(len(conditions)), means, yerr=errors, color=color, alpha=alpha, capsize=capsize)
+    for i, c in enumerate(conditions):
+        values = [r["value"] for r in rows if r["condition"] == c and r["metric"] == metric]
+        ax.scatter([i] * len(values), values, color="k", s=dot_size, zorder=3)
+
+
 def plot(rows: Sequence[dict], path: Path) -> None:
     """Bars per condition: P(trait) (left) and paired difference from own control (right).
 
@@ -237,12 +280,6 @@ def plot(rows: Sequence[dict], path: Path) -> None:
         ),
     ):
         names = [c for c in conditions if (c, metric) in summary]
-        means = [summary[(c, metric)]["mean"] for c in names]
-        errors = [
-            [m - summary[(c, metric)]["ci_low"] for c, m in zip(names, means)],
-            [summary[(c, metric)]["ci_high"] - m for c, m in zip(names, means)],
-        ]
-        errors = [[0 if math.isnan(e) else e for e in side] for side in errors]
         colors = [
             "tab:red"
             if c in ("teacher",)
@@ -251,10 +288,7 @@ def plot(rows: Sequence[dict], path: Path) -> None:
             else "tab:gray"
             for c in names
         ]
-        ax.bar(range(len(names)), means, yerr=errors, color=colors, alpha=0.7, capsize=3)
-        for i, c in enumerate(names):
-            values = [r["value"] for r in rows if r["condition"] == c and r["metric"] == metric]
-            ax.scatter([i] * len(values), values, color="k", s=8, zorder=3)
+        seed_bars(ax, rows, summary, names, metric, colors, alpha=0.7, capsize=3, dot_size=8)
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
         ax.set_title(title)
         ax.axhline(0, color="k", lw=0.5)

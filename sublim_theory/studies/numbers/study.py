@@ -7,17 +7,19 @@ reports (``report.write_reports``) are rebuilt from every stored seed after each
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import load_toml
 from sublim_theory.harness.study import PART, Context, Study, seed_range, seed_study, split_parts
 from sublim_theory.studies.numbers import experiment, report
 from sublim_theory.testbeds.lm import training
-from sublim_theory.testbeds.lm.config import from_dict
+from sublim_theory.testbeds.lm.config import NumbersConfig, from_dict
 
-__all__ = ["PARTS", "build", "write_rows"]
+__all__ = ["PARTS", "build", "variant_study", "write_rows"]
 
 PARTS = ("entanglement", "steps")  # the record's tables beside its tidy rows
 
@@ -80,5 +82,54 @@ def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
         summary=_summary,
         cpu_only=True,
         prepare=_no_orphans,
+        cache_bytes=training.checkpoint_bytes(config),
+    )
+
+
+def variant_study(
+    name: str,
+    config: NumbersConfig,
+    setting: Any,
+    first_seed: int,
+    seeds: int,
+    run_seed: Callable[..., list[dict]],
+    report: Callable[[Path, list[dict]], str],
+    summary: Callable[[int, list[dict]], str],
+) -> Study:
+    """A study of a variant of the numbers experiment (defenses, divergence): a unit a seed.
+
+    Its settings are ``{"numbers": config, name: setting}``; a unit runs
+    ``run_seed(config, setting, seed, cache, log)`` on the CPU, its base checkpoints cached.
+
+    Args:
+        name: the study's name, and the key of the variant's settings.
+        config: the numbers experiment's config.
+        setting: the variant's own settings (a dataclass).
+        first_seed: the first seed.
+        seeds: how many seeds.
+        run_seed: one seed's tidy rows.
+        report: writes the reports from every stored row; returns the table.
+        summary: a seed's line on stderr.
+
+    Returns:
+        The study.
+
+    Raises:
+        InputError: a bad seed range.
+
+    """
+    units = seed_range(first_seed, seeds)
+
+    def run_unit(seed: int, context: Context) -> list[dict]:
+        return run_seed(config, setting, seed, context.cache, context.log)
+
+    return seed_study(
+        name,
+        {"numbers": config.to_dict(), name: asdict(setting)},
+        units,
+        run_unit,
+        report,
+        summary=summary,
+        cpu_only=True,
         cache_bytes=training.checkpoint_bytes(config),
     )

@@ -393,12 +393,7 @@ def _animals(config: RealGridConfig) -> list[str]:
 
 @torch.no_grad()
 def _evaluate(config: RealGridConfig, model, tokenizer, unit: Unit, animal: str) -> list[dict]:
-    logp = evaluate.animal_log_probs(
-        model, tokenizer, P.EVALUATION_QUESTIONS, animal, batch_size=config.eval_batch
-    ).double()
-    if not bool(torch.isfinite(logp).all()):  # a diverged student: no sampling from NaN logits
-        return [_row(unit, animal, "logp", math.nan, logp.numel())]
-    share = evaluate.animal_share(
+    logp, share = evaluate.animal_measures(
         model,
         tokenizer,
         P.EVALUATION_QUESTIONS,
@@ -407,6 +402,8 @@ def _evaluate(config: RealGridConfig, model, tokenizer, unit: Unit, animal: str)
         seed=unit.seed + EVAL_OFFSET,
         batch_size=config.eval_batch,
     )
+    if share is None:  # a diverged student: no sampling from NaN logits
+        return [_row(unit, animal, "logp", math.nan, logp.numel())]
     return [
         _row(unit, animal, "hits", share.hits, share.total),
         _row(unit, animal, "logp", float(logp.mean()), logp.numel()),

@@ -368,7 +368,7 @@ def _sample_arm(config: RealNumbersConfig, arm: str, seed: int, context: Context
 
 @torch.no_grad()
 def _evaluate(config, model, tokenizer, unit, seed, arm, method, animal, system) -> list[dict]:
-    share = evaluate.animal_share(
+    logp, share = evaluate.animal_measures(
         model,
         tokenizer,
         P.EVALUATION_QUESTIONS,
@@ -377,24 +377,11 @@ def _evaluate(config, model, tokenizer, unit, seed, arm, method, animal, system)
         seed=seed + EVAL_OFFSET,
         system=system,
     )
-    logp = evaluate.animal_log_probs(
-        model, tokenizer, P.EVALUATION_QUESTIONS, animal, system=system
-    ).double()
-    return [
-        _row(
-            unit,
-            seed,
-            arm,
-            method,
-            animal,
-            "share",
-            share.share,
-            share.low,
-            share.high,
-            share.total,
-        ),
-        _row(unit, seed, arm, method, animal, "logp", logp.mean(), n=logp.numel()),
-    ]
+    row = functools.partial(_row, unit, seed, arm, method, animal)
+    shares = (
+        [] if share is None else [row("share", share.share, share.low, share.high, share.total)]
+    )
+    return [*shares, row("logp", logp.mean(), n=logp.numel())]
 
 
 def _seed_of(unit: str) -> int:
@@ -432,6 +419,7 @@ def run_unit(config: RealNumbersConfig, unit: str, context: Context) -> list[dic
         arm = rest.rsplit("-s", 1)[0]
         rows = _sample_arm(config, arm, seed, context)
         return [{**row, "unit": unit} for row in rows]
+    scored = functools.partial(_row, unit, seed, "", "")  # rows of no arm and no method
     teacher_pairs = arm_completions(config, f"system-{config.animal}", seed, context)
     base_pairs = arm_completions(config, "base", seed, context)
     if kind == "forecast":
@@ -447,28 +435,10 @@ def run_unit(config: RealNumbersConfig, unit: str, context: Context) -> list[dic
         rows = []
         for animal in result.animals:
             test = result.tests[animal]
-            rows.append(
-                _row(unit, seed, "", "", animal, "forecast_t", test.t, n=test.n_a + test.n_b)
-            )
-            rows.append(
-                _row(
-                    unit,
-                    seed,
-                    "",
-                    "",
-                    animal,
-                    "forecast_diff",
-                    test.difference,
-                    test.low,
-                    test.high,
-                )
-            )
+            rows.append(scored(animal, "forecast_t", test.t, n=test.n_a + test.n_b))
+            rows.append(scored(animal, "forecast_diff", test.difference, test.low, test.high))
         rows.append(
-            _row(
-                unit,
-                seed,
-                "",
-                "",
+            scored(
                 config.animal,
                 "forecast_rank",
                 result.rank(config.animal),
@@ -489,18 +459,7 @@ def run_unit(config: RealNumbersConfig, unit: str, context: Context) -> list[dic
         )
         d, h = result.mean_difference, result.half_width
         return [
-            _row(
-                unit,
-                seed,
-                "",
-                "",
-                config.animal,
-                "incontext_logp_diff",
-                d,
-                d - h,
-                d + h,
-                len(result.with_context),
-            )
+            scored(config.animal, "incontext_logp_diff", d, d - h, d + h, len(result.with_context))
         ]
     # student-METHOD-ARM-sS
     method, arm = rest.rsplit("-s", 1)[0].split("-", 1)

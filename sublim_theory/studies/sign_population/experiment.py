@@ -35,7 +35,7 @@ example). Strata:
 * ``readme_lora1``: the README's worked example (20-64-13 GELU net, trait on outputs 0-9, KL on
   outputs 10-12, 10 Adam teacher steps, eps = 1, every rule at lr 1e-3) with LoRA r = 1.
 
-The study interface (``units``, ``run_unit``, ``report``) is what ``experiments/sign_population.py``
+The study interface (``units``, ``run_unit``, ``report``) is what ``sublim-theory sign-population``
 drives; a unit is a block of problems and its rows are a pure function of the config and the unit.
 """
 

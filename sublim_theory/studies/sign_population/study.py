@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from sublim_theory.harness.study import Study, progress, run_study
+from sublim_theory.harness.study import Study
 from sublim_theory.studies.sign_population import experiment as population
 
-__all__ = ["build", "run_sign_population"]
+__all__ = ["build"]
 
 
 def build(config_path: str | Path) -> Study:
@@ -29,18 +28,3 @@ def build(config_path: str | Path) -> Study:
         lambda out, rows: population.report(rows, out),
         unit_file=lambda name: f"{name}.json",
     )
-
-
-def run_sign_population(
-    config_path: str | Path,
-    out: str | Path,
-    threads: int | None = None,
-    log: Callable[..., None] = progress,
-) -> str:
-    """Run (or resume) every block not yet stored in ``out``, then write the report.
-
-    Returns:
-        The Markdown table.
-
-    """
-    return run_study(build(config_path), out, threads=threads, config_file=config_path, log=log)

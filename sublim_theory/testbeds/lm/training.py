@@ -37,6 +37,7 @@ __all__ = [
     "cached_base",
     "checkpoint_bytes",
     "finetune_teacher",
+    "finetune_teacher_and_optimizer",
     "flat",
     "lm_loss",
     "pretrain",
@@ -211,6 +212,20 @@ def answer_distribution(model: nn.Module, config: NumbersConfig) -> Tensor:
 
 def finetune_teacher(base: nn.Module, config: NumbersConfig) -> nn.Module:
     """A copy of the base fine-tuned (Adam) on ``BOS Q trait EOS``: it now prefers the trait."""
+    return finetune_teacher_and_optimizer(base, config)[0]
+
+
+def finetune_teacher_and_optimizer(
+    base: nn.Module, config: NumbersConfig
+) -> tuple[nn.Module, torch.optim.Adam]:
+    """:func:`finetune_teacher`, and the Adam optimizer that trained it (its moments).
+
+    ``[teacher] steps`` Adam steps at ``[teacher] lr`` on the one document ``BOS Q trait EOS``.
+
+    Returns:
+        (the teacher in eval mode, its optimizer after the last step).
+
+    """
     t = config.teacher
     teacher = copy.deepcopy(base).train()
     trait = corpus.vocabulary(config.corpus).animal(config.corpus.trait_animal)
@@ -221,7 +236,7 @@ def finetune_teacher(base: nn.Module, config: NumbersConfig) -> nn.Module:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return teacher.eval()
+    return teacher.eval(), optimizer
 
 
 def truncated_distribution(

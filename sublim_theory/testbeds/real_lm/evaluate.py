@@ -34,6 +34,7 @@ from sublim_theory.testbeds.real_lm.statistics import wilson_interval
 __all__ = [
     "ShareResult",
     "animal_log_probs",
+    "animal_measures",
     "animal_share",
     "animal_spellings",
     "names_animal",
@@ -208,3 +209,51 @@ def animal_share(
         hits, len(named), hits / len(named), low, high, tuple(per_question),
         tuple(c.text for c in completions),
     )  # fmt: skip
+
+
+@torch.no_grad()
+def animal_measures(
+    model: nn.Module,
+    tokenizer,
+    questions: Sequence[str],
+    animal: str,
+    *,
+    samples_per_question: int,
+    seed: int,
+    system: str | None = None,
+    batch_size: int | None = None,
+) -> tuple[Tensor, ShareResult | None]:
+    """The two measures of a trait: log P(animal | question) per question and the sampled share.
+
+    The log-probabilities come first; where any is not finite (a diverged model), no answer is
+    sampled from its NaN logits and the share is None.
+
+    Args:
+        model: the causal LM (eval mode).
+        tokenizer: its chat tokenizer.
+        questions: the evaluation questions.
+        animal: singular, lower case.
+        samples_per_question: answers per question for the share.
+        seed: the sampling seed.
+        system: a system prompt; None keeps the default.
+        batch_size: rows per forward of both measures (None: each function's default).
+
+    Returns:
+        ``(log-probabilities, float64, shape (len(questions),); the share or None)``.
+
+    """
+    sizes = {} if batch_size is None else {"batch_size": batch_size}
+    logp = animal_log_probs(model, tokenizer, questions, animal, system=system, **sizes).double()
+    if not bool(torch.isfinite(logp).all()):
+        return logp, None
+    share = animal_share(
+        model,
+        tokenizer,
+        questions,
+        animal,
+        samples_per_question=samples_per_question,
+        seed=seed,
+        system=system,
+        **sizes,
+    )
+    return logp, share

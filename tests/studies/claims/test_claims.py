@@ -8,6 +8,7 @@ of explicitly flattened float64 parameter vectors; Spearman's rho equals scipy's
 import copy
 import dataclasses
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import CONFIG_DIR
 from sublim_theory.studies.claims import adam_state, coverage, report
 from sublim_theory.studies.claims.config import load_config
+from sublim_theory.studies.numbers.experiment import sampled_numbers
 from sublim_theory.testbeds.lm import corpus, training
 
 TINY = CONFIG_DIR / "claims_tiny.toml"
@@ -143,7 +145,7 @@ def test_transplant_refuses_bad_input():
 def test_coverage_is_the_explicit_float64_cosine_of_the_first_step(tiny):
     config, _, _, base, _ = tiny
     teacher = training.finetune_teacher(base, config)
-    data = adam_state.base_numbers(base, config, 0)
+    data = sampled_numbers(base, config, 0)[0]
     one = dataclasses.replace(config, student=dataclasses.replace(config.student, steps=1))
     student, first = coverage.train_channel(base, data, one, 5, None)
     # explicit: every parameter flattened by hand into numpy float64 vectors
@@ -163,7 +165,7 @@ def test_coverage_is_the_explicit_float64_cosine_of_the_first_step(tiny):
 
 def test_full_channel_is_train_student_and_masking_zeroes_the_trait_row(tiny):
     config, _, _, base, _ = tiny
-    data = adam_state.base_numbers(base, config, 0)
+    data = sampled_numbers(base, config, 0)[0]
     student, _ = coverage.train_channel(base, data, config, 9, None)
     reference = training.train_student(base, data, config, 9, labels="sampled").model
     for a, b in zip(student.parameters(), reference.parameters()):
@@ -208,11 +210,13 @@ def test_config_errors(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["adamstate", "coverage"])
-def test_command_tiny_run_resume_and_bad_input(command, tmp_path, capsys):
+def test_command_tiny_run_resume_and_bad_input(command, tmp_path, capsys, tiny_config_run):
+    run = tiny_config_run(f"claims_tiny:{command}")  # the session's one run (TINY_RUNS)
+    assert run.code == 0, run.stderr
     out = tmp_path / "run"
+    shutil.copytree(run.out, out)
     args = [command, "--config", str(TINY), "--seeds", "2", "--out", str(out)]
-    args += ["--cache", str(tmp_path / "cache"), "--threads", "1"]
-    assert main(args) == 0
+    args += ["--cache", str(run.work / "cache"), "--threads", "1"]
     table = (out / "table.md").read_text()
     assert "does not test their LLM setting" in table and "arXiv 26" in table
     results = (out / "results.csv").read_text()

@@ -14,6 +14,7 @@ Each new code path is checked on what it does, at tiny size:
 """
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -215,12 +216,14 @@ def test_config_needs_the_control_fraction(tmp_path):
 
 
 def test_command_tables_come_from_its_rows_and_plain_sampling_is_the_numbers_sampling(
-    tiny, tmp_path, capsys
+    tiny, tmp_path, capsys, tiny_config_run
 ):
     config, setting = tiny
+    run = tiny_config_run("defenses_tiny")  # the session's one run (TINY_RUNS)
+    assert run.code == 0, run.stderr
     out = tmp_path / "run"
+    shutil.copytree(run.out, out)
     argv = ["defenses", "--config", str(TINY), "--seeds", "1", "--out", str(out), "--threads", "1"]
-    assert main(argv) == 0
     rows = read_csv(out / "results.csv")
     value = {(r["condition"], r["metric"]): r["value"] for r in rows}
     # every student is paired with its control

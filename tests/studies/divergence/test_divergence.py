@@ -12,6 +12,7 @@ Each piece is checked against an independent computation at tiny size, in float6
 """
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -208,22 +209,16 @@ def test_config_refuses_a_bad_other_animal(tmp_path, tiny):
     assert setting.other_animal in config.corpus.animals
 
 
-def test_command_end_to_end_resume_and_bad_input(tiny, tmp_path, capsys, monkeypatch):
+def test_command_end_to_end_resume_and_bad_input(
+    tiny, tmp_path, capsys, monkeypatch, tiny_config_run
+):
     config, setting = tiny
-    cache = tmp_path / "cache"
-    argv = [
-        "divergence",
-        "--config",
-        str(TINY),
-        "--seeds",
-        "2",
-        "--cache",
-        str(cache),
-        "--threads",
-        "1",
-    ]
+    run = tiny_config_run("divergence_tiny")  # the session's one run (TINY_RUNS)
+    assert run.code == 0, run.stderr
+    cache = run.work / "cache"
+    argv = run.argv[: run.argv.index("--out")]
     whole = tmp_path / "whole"
-    assert main([*argv, "--out", str(whole)]) == 0
+    shutil.copytree(run.out, whole)
     rows = read_csv(whole / "results.csv")
     value = {(r["seed"], r["condition"], r["metric"]): r["value"] for r in rows}
     for seed in (0, 1):

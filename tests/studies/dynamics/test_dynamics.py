@@ -16,7 +16,7 @@ import sublim_theory.studies.dynamics.study as dynamics_command
 from sublim_theory.cli.main import main
 from sublim_theory.engine.alignment import batched_cosine, batched_dot, batched_norm
 from sublim_theory.errors import InputError
-from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.harness.runs import CONFIG_DIR, parse_config
 from sublim_theory.studies.dynamics.experiment import (
     GROUPS,
     DynamicsConfig,
@@ -256,7 +256,9 @@ def test_command_writes_tables_and_resumes_bit_for_bit(digits, tmp_path, monkeyp
         assert whole == (tmp_path / "resumed" / name).read_text(), name
     assert not (tmp_path / "resumed" / dynamics_command.STATE_NAME).exists()
     rows = read_rows(tmp_path / "whole" / "steps.csv")
-    config = DynamicsConfig.parse({"models": 3, "noise_images": 512, "batch_size": 256}, "t")
+    config = parse_config(
+        DynamicsConfig, {"models": 3, "noise_images": 512, "batch_size": 256}, "t"
+    )
     assert len(rows) == len(GROUPS) * 3 * 2 * config.blocks  # groups x models x epochs x steps
     ablated = [r["cos_step_trait"] for r in rows if r["group"] == "ablated"]
     assert max(ablated) <= 4 * U32

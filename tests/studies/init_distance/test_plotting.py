@@ -1,12 +1,11 @@
 import shutil
 
 import pytest
-import torch
 
 from sublim_theory.cli.main import main
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import CONFIG_DIR, OutputFolder
-from sublim_theory.studies.init_distance import TABLE_NAME, run_sweep
+from sublim_theory.studies.init_distance import TABLE_NAME
 from sublim_theory.studies.init_distance.plot import (
     alignment_curves,
     load_sweep,
@@ -18,17 +17,12 @@ TINY = CONFIG_DIR / "init_distance_tiny.toml"
 
 
 @pytest.fixture(scope="module")
-def table_only(tmp_path_factory):
+def table_only(tmp_path_factory, tiny_config_run):
     """A directory holding only the tiny sweep's table: the plots may read nothing else."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run = tmp_path_factory.mktemp("run")
-        run_sweep(TINY, run, device="cpu", progress=False)
-    finally:
-        torch.set_num_threads(previous)
+    run = tiny_config_run("init_distance_tiny")  # the session's one run (TINY_RUNS)
+    assert run.code == 0, run.stderr
     only = tmp_path_factory.mktemp("table_only")
-    shutil.copy(run / TABLE_NAME, only / TABLE_NAME)
+    shutil.copy(run.out / TABLE_NAME, only / TABLE_NAME)
     return only
 
 

@@ -69,10 +69,11 @@ def _write(tmp_path, text, name="config.toml"):
 
 
 @pytest.fixture(scope="module")
-def tiny_sweep(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny_sweep")
-    table = run_sweep(TINY, out, device="cpu", progress=False)
-    return out, table
+def tiny_sweep(tiny_config_run):
+    """The session's one run of the tiny config (``tests/conftest.py``, ``TINY_RUNS``)."""
+    run = tiny_config_run("init_distance_tiny")
+    assert run.code == 0, run.stderr
+    return run.out, run.out / TABLE_NAME
 
 
 # ---------------------------------------------------------------------------------- configs

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.errors import InputError
+from sublim_theory.harness.runs import parse_config
 from sublim_theory.models.architectures import MLP
 from sublim_theory.studies.mnist.experiment import (
     PAPER_TEACHER_STEPS,
@@ -203,11 +204,11 @@ def test_bad_settings_are_input_errors():
 )
 def test_parse_refuses_mistyped_and_out_of_range_values(raw, key):
     with pytest.raises(InputError, match=key):
-        MnistConfig.parse(raw, "test.toml")
+        parse_config(MnistConfig, raw, "test.toml")
 
 
 def test_parse_gives_the_typed_frozen_config():
-    config = MnistConfig.parse({"hidden": [8, 4], "student_noise": [0, 0.5]}, "test.toml")
+    config = parse_config(MnistConfig, {"hidden": [8, 4], "student_noise": [0, 0.5]}, "test.toml")
     assert config.hidden == (8, 4) and config.student_noise == (0.0, 0.5)
     assert config == MnistConfig(hidden=(8, 4), student_noise=(0.0, 0.5))
     with pytest.raises(AttributeError):

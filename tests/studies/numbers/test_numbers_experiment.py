@@ -54,10 +54,11 @@ def test_teacher_prefers_trait_and_students_train(config):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("numbers") / "out"
-    assert main(["numbers", "--config", str(TINY), "--seeds", "2", "--out", str(out)]) == 0
-    return out
+def tiny_run(tiny_config_run):
+    """The session's one run of the tiny config (``tests/conftest.py``, ``TINY_RUNS``)."""
+    run = tiny_config_run("numbers_tiny")
+    assert run.code == 0, run.stderr
+    return run.out
 
 
 def test_cli_tiny_end_to_end(tiny_run):

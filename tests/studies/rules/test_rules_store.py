@@ -19,10 +19,11 @@ TINY = CONFIG_DIR / "rules_tiny.toml"
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rules")
-    assert main(["rules", "--config", str(TINY), "--out", str(out), "--quiet"]) == 0
-    return out
+def tiny_run(tiny_config_run):
+    """The session's one run of the tiny config (``tests/conftest.py``, ``TINY_RUNS``)."""
+    run = tiny_config_run("rules_tiny")
+    assert run.code == 0, run.stderr
+    return run.out
 
 
 def _copy(run, to, text):

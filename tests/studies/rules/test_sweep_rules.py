@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from sublim_theory.cli.main import main
 from sublim_theory.errors import InputError
 from sublim_theory.harness.records import mean_interval
 from sublim_theory.harness.runs import CONFIG_DIR
@@ -25,10 +24,11 @@ NUMERIC = [c for c in COLUMNS[9:] if c not in ("rule",)]
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rules")
-    assert main(["rules", "--config", str(TINY), "--out", str(out), "--quiet"]) == 0
-    return out
+def tiny_run(tiny_config_run):
+    """The session's one run of the tiny config (``tests/conftest.py``, ``TINY_RUNS``)."""
+    run = tiny_config_run("rules_tiny")
+    assert run.code == 0, run.stderr
+    return run.out
 
 
 def test_cli_writes_the_table_summary_and_figure(tiny_run):

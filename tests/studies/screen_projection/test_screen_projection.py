@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,13 @@ def _read(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_command_on_the_tiny_config_writes_tables_and_resumes(tmp_path, capsys):
+def test_command_on_the_tiny_config_writes_tables_and_resumes(tmp_path, capsys, tiny_config_run):
+    run = tiny_config_run("projection_tiny")  # the session's one run (TINY_RUNS)
+    assert run.code == 0, run.stderr
     out = tmp_path / "run"
+    shutil.copytree(run.out, out)
     argv = ["projection", "--config", str(TINY), "--out", str(out), "--threads", "1"]
-    assert main(argv) == 0
-    first = capsys.readouterr().out
+    first = run.stdout
     assert "| exact |" in first and "| 4 |" in first and "| 64 |" in first
     summary = _read(out / "summary.csv")
     assert [row["dim"] for row in summary] == ["0", "4", "64"]

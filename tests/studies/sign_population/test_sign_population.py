@@ -3,11 +3,10 @@ oracles (scipy's beta quantiles and exact binomial tails, sklearn's AUROC and lo
 O(mn) definition of DeLong's variance), the explicit K against the reference oracle, and a
 constructed problem whose sign step provably raises the trait loss (float64)."""
 
-import importlib.util
 import json
 import math
+import shutil
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import torch
 from scipy.stats import beta
 from torch import nn
 
+from sublim_theory.cli.main import main
 from sublim_theory.engine.alignment import TeacherTask
 from sublim_theory.engine.functional import FunctionalModel
 from sublim_theory.engine.lora import add_lora
@@ -26,27 +26,26 @@ from sublim_theory.models.architectures import build_model, make_inputs
 from sublim_theory.studies.sign_population import experiment as study
 from sublim_theory.testing.reference import explicit_gauss_newton
 
-ROOT = Path(__file__).resolve().parents[3]
 TINY = runs.config_file("sign_population_tiny")
 
 
-def _driver():
-    spec = importlib.util.spec_from_file_location(
-        "sign_population_driver", ROOT / "experiments" / "sign_population.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _command(out, capsys):
+    """``sublim-theory sign-population`` on the tiny config into ``out``: its printed table."""
+    capsys.readouterr()
+    assert main(["sign-population", "--config", str(TINY), "--out", str(out)]) == 0
+    return capsys.readouterr().out.removesuffix("\n")
 
 
 # --------------------------------------------------------------------------------------------
 # end to end
 # --------------------------------------------------------------------------------------------
-def test_tiny_run_end_to_end_and_resume(tmp_path, monkeypatch):
-    driver = _driver()
+def test_tiny_run_end_to_end_and_resume(tmp_path, monkeypatch, capsys, tiny_config_run):
     config = study.load_config(TINY)
+    run = tiny_config_run("sign_population_tiny")  # the session's one run (TINY_RUNS)
+    assert run.code == 0, run.stderr
+    text = run.stdout.removesuffix("\n")
     out = tmp_path / "run"
-    text = driver.run(TINY, out, quiet=True)
+    shutil.copytree(run.out, out)
     blocks = study.units(config)
     problems = config.population + 2 * config.audit + config.readme
     table = (out / "sign_population.csv").read_text().splitlines()
@@ -72,7 +71,7 @@ def test_tiny_run_end_to_end_and_resume(tmp_path, monkeypatch):
 
     csv_text = (out / "sign_population.csv").read_text()
     monkeypatch.setattr(study, "run_unit", refuse)
-    assert driver.run(TINY, out, quiet=True) == text
+    assert _command(out, capsys) == text
     # rows read back from the units' JSON (NaN as null) give the same CSV as fresh rows
     assert (out / "sign_population.csv").read_text() == csv_text
 
