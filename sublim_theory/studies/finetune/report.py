@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
+from sublim_theory.errors import InputError
 from sublim_theory.harness.records import interval_text, mean_interval
 from sublim_theory.harness.runs import atomic_save_figure, atomic_write_text
 from sublim_theory.studies.numbers.report import write_csv
 
-__all__ = ["COLUMNS", "format_table", "plot", "write_reports"]
+__all__ = ["COLUMNS", "format_table", "plot", "rank_shape", "write_reports"]
 
 _KEY = ("seed", "cell", "optimizer", "parameterization", "role")
 COLUMNS = {
@@ -98,6 +99,7 @@ def format_table(rows: list[dict], lrs: dict[str, float], grid: list[dict]) -> s
                 + f" | {_interval(v[(cell, role, 'frac_positive_trait_cos')])} |"
             )
     lines += _contrasts(rows)
+    lines += _shape_lines(rows)
     if grid:
         lines += [
             "",
@@ -149,6 +151,109 @@ def _contrasts(rows: list[dict]) -> list[str]:
         gaps = [per_seed[a][s] - per_seed[b][s] for s in seeds]
         wins = sum(g > 0 for g in gaps)
         lines.append(f"| {a} | {b} | {_interval(gaps)} | {len(gaps)} | {wins}/{len(gaps)} |")
+    return lines
+
+
+def _gap(per_seed: dict[int, dict[int, float]], a: int, b: list[int]) -> dict:
+    """Per seed ``d(a) - mean_k d(b_k)``: its mean, 95% t half-width, n and seeds above 0."""
+    seeds = sorted(set(per_seed[a]).intersection(*(per_seed[k] for k in b)))
+    gaps = [per_seed[a][s] - sum(per_seed[k][s] for k in b) / len(b) for s in seeds]
+    mean, half, n = mean_interval(gaps)
+    return {"mean": mean, "half": half, "n": n, "above": sum(g > 0 for g in gaps)}
+
+
+def _above_zero(gap: dict | None) -> bool:
+    return gap is not None and not math.isnan(gap["half"]) and gap["mean"] - gap["half"] > 0
+
+
+def rank_shape(per_seed: dict[int, dict[int, float]]) -> dict:
+    """The inverted-U test over LoRA ranks, stated before the rank runs (issue 21 item 3).
+
+    With ``d_s(r)`` the paired diff of seed s at rank r (``per_seed[r][s]``), ranks sorted:
+
+    * peak ``r*`` = argmax_r mean_s d_s(r);
+    * rise ``d(r*) - d(r_min)``; top below the peak ``F = d(r*) - d(r_max)``;
+    * concavity around the peak ``C = d(r*) - (d(r-) + d(r+)) / 2`` with r-, r+ the neighbouring
+      ranks (only for an interior peak);
+
+    each per seed, then mean and 95% t-interval over the seeds common to its ranks. An inverted U
+    is declared iff r* is interior AND C's interval AND F's interval lie above 0.
+
+    Args:
+        per_seed: ``{rank: {seed: paired diff}}``, at least 3 ranks.
+
+    Returns:
+        ``{"peak", "rise", "concavity", "fall", "inverted_u", "verdict"}``; the contrasts as
+        ``{"mean", "half", "n", "above"}`` (``above`` = seeds with the contrast > 0);
+        ``concavity`` None for a peak at an end, ``rise`` None for a peak at the smallest rank,
+        ``fall`` None for a peak at the largest.
+
+    Raises:
+        InputError: fewer than 3 ranks.
+
+    """
+    ranks = sorted(per_seed)
+    if len(ranks) < 3:
+        raise InputError(f"the inverted-U test needs >= 3 LoRA ranks, got {ranks}")
+    means = {r: mean_interval(per_seed[r].values())[0] for r in ranks}
+    peak = max(ranks, key=lambda r: means[r])
+    i = ranks.index(peak)
+    interior = 0 < i < len(ranks) - 1
+    concavity = _gap(per_seed, peak, [ranks[i - 1], ranks[i + 1]]) if interior else None
+    fall = _gap(per_seed, peak, [ranks[-1]]) if peak != ranks[-1] else None
+    top = f"r <= {ranks[-1]}"
+    if not interior:
+        end = "top" if peak == ranks[-1] else "bottom"
+        verdict = f"no inverted U within {top}: the mean peaks at the {end} rank r = {peak}"
+    elif _above_zero(concavity) and _above_zero(fall):
+        verdict = f"inverted U within {top}: peak r = {peak}, C and F intervals above 0"
+    else:
+        failed = [name for name, g in (("C", concavity), ("F", fall)) if not _above_zero(g)]
+        verdict = (
+            f"no inverted U detected within {top}: peak r = {peak}, "
+            f"{' and '.join(failed)} interval{'s' if len(failed) > 1 else ''} not above 0"
+        )
+    return {
+        "peak": peak,
+        "rise": _gap(per_seed, peak, [ranks[0]]) if peak != ranks[0] else None,
+        "concavity": concavity,
+        "fall": fall,
+        "inverted_u": verdict.startswith("inverted U"),
+        "verdict": verdict,
+    }
+
+
+def _shape_lines(rows: list[dict]) -> list[str]:
+    """The inverted-U test (``rank_shape``) per optimizer with >= 3 LoRA ranks."""
+    by_optimizer: dict[str, dict[int, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        if r["role"] == "paired" and r["metric"] == "diff_p_trait":
+            param = r["parameterization"]
+            if param.startswith("r"):
+                by_optimizer[r["optimizer"]][int(param[1:])][r["seed"]] = float(r["value"])
+    tests = {o: rank_shape(p) for o, p in by_optimizer.items() if len(p) >= 3}
+    if not tests:
+        return []
+
+    def show(gap: dict | None) -> str:
+        if gap is None:
+            return "-"
+        return f"{interval_text(gap['mean'], gap['half'])} ({gap['above']}/{gap['n']} > 0)"
+
+    lines = [
+        "",
+        "Inverted-U test over the LoRA ranks (peak r* = largest mean paired diff; rise d(r*) - "
+        "d(r_min); C = d(r*) - mean of its neighbouring ranks; F = d(r*) - d(r_max); a U iff r* "
+        "is interior and C and F have intervals above 0):",
+        "",
+        "| optimizer | peak r* | rise | C (concavity) | F (top below peak) | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for optimizer, t in tests.items():
+        lines.append(
+            f"| {optimizer} | r{t['peak']} | {show(t['rise'])} | {show(t['concavity'])} | "
+            f"{show(t['fall'])} | {t['verdict']} |"
+        )
     return lines
 
 
