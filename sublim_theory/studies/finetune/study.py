@@ -87,6 +87,10 @@ def build(config_file: str | Path | None, first_seed: int, seeds: int) -> Study:
         if path.exists():
             lrs, grid = read_selection(path, cells, fingerprint(settings))
             context.log(f"learning rates from {path}")
+        elif context.report_only:
+            raise InputError(
+                f"'{path}' is missing, so there is nothing to report; run without report-only"
+            )
         else:
             started = time.perf_counter()
             data = variants.prepare_seed(config, ft, ft.select_seed, context.cache, context.log)

@@ -234,3 +234,13 @@ def test_adam_full_cell_is_the_numbers_student_and_control(tmp_path):
     assert cell[("student", "p_trait")] == numbers[("student", "p_trait")]
     assert cell[("control", "p_trait")] == numbers[("control", "p_trait")]
     assert cell[("student", "p_trait")] != cell[("control", "p_trait")]
+
+
+def test_report_only_without_a_stored_selection_computes_nothing(tmp_path):
+    from sublim_theory.harness.study import run_study
+    from sublim_theory.studies.finetune.study import build
+
+    study = build(CONFIG_DIR / "finetune_tiny.toml", 0, 1)
+    with pytest.raises(InputError, match="nothing to report"):
+        run_study(study, tmp_path / "out", log=lambda *a: None, report_only=True)
+    assert not (tmp_path / "out" / "selection.json").exists()
