@@ -267,6 +267,13 @@ class TinyRun:
 
 
 @pytest.fixture(scope="session")
+def tiny_run_names():
+    """The names of ``TINY_RUNS`` (a fixture: test modules cannot import this conftest by name,
+    since the whole suite has several ``conftest`` modules)."""
+    return list(TINY_RUNS)
+
+
+@pytest.fixture(scope="session")
 def tiny_config_run(tmp_path_factory):
     """``tiny_config_run(name)``: the :class:`TinyRun` of ``TINY_RUNS[name]``, run on first request."""
     import contextlib

@@ -10,7 +10,6 @@ import ast
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RUNS
 
 from sublim_theory.harness.runs import CONFIG_DIR
 
@@ -40,8 +39,8 @@ def test_configs_are_found():
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_every_packaged_tiny_config_runs_end_to_end(config, tiny_config_run):
-    runs = [name for name in TINY_RUNS if name.split(":")[0] == config]
+def test_every_packaged_tiny_config_runs_end_to_end(config, tiny_config_run, tiny_run_names):
+    runs = [name for name in tiny_run_names if name.split(":")[0] == config]
     if config in ELSEWHERE:
         assert not runs, f"{config} is run both by TINY_RUNS and by {ELSEWHERE[config]}"
         file, function = ELSEWHERE[config].split("::")
