@@ -64,6 +64,7 @@ COMMANDS = (
     "adamstate",
     "coverage",
     "realgrid",
+    "realcross",
 )
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXIT_INPUT, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, the shell's convention
