@@ -3,8 +3,11 @@
 The cross-family contrast of seed S is ``d_S = m(gemma-owl student) - m(gemma-base student)`` and
 the same-family contrast ``e_S = m(system-owl student) - m(base student)`` from the numbers
 folder, m the mean log P(animal) over the evaluation questions (or the share of sampled answers
-naming it). Over the seeds both are reported as mean +- t_{0.975, n-1} s / sqrt(n) (a 95%
-t-interval, n seeds), and so is the difference d_S - e_S over the seeds that have both.
+naming it). For log P, over the seeds both are reported as mean +- t_{0.975, n-1} s / sqrt(n)
+(a 95% t-interval, n seeds), and so is the difference d_S - e_S over the seeds that have both. For
+the share (a proportion, mostly 0 here) the answers are pooled over the seeds both arms have and
+the difference of the two pooled shares gets Newcombe's hybrid score interval (Newcombe 1998,
+method 10), which keeps a positive width at 0/n vs 0/n.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 from sublim_theory.harness.records import interval_text, mean_interval
 from sublim_theory.harness.runs import atomic_write_csv, atomic_write_text
 from sublim_theory.studies.real_cross.experiment import ARMS, COLUMNS, NumbersSource
-from sublim_theory.testbeds.real_lm.statistics import wilson_interval
+from sublim_theory.testbeds.real_lm.statistics import newcombe_difference, wilson_interval
 
 __all__ = ["SOURCE", "TIMINGS", "format_tables", "format_timings", "make_report"]
 
@@ -63,13 +66,43 @@ def _keep_section(rows: Sequence[dict]) -> list[str]:
 
 
 def _cells(rows: Sequence[dict], stored: Sequence[dict], animal: str):
-    """(arm, metric) -> {seed: value} for our students and the folder's stored ones."""
+    """(arm, metric) -> {seed: value}, and (arm, "answers") -> {seed: answers sampled}.
+
+    Our students' rows and the folder's stored ones (``system-ANIMAL`` becomes ``system``).
+
+    Returns:
+        The cells.
+
+    """
     cells = defaultdict(dict)
     for r in [*rows, *stored]:
         if r["metric"] in ("share", "logp") and r["animal"] == animal:
             arm = r["arm"].replace(f"system-{animal}", "system")
             cells[(arm, r["metric"])][r["seed"]] = float(r["value"])
+            if r["metric"] == "share":
+                cells[(arm, "answers")][r["seed"]] = int(r["n"])
     return cells
+
+
+def _pooled_share_difference(cells, high: str, low: str) -> tuple[str, int]:
+    """The pooled share of ``high`` minus that of ``low`` (seeds both have), Newcombe's interval."""
+    a, b = cells.get((high, "share"), {}), cells.get((low, "share"), {})
+    seeds = [s for s in sorted(a) if s in b]
+    if not seeds:
+        return "no seed", 0
+    counts = []
+    for arm, shares in ((high, a), (low, b)):
+        answers = cells[(arm, "answers")]
+        counts += [
+            round(sum(shares[s] * answers[s] for s in seeds)),
+            sum(answers[s] for s in seeds),
+        ]
+    d, lo, hi = newcombe_difference(*counts)
+    return (
+        f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] ({counts[0]}/{counts[1]} vs {counts[2]}/{counts[3]}, "
+        "Newcombe, pooled)",
+        len(seeds),
+    )
 
 
 def _contrast(cells, metric: str, high: str, low: str) -> dict[int, float]:
@@ -124,20 +157,31 @@ def format_tables(rows: Sequence[dict], source: NumbersSource, seeds: Sequence[i
     for metric in ("logp", "share"):
         header += [f"{metric} gemma-owl", f"{metric} gemma-base", f"{metric} cross",
                    f"{metric} same"]  # fmt: skip
-    lines += [_table(header, per_seed), "", "## Paired contrasts over seeds (95% t-intervals)", ""]
+    lines += [
+        _table(header, per_seed),
+        "",
+        "## Paired contrasts over seeds (logp: 95% t-intervals; share: Newcombe)",
+        "",
+    ]
     summary = []
-    for metric in ("logp", "share"):
-        cross = _contrast(cells, metric, "gemma-owl", "gemma-base")
-        same = _contrast(cells, metric, "system", "base")
-        gap = {s: cross[s] - same[s] for s in cross if s in same}
-        for name, values in (
-            ("cross-family (gemma-owl - gemma-base)", cross),
-            ("same-family (system-owl - base, stored)", same),
-            ("cross - same", gap),
-        ):
-            mean, half, n = mean_interval(values.values())
-            text = "no seed" if n == 0 else interval_text(mean, half)
-            summary.append([metric, name, text, n, f"{sum(v > 0 for v in values.values())}/{n}"])
+    cross = _contrast(cells, "logp", "gemma-owl", "gemma-base")
+    same = _contrast(cells, "logp", "system", "base")
+    gap = {s: cross[s] - same[s] for s in cross if s in same}
+    for name, values in (
+        ("cross-family (gemma-owl - gemma-base)", cross),
+        ("same-family (system-owl - base, stored)", same),
+        ("cross - same", gap),
+    ):
+        mean, half, n = mean_interval(values.values())
+        text = "no seed" if n == 0 else interval_text(mean, half)
+        summary.append(["logp", name, text, n, f"{sum(v > 0 for v in values.values())}/{n}"])
+    for name, (high, low) in (
+        ("cross-family (gemma-owl - gemma-base)", ("gemma-owl", "gemma-base")),
+        ("same-family (system-owl - base, stored)", ("system", "base")),
+    ):
+        text, n = _pooled_share_difference(cells, high, low)
+        positive = sum(v > 0 for v in _contrast(cells, "share", high, low).values())
+        summary.append(["share", name, text, n, f"{positive}/{n}"])
     lines += [_table(["metric", "contrast", "mean [95%]", "seeds", "seeds > 0"], summary), ""]
     return "\n".join(lines)
 

@@ -92,7 +92,7 @@ def _config(tmp_path, teacher):
 
 
 def test_packaged_configs_parse():
-    for name in ("real_cross_default", "real_cross_tiny"):
+    for name in ("real_cross_default", "real_cross_tiny", "real_cross_gpu"):
         config = E.load_config(CONFIG_DIR / f"{name}.toml")
         assert config.teacher == "gemma3-270m"
     assert E.plan_units([0, 1])[:4] == [
@@ -182,7 +182,7 @@ def test_command_runs_resumes_and_refuses_bad_input(tmp_path, models, capsys):
                  "same-family (system-owl - base, stored)", "keep rates", "Scope"):  # fmt: skip
         assert text in table
     # the stored same-family contrast of seed 1 is -4.9 - (-5.2) = +0.300
-    assert "+0.300" in table
+    assert "+0.300" in table and "Newcombe, pooled" in table
     owl = json.loads((out / "completions" / "gemma-owl-s0.json").read_text())
     base = json.loads((out / "completions" / "gemma-base-s0.json").read_text())
     assert owl["preamble"] == P.system_prompt("owl") and base["preamble"] is None
