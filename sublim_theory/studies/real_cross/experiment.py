@@ -86,7 +86,7 @@ class RealCrossConfig:
 
     Attributes:
         teacher: the other family's model (a packaged name or a local transformers folder).
-        dtype: the teacher's and the students' dtype.
+        dtype: the teacher's dtype (the students' is the numbers folder's).
         max_new_tokens: the answer budget in the teacher's tokens (Gemma spends one per digit).
         generation_batch: rows per decoding batch.
         free_prompts: prompts of the free (unconstrained) sample, for its keep rate.
@@ -129,7 +129,7 @@ class NumbersSource:
     Attributes:
         folder: the folder.
         fingerprint: its ``run.json`` fingerprint.
-        student: the student settings (model, animal, prompts, lora_rank, lora_lr,
+        student: the student settings (model, dtype, animal, prompts, lora_rank, lora_lr,
             student_steps, student_batch, eval_samples) from its ``run.json``.
         stored: the folder's stored LoRA students of the same family: rows of
             ``student-lora-system-ANIMAL-sS`` and ``student-lora-base-sS`` whose record carries
@@ -153,7 +153,7 @@ class NumbersSource:
 
 
 STUDENT_KEYS = (
-    "model", "animal", "prompts", "lora_rank", "lora_lr", "student_steps", "student_batch",
+    "model", "dtype", "animal", "prompts", "lora_rank", "lora_lr", "student_steps", "student_batch",
     "eval_samples",
 )  # fmt: skip
 
@@ -299,9 +299,9 @@ def _load(model: str, dtype: str, cache: str | None, device: str):
     return loaded.model.to(device), loaded.tokenizer
 
 
-def _model(name: str, config: RealCrossConfig, context: Context):
+def _model(name: str, dtype: str, context: Context):
     cache = None if context.cache is None else str(context.cache)
-    return _load(name, config.dtype, cache, str(context.device))
+    return _load(name, dtype, cache, str(context.device))
 
 
 def _row(unit, seed, arm, method, animal, metric, value, low=None, high=None, n=None) -> dict:
@@ -322,7 +322,7 @@ def _row(unit, seed, arm, method, animal, metric, value, low=None, high=None, n=
 def _sample_arm(
     config: RealCrossConfig, source: NumbersSource, arm: str, seed: int, context: Context
 ) -> list[dict]:
-    model, tokenizer = _model(config.teacher, config, context)
+    model, tokenizer = _model(config.teacher, config.dtype, context)
     ended = LineEnd(tokenizer)
     prompts = prompts_of(source.student["prompts"], seed)
     preamble = _preamble(arm, source.student["animal"])
@@ -439,7 +439,7 @@ def run_unit(config: RealCrossConfig, source: NumbersSource, unit: str, context:
                 f"{unit}: only {len(pairs)} kept completions for a batch of "
                 f"{settings['student_batch']}; raise max_new_tokens"
             )
-        base, tokenizer = _model(settings["model"], config, context)
+        base, tokenizer = _model(settings["model"], settings["dtype"], context)
         result = train.train_student(
             base,
             tokenizer,

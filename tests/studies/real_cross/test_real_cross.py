@@ -59,7 +59,7 @@ def models(tmp_path_factory):
 def _numbers(folder, student, seeds=(0, 1), prompts=8, stored=(0, 1)):
     """A hand-written numbers folder: run.json, base completions, same-family student records."""
     settings = {
-        "model": str(student), "animal": "owl", "prompts": prompts, "lora_rank": 2,
+        "model": str(student), "dtype": "float32", "animal": "owl", "prompts": prompts, "lora_rank": 2,
         "lora_lr": 1e-2, "student_steps": 2, "student_batch": 2, "eval_samples": 1,
         "methods": ["lora"],
     }  # fmt: skip
