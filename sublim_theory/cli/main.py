@@ -66,6 +66,7 @@ COMMANDS = (
     "coverage",
     "realgrid",
     "sign-population",
+    "realcross",
 )
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXIT_INPUT, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, the shell's convention

@@ -23,6 +23,7 @@ from sublim_theory.studies.dynamics import study as dynamics
 from sublim_theory.studies.finetune import variants as finetune
 from sublim_theory.studies.init_distance import config as init_distance
 from sublim_theory.studies.mnist import study as mnist
+from sublim_theory.studies.real_cross import experiment as real_cross
 from sublim_theory.studies.real_grid import experiment as real_grid
 from sublim_theory.studies.real_numbers import experiment as real_numbers
 from sublim_theory.studies.real_screen import experiment as real_screen
@@ -65,6 +66,7 @@ LOADERS: dict[str, Callable[[Path], object]] = {
     "real_numbers_": real_numbers.load_config,  # real
     "real_screen_": real_screen.load_config,  # realscreen
     "real_grid_": real_grid.load_config,  # realgrid
+    "real_cross_": real_cross.load_config,  # realcross
     "rules_": rules.load_rules_config,  # rules
     "sign_population_": sign_population.load_config,  # sign-population
     "init_distance": init_distance.load_config,  # sweep, demo
@@ -122,7 +124,7 @@ def test_an_unclaimed_name_has_no_loader(tmp_path):
     assert loader_of(Path(copy).stem) is None
 
 
-REAL_PREFIXES = ("real_numbers_", "real_screen_", "real_grid_")
+REAL_PREFIXES = ("real_numbers_", "real_screen_", "real_grid_", "real_cross_")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,3 @@
+"""sublim_theory.studies.real_cross."""
+
+__all__: list[str] = []
