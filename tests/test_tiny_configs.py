@@ -21,6 +21,8 @@ ELSEWHERE = {
     "mnist_dynamics_tiny": "studies/dynamics/test_dynamics.py::"
     "test_command_writes_tables_and_resumes_bit_for_bit",
     "mnist_tiny": "studies/mnist/test_mnist_cli.py::test_tiny_pipeline_on_embedded_digits",
+    "real_cross_tiny": "studies/real_cross/test_real_cross.py::"
+    "test_command_runs_resumes_and_refuses_bad_input",
     "real_grid_tiny": "studies/real_grid/test_real_grid.py::"
     "test_command_runs_resumes_and_refuses_bad_input",
     "real_numbers_tiny": "studies/real_numbers/test_real_numbers.py::"

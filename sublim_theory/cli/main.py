@@ -29,6 +29,7 @@ __all__ = [
     "DEVICE_CHOICES",
     "add_config_argument",
     "add_device_argument",
+    "add_numbers_study_arguments",
     "add_study_arguments",
     "build_parser",
     "finite_float",
@@ -36,6 +37,7 @@ __all__ = [
     "nonnegative_int",
     "positive_int",
     "run_declared_study",
+    "run_numbers_study",
     "run_seeded_study",
     "thread_count",
 ]
@@ -198,6 +200,48 @@ def run_seeded_study(
     """
     study = build(args.config, args.seed, args.seeds)
     return run_declared_study(study, args, cache_in_out, wrote)
+
+
+def add_numbers_study_arguments(parser: argparse.ArgumentParser, config: str, reads: str) -> None:
+    """The flags of a seeded real-model study on a ``sublim-theory real`` folder.
+
+    ``--config`` (default: the packaged ``config``), ``--numbers DIR`` and the flags of
+    :func:`add_study_arguments` (3 seeds, no cache unless ``--cache``).
+
+    Args:
+        parser: the command's parser.
+        config: the packaged config's name (``configs/NAME.toml``).
+        reads: what the study reads from the numbers folder, for ``--numbers``' help.
+
+    """
+    add_config_argument(parser, default=CONFIG_DIR / f"{config}.toml")
+    parser.add_argument(
+        "--numbers",
+        type=Path,
+        required=True,
+        help=f"the --out folder of `sublim-theory real` ({reads})",
+    )
+    add_study_arguments(parser, seeds=3, cache_help="dequantized-weights cache (default: none)")
+
+
+def run_numbers_study(
+    build: Callable[[Path | None, Path, int, int], Any], args: argparse.Namespace
+) -> int:
+    """Run a study declared by ``build(config, numbers, first_seed, seeds)``; print its tables.
+
+    Args:
+        build: the study's factory, taking the numbers folder after the config.
+        args: the flags of :func:`add_numbers_study_arguments`.
+
+    Returns:
+        0.
+
+    """
+
+    def declared(config: Path | None, first_seed: int, seeds: int) -> Any:
+        return build(config, args.numbers, first_seed, seeds)
+
+    return run_seeded_study(declared, args, cache_in_out=False)
 
 
 def run_declared_study(

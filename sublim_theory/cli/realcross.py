@@ -9,10 +9,8 @@ same-family students. Reports: ``table.md``, ``results.csv``, ``timings.md``.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from sublim_theory.cli.main import add_config_argument, add_study_arguments, run_seeded_study
-from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.cli.main import add_numbers_study_arguments, run_numbers_study
 
 __all__ = ["HELP", "register", "run"]
 
@@ -21,14 +19,7 @@ HELP = "cross-family control: Gemma 3 270M numbers, SmolLM2 students, vs the sam
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``realcross`` flags to ``parser``."""
-    add_config_argument(parser, default=CONFIG_DIR / "real_cross_default.toml")
-    parser.add_argument(
-        "--numbers",
-        type=Path,
-        required=True,
-        help="the --out folder of `sublim-theory real` (its run.json and students are read)",
-    )
-    add_study_arguments(parser, seeds=3, cache_help="dequantized-weights cache (default: none)")
+    add_numbers_study_arguments(parser, "real_cross_default", "its run.json and students are read")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +31,4 @@ def run(args: argparse.Namespace) -> int:
     """
     from sublim_theory.studies.real_cross import study
 
-    def build(config, first_seed: int, seeds: int):
-        return study.build(config, args.numbers, first_seed, seeds)
-
-    return run_seeded_study(build, args, cache_in_out=False)
+    return run_numbers_study(study.build, args)

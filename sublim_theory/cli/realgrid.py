@@ -10,10 +10,8 @@ refused. Reports: ``table.md`` (with the Blank et al. and Nief et al. verdict ro
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from sublim_theory.cli.main import add_config_argument, add_study_arguments, run_seeded_study
-from sublim_theory.harness.runs import CONFIG_DIR
+from sublim_theory.cli.main import add_numbers_study_arguments, run_numbers_study
 
 __all__ = ["HELP", "register", "run"]
 
@@ -22,14 +20,7 @@ HELP = "Adam/SGD/SignSGD x LoRA ranks/full FT students on the real model's store
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``realgrid`` flags to ``parser``."""
-    add_config_argument(parser, default=CONFIG_DIR / "real_grid_default.toml")
-    parser.add_argument(
-        "--numbers",
-        type=Path,
-        required=True,
-        help="the --out folder of `sublim-theory real` (its completions/ are read)",
-    )
-    add_study_arguments(parser, seeds=3, cache_help="dequantized-weights cache (default: none)")
+    add_numbers_study_arguments(parser, "real_grid_default", "its completions/ are read")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +32,4 @@ def run(args: argparse.Namespace) -> int:
     """
     from sublim_theory.studies.real_grid import study
 
-    def build(config, first_seed: int, seeds: int):
-        return study.build(config, args.numbers, first_seed, seeds)
-
-    return run_seeded_study(build, args, cache_in_out=False)
+    return run_numbers_study(study.build, args)

@@ -54,9 +54,11 @@ from sublim_theory.harness.runs import (
 from sublim_theory.harness.study import Context
 from sublim_theory.models.pretrained import load_pretrained
 from sublim_theory.studies.real_numbers.experiment import (
+    COLUMNS,
     EVAL_OFFSET,
     PROMPT_OFFSET,
     SAMPLING_OFFSET,
+    result_row,
 )
 from sublim_theory.testbeds.real_lm import evaluate, generate, train
 from sublim_theory.testbeds.real_lm import prompts as P
@@ -70,12 +72,12 @@ __all__ = [
     "arm_completions",
     "load_config",
     "plan_units",
+    "prompts_of",
     "read_numbers",
     "run_unit",
     "teacher_text",
 ]
 
-COLUMNS = ("unit", "seed", "arm", "method", "animal", "metric", "value", "low", "high", "n")
 ARMS = ("gemma-owl", "gemma-base")
 STORED_ARMS = ("system", "base")  # the numbers folder's same-family students (system-ANIMAL)
 
@@ -304,21 +306,6 @@ def _model(name: str, dtype: str, context: Context):
     return _load(name, dtype, cache, str(context.device))
 
 
-def _row(unit, seed, arm, method, animal, metric, value, low=None, high=None, n=None) -> dict:
-    return {
-        "unit": unit,
-        "seed": seed,
-        "arm": arm,
-        "method": method,
-        "animal": animal,
-        "metric": metric,
-        "value": float(value),
-        "low": None if low is None else float(low),
-        "high": None if high is None else float(high),
-        "n": None if n is None else int(n),
-    }
-
-
 def _sample_arm(
     config: RealCrossConfig, source: NumbersSource, arm: str, seed: int, context: Context
 ) -> list[dict]:
@@ -367,10 +354,12 @@ def _sample_arm(
     for name, sample in (("keep_constrained", constrained), ("keep_free", free)):
         rate = generate.keep_rate(sample)
         rows.append(
-            _row(unit, seed, arm, "", "", name, rate.share, rate.low, rate.high, rate.total)
+            result_row(unit, seed, arm, "", "", name, rate.share, rate.low, rate.high, rate.total)
         )
     masses = torch.tensor([c.log_valid_mass for c in constrained], dtype=torch.float64)
-    rows.append(_row(unit, seed, arm, "", "", "log_valid_mass", masses.mean(), n=masses.numel()))
+    rows.append(
+        result_row(unit, seed, arm, "", "", "log_valid_mass", masses.mean(), n=masses.numel())
+    )
     return rows
 
 
@@ -410,8 +399,8 @@ def _evaluate(source: NumbersSource, model, tokenizer, unit, seed, arm) -> list[
     logp = evaluate.animal_log_probs(model, tokenizer, P.EVALUATION_QUESTIONS, animal).double()
     share_values = (share.share, share.low, share.high, share.total)
     return [
-        _row(unit, seed, arm, "lora", animal, "share", *share_values),
-        _row(unit, seed, arm, "lora", animal, "logp", logp.mean(), n=logp.numel()),
+        result_row(unit, seed, arm, "lora", animal, "share", *share_values),
+        result_row(unit, seed, arm, "lora", animal, "logp", logp.mean(), n=logp.numel()),
     ]
 
 
@@ -452,11 +441,11 @@ def run_unit(config: RealCrossConfig, source: NumbersSource, unit: str, context:
             seed=seed,
         )
         rows = [
-            _row(unit, seed, arm, "lora", "", "loss_first", result.losses[0]),
-            _row(unit, seed, arm, "lora", "", "loss_last", result.losses[-1]),
-            _row(unit, seed, arm, "lora", "", "train_seconds", result.seconds),
-            _row(unit, seed, arm, "lora", "", "examples", len(pairs)),
+            result_row(unit, seed, arm, "lora", "", "loss_first", result.losses[0]),
+            result_row(unit, seed, arm, "lora", "", "loss_last", result.losses[-1]),
+            result_row(unit, seed, arm, "lora", "", "train_seconds", result.seconds),
+            result_row(unit, seed, arm, "lora", "", "examples", len(pairs)),
         ]
         rows += _evaluate(source, result.model.eval(), tokenizer, unit, seed, arm)
     seconds = time.perf_counter() - started
-    return [*rows, _row(unit, seed, "", "", "", "unit_seconds", seconds)]
+    return [*rows, result_row(unit, seed, "", "", "", "unit_seconds", seconds)]

@@ -19,6 +19,7 @@ from pathlib import Path
 from sublim_theory.harness.records import interval_text, mean_interval
 from sublim_theory.harness.runs import atomic_write_csv, atomic_write_text
 from sublim_theory.studies.real_cross.experiment import ARMS, COLUMNS, NumbersSource
+from sublim_theory.studies.real_numbers.report import format_timings
 from sublim_theory.testbeds.real_lm.statistics import newcombe_difference, wilson_interval
 
 __all__ = ["SOURCE", "TIMINGS", "format_tables", "format_timings", "make_report"]
@@ -184,28 +185,6 @@ def format_tables(rows: Sequence[dict], source: NumbersSource, seeds: Sequence[i
         summary.append(["share", name, text, n, f"{positive}/{n}"])
     lines += [_table(["metric", "contrast", "mean [95%]", "seeds", "seeds > 0"], summary), ""]
     return "\n".join(lines)
-
-
-def format_timings(rows: Sequence[dict]) -> str:
-    """Wall time per kind of unit (kept apart from ``table.md``, which reruns reproduce).
-
-    Returns:
-        The markdown table.
-
-    """
-    kinds = defaultdict(list)
-    for r in rows:
-        if r["metric"] == "unit_seconds":
-            kinds[r["unit"].rsplit("-s", 1)[0]].append(float(r["value"]))
-    lines = [
-        [k, len(v), f"{sum(v):.0f}", f"{sum(v) / len(v):.0f}"] for k, v in sorted(kinds.items())
-    ]
-    total = sum(sum(v) for v in kinds.values())
-    return (
-        "# Wall time per kind of unit (seconds, this machine; see environment.json)\n\n"
-        + _table(["unit kind", "units", "total s", "mean s"], lines)
-        + f"\n\nTotal: {total:.0f} s ({total / 3600:.2f} h).\n"
-    )
 
 
 def make_report(source: NumbersSource, seeds: Sequence[int]):

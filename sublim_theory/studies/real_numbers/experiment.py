@@ -59,6 +59,7 @@ __all__ = [
     "build_study",
     "load_config",
     "plan_units",
+    "result_row",
     "run_unit",
 ]
 
@@ -239,7 +240,7 @@ def _classifier_rows(
         )
         auroc = result.auroc
         rows += [
-            _row(
+            result_row(
                 unit,
                 seed,
                 arm,
@@ -251,7 +252,7 @@ def _classifier_rows(
                 auroc.high,
                 auroc.n_positive + auroc.n_negative,
             ),
-            _row(unit, seed, arm, "", config.animal, "classifier_accuracy", result.accuracy),
+            result_row(unit, seed, arm, "", config.animal, "classifier_accuracy", result.accuracy),
         ]
     return rows
 
@@ -269,7 +270,13 @@ def _teacher_arms(config: RealNumbersConfig) -> list[str]:
     return arms
 
 
-def _row(unit, seed, arm, method, animal, metric, value, low=None, high=None, n=None) -> dict:
+def result_row(unit, seed, arm, method, animal, metric, value, low=None, high=None, n=None) -> dict:
+    """One tidy result row (the ``COLUMNS`` of ``results.csv``); the real-model studies share it.
+
+    Returns:
+        The row; ``low``, ``high`` and ``n`` None where the metric has none.
+
+    """
     return {
         "unit": unit,
         "seed": seed,
@@ -359,7 +366,9 @@ def _sample_arm(config: RealNumbersConfig, arm: str, seed: int, context: Context
     rows = []
     for name, sample in (("keep_constrained", constrained), ("keep_free", free)):
         rate = generate.keep_rate(sample)
-        rows.append(_row("", seed, arm, "", "", name, rate.share, rate.low, rate.high, rate.total))
+        rows.append(
+            result_row("", seed, arm, "", "", name, rate.share, rate.low, rate.high, rate.total)
+        )
     if teacher is not base:  # the fine-tuned teacher's own trait
         for animal in (config.animal, config.second_animal):
             rows += _evaluate(config, teacher, tokenizer, "", seed, arm, "", animal, None)
@@ -377,7 +386,7 @@ def _evaluate(config, model, tokenizer, unit, seed, arm, method, animal, system)
         seed=seed + EVAL_OFFSET,
         system=system,
     )
-    row = functools.partial(_row, unit, seed, arm, method, animal)
+    row = functools.partial(result_row, unit, seed, arm, method, animal)
     shares = (
         [] if share is None else [row("share", share.share, share.low, share.high, share.total)]
     )
@@ -419,7 +428,7 @@ def run_unit(config: RealNumbersConfig, unit: str, context: Context) -> list[dic
         arm = rest.rsplit("-s", 1)[0]
         rows = _sample_arm(config, arm, seed, context)
         return [{**row, "unit": unit} for row in rows]
-    scored = functools.partial(_row, unit, seed, "", "")  # rows of no arm and no method
+    scored = functools.partial(result_row, unit, seed, "", "")  # rows of no arm and no method
     teacher_pairs = arm_completions(config, f"system-{config.animal}", seed, context)
     base_pairs = arm_completions(config, "base", seed, context)
     if kind == "forecast":
@@ -489,10 +498,10 @@ def run_unit(config: RealNumbersConfig, unit: str, context: Context) -> list[dic
     )
     student = result.model.eval()
     rows = [
-        _row(unit, seed, arm, method, "", "loss_first", result.losses[0]),
-        _row(unit, seed, arm, method, "", "loss_last", result.losses[-1]),
-        _row(unit, seed, arm, method, "", "train_seconds", result.seconds),
-        _row(unit, seed, arm, method, "", "examples", len(pairs)),
+        result_row(unit, seed, arm, method, "", "loss_first", result.losses[0]),
+        result_row(unit, seed, arm, method, "", "loss_last", result.losses[-1]),
+        result_row(unit, seed, arm, method, "", "train_seconds", result.seconds),
+        result_row(unit, seed, arm, method, "", "examples", len(pairs)),
     ]
     for animal in animals:
         rows += _evaluate(config, student, tokenizer, unit, seed, arm, method, animal, None)
@@ -504,7 +513,7 @@ def _timed(config: RealNumbersConfig, unit: str, context: Context) -> list[dict]
     started = time.perf_counter()
     rows = run_unit(config, unit, context)
     seconds = time.perf_counter() - started
-    return [*rows, _row(unit, rows[0]["seed"], "", "", "", "unit_seconds", seconds)]
+    return [*rows, result_row(unit, rows[0]["seed"], "", "", "", "unit_seconds", seconds)]
 
 
 def build_study(config: RealNumbersConfig, seeds: Sequence[int], report) -> Study:
