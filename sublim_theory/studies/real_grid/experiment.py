@@ -21,6 +21,15 @@ momentum) or signsgd (``engine.optimizers.SignSGD``); every lr of the (optimizer
 grid. A student trains WITHOUT any system prompt; its rows: first and last batch loss, the
 held-out loss (below), the share of sampled answers naming each animal and mean log P(animal).
 
+Soft labels (``labels = "teacher"``): every arm's student trains on the SAME pairs, the base's
+training pairs (numbers no teacher wrote), against the arm's teacher's next-token
+log-probabilities at each completion token (``train.teacher_targets``: the base with the arm's
+system prompt), with the distillation loss of the paper's Theorem 1 (``train.distillation_loss``).
+The only thing that differs between two arms' students is the teacher's probabilities. A base
+control would not move (its own soft labels have zero gradient), so the arms are two teachers
+of different animals and each is the other's control; the lr criterion is the students' held-out
+distillation loss to their own teacher on the held-out base pairs, mean over arms and seeds.
+
 The lr criterion (it never looks at the trait): the held-out completion loss on the base's
 numbers, L_ho = mean_i L_i over the held-out pairs (``train.completion_loss``), of the CONTROL
 students (trained on base numbers), mean over seeds. Per (method, optimizer) the tuned lr is the
@@ -71,6 +80,7 @@ COLUMNS = (
 )  # fmt: skip
 EVAL_OFFSET = 31  # the evaluation's answer sampling of a student of seed S (as real_numbers)
 TEACHER_KINDS = ("system", "finetuned")
+LABELS = ("sampled", "teacher")
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,8 @@ class RealGridConfig:
         batch: examples per step.
         eval_samples: sampled answers per evaluation question (the share).
         eval_batch: rows per forward pass in the evaluation and the held-out loss.
+        labels: "sampled" (the arm's stored completions, token loss) or "teacher" (the base's
+            completions with the arm's teacher's soft labels; module docstring).
 
     """
 
@@ -110,7 +122,7 @@ class RealGridConfig:
             "signsgd_lora": (1e-5, 3e-5),
             "signsgd_full": (1e-6, 3e-6),
         },
-        metadata=bound(gt=0, le=10),
+        metadata=bound(gt=0, le=1000),  # SGD on soft labels needs lrs near 100
     )
     examples: int = field(default=0, metadata=bound(ge=0, le=10**6))
     holdout: int = field(default=8, metadata=bound(ge=1, le=10**5))
@@ -118,11 +130,32 @@ class RealGridConfig:
     batch: int = field(default=8, metadata=bound(ge=1, le=4096))
     eval_samples: int = field(default=2, metadata=bound(ge=1, le=1000))
     eval_batch: int = field(default=32, metadata=bound(ge=1, le=4096))
+    labels: str = "sampled"
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as plain values (fingerprinted by the run layer)."""
+        """The settings as plain values (fingerprinted by the run layer).
+
+        Returns:
+            The dict; ``labels`` appears only when not "sampled", so runs stored before it
+            existed keep their fingerprint.
+
+        """
         plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lrs"}
-        return {**asdict(RealGridConfig(**plain)), "lrs": {k: list(v) for k, v in self.lrs.items()}}
+        out = {**asdict(RealGridConfig(**plain)), "lrs": {k: list(v) for k, v in self.lrs.items()}}
+        if out["labels"] == "sampled":
+            del out["labels"]
+        return out
+
+    @property
+    def soft(self) -> bool:
+        """Whether students learn from the teachers' soft labels."""
+        return self.labels == "teacher"
+
+    def control(self, arm: str) -> str:
+        """The control arm of a teacher arm: ``base``, or with soft labels the other teacher."""
+        if not self.soft:
+            return "base"
+        return next(other for other in self.arms if other != arm)
 
 
 def method_names(config: RealGridConfig) -> list[str]:
@@ -173,6 +206,17 @@ def load_config(path: str | Path | None) -> RealGridConfig:
             raise InputError(f"{source}: {name} repeats a value ({list(values)})")
     for arm in config.arms:
         arm_animal(arm)
+    if config.labels not in LABELS:
+        raise InputError(f"{source}: labels must be one of {list(LABELS)}, got {config.labels!r}")
+    if config.soft and (
+        len(config.arms) != 2
+        or not all(arm.startswith("system-") for arm in config.arms)
+        or len({arm_animal(arm) for arm in config.arms}) != 2
+    ):
+        raise InputError(
+            f"{source}: labels = 'teacher' needs exactly two system arms of different animals "
+            "(each is the other's control), e.g. arms = ['system-owl', 'system-dolphin']"
+        )
     unknown = sorted(set(config.optimizers) - set(OPTIMIZERS))
     if unknown:
         raise InputError(f"{source}: unknown optimizer(s) {unknown}; use {list(OPTIMIZERS)}")
@@ -252,7 +296,11 @@ def read_numbers(
         held = {prompt for prompt, _ in heldout}
         pools = {"base": [pair for pair in base[: -config.holdout] if pair[0] not in held]}
         for arm in config.arms:
-            pools[arm] = [pair for pair in _kept(folder, arm, seed) if pair[0] not in held]
+            # soft labels: every teacher labels the base's own numbers
+            kept = pools["base"] if config.soft else _kept(folder, arm, seed)
+            pools[arm] = [pair for pair in kept if pair[0] not in held]
+        if config.soft:
+            del pools["base"]
         n = min(len(pool) for pool in pools.values())
         n = n if config.examples == 0 else min(n, config.examples)
         if n < config.batch:
@@ -296,7 +344,7 @@ def plan_units(config: RealGridConfig, seeds: Sequence[int]) -> list[Unit]:
         for optimizer in config.optimizers:
             for lr in config.lrs[f"{optimizer}_{_kind(method)}"]:
                 for seed in seeds:
-                    for arm in ("base", *config.arms):
+                    for arm in config.arms if config.soft else ("base", *config.arms):
                         units.append(Unit(arm, method, optimizer, float(lr), seed))
     return units
 
@@ -323,8 +371,17 @@ def _row(unit: Unit, animal: str, metric: str, value: float, n: int | None = Non
 
 
 @torch.no_grad()
-def heldout_loss(model, tokenizer, pairs: Sequence[tuple[str, str]], batch: int) -> float:
-    """L_ho = mean_i L_i over ``pairs`` (each pair's mean completion-token NLL), in chunks.
+def heldout_loss(
+    model,
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    batch: int,
+    targets: Sequence[torch.Tensor] | None = None,
+) -> float:
+    """L_ho = mean_i L_i over ``pairs``, in chunks.
+
+    L_i is the completion-token NLL, or with soft ``targets`` (one per pair) the distillation
+    loss.
 
     Returns:
         The held-out loss (NaN or inf when the student diverged).
@@ -333,8 +390,36 @@ def heldout_loss(model, tokenizer, pairs: Sequence[tuple[str, str]], batch: int)
     total = 0.0
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
-        total += float(train.completion_loss(model, tokenizer, chunk)) * len(chunk)
+        if targets is None:
+            loss = train.completion_loss(model, tokenizer, chunk)
+        else:
+            labels = targets[start : start + batch]
+            loss = train.distillation_loss(model, tokenizer, chunk, labels)
+        total += float(loss) * len(chunk)
     return total / len(pairs)
+
+
+_SOFT_LABELS: dict[tuple, tuple[list, list]] = {}
+
+
+def _soft_labels(config: RealGridConfig, seed_data: SeedData, arm: str, base, tokenizer):
+    """The soft labels of ``arm``'s teacher on a seed's pairs, kept per process.
+
+    Every (arm, seed) of a run stays in memory (about 0.4 GB per 64 completions of 35 tokens
+    in float32 with SmolLM2's 49,152-token vocabulary).
+
+    Returns:
+        (training pairs' labels, held-out pairs' labels).
+
+    """
+    key = (config.model, config.dtype, arm, seed_data.digest)
+    if key not in _SOFT_LABELS:
+        system = P.system_prompt(arm_animal(arm))
+        _SOFT_LABELS[key] = tuple(
+            train.teacher_targets(base, tokenizer, pairs, system=system, batch_size=config.batch)
+            for pairs in (seed_data.train[arm], seed_data.heldout)
+        )
+    return _SOFT_LABELS[key]
 
 
 def run_unit(
@@ -353,6 +438,9 @@ def run_unit(
     base, tokenizer = _load(config.model, config.dtype, cache, str(context.device))
     seed_data = data[unit.seed]
     pairs = seed_data.train[unit.arm]
+    labels, held_labels = (
+        _soft_labels(config, seed_data, unit.arm, base, tokenizer) if config.soft else (None, None)
+    )
     result = train.train_student(
         base,
         tokenizer,
@@ -364,6 +452,7 @@ def run_unit(
         lr=unit.lr,
         seed=unit.seed,
         optimizer=unit.optimizer,
+        targets=labels,
     )
     student = result.model.eval()
     rows = [
@@ -373,13 +462,15 @@ def run_unit(
             unit,
             "",
             "heldout_loss",
-            heldout_loss(student, tokenizer, seed_data.heldout, config.eval_batch),
+            heldout_loss(student, tokenizer, seed_data.heldout, config.eval_batch, held_labels),
             len(seed_data.heldout),
         ),  # fmt: skip
         _row(unit, "", "examples", len(pairs)),
         _row(unit, seed_data.digest, "data_digest", 0.0),
     ]
-    animals = [arm_animal(unit.arm)] if unit.arm != "base" else _animals(config)
+    # a control is measured on every animal (with soft labels every arm is a control)
+    one = unit.arm != "base" and not config.soft
+    animals = [arm_animal(unit.arm)] if one else _animals(config)
     for animal in animals:
         rows += _evaluate(config, student, tokenizer, unit, animal)
     rows.append(_row(unit, "", "train_seconds", result.seconds))

@@ -8,6 +8,10 @@ many seeds are positive, and the smallest paired difference the seeds could dete
 animal pooled over seeds with Wilson's 95% interval for each student, and their difference with
 Newcombe's hybrid score interval (Newcombe 1998, method 10).
 
+With soft labels (``labels = "teacher"``) the control of a teacher arm is the student of the other
+animal's teacher (same seed, pairs, batches and LoRA init), and the lr criterion averages the
+held-out distillation loss over both arms' students.
+
 A cell "transfers" when its log P difference has at least 2 seeds and a 95% interval above 0.
 The verdict on Blank et al. counts only if the Adam arm itself transfers; otherwise it reads
 "no transfer with Adam either at this size: not informative". The same rule gates Nief et al.
@@ -73,8 +77,9 @@ def tuned_lrs(rows: Sequence[dict], config: RealGridConfig) -> dict[tuple[str, s
 
     """
     held = defaultdict(lambda: defaultdict(list))
+    criterion = set(config.arms) if config.soft else {"base"}
     for r in rows:
-        if r["metric"] == "heldout_loss" and r["arm"] == "base":
+        if r["metric"] == "heldout_loss" and r["arm"] in criterion:
             loss = _value(r)
             held[(r["method"], r["optimizer"])][float(r["lr"])].append(
                 loss if math.isfinite(loss) else math.inf
@@ -94,9 +99,18 @@ def tuned_lrs(rows: Sequence[dict], config: RealGridConfig) -> dict[tuple[str, s
 class Cell:
     """One (teacher arm, method, optimizer, lr) cell against its paired controls."""
 
-    def __init__(self, values: dict, arm: str, method: str, optimizer: str, lr: float) -> None:
-        """Collect the cell's seeds from ``values`` (``_student_values``)."""
+    def __init__(
+        self,
+        values: dict,
+        arm: str,
+        method: str,
+        optimizer: str,
+        lr: float,
+        control: str = "base",
+    ) -> None:
+        """Collect the cell's seeds from ``values`` (``_student_values``) against ``control``."""
         self.arm, self.method, self.optimizer, self.lr = arm, method, optimizer, lr
+        self.control = control
         self.animal = arm_animal(arm)
         seeds = sorted(
             {k[4] for k in values if k[:4] == (arm, method, optimizer, lr) and k[6] == "logp"}
@@ -105,13 +119,13 @@ class Cell:
         self.hits = [0, 0, 0, 0]  # teacher hits, answers; control hits, answers
         for seed in seeds:
             teacher = values.get((arm, method, optimizer, lr, seed, self.animal, "logp"))
-            control = values.get(("base", method, optimizer, lr, seed, self.animal, "logp"))
-            if teacher is None or control is None:
+            paired = values.get((control, method, optimizer, lr, seed, self.animal, "logp"))
+            if teacher is None or paired is None:
                 continue
-            self.paired.append((seed, teacher - control))
+            self.paired.append((seed, teacher - paired))
             shares = [
                 values.get((a, method, optimizer, lr, seed, self.animal, m))
-                for a in (arm, "base")
+                for a in (arm, control)
                 for m in ("hits", "answers")
             ]
             if None not in shares:
@@ -172,7 +186,7 @@ def cells(rows: Sequence[dict], config: RealGridConfig, units: Sequence[Unit]) -
         if u.arm == "base" or key in seen:
             continue
         seen.add(key)
-        cell = Cell(values, *key)
+        cell = Cell(values, *key, control=config.control(u.arm))
         if cell.paired:
             out.append(cell)
     return out
@@ -201,6 +215,16 @@ def _scope(config: RealGridConfig, rows: Sequence[dict], seeds: int) -> str:
         if config.model == "smollm2-135m-instruct"
         else f"the model {config.model} (NOT SmolLM2-135M-Instruct: a test or local model)"
     )
+    if config.soft:
+        return (
+            f"{model}, SOFT LABELS: {n_text} of the base's own number completions per seed, "
+            "labelled by each teacher's next-token probabilities (the distillation loss of "
+            "Cloud et al.'s Theorem 1, not sampled tokens), "
+            f"{config.steps} steps of batch {config.batch}, {seeds} seed(s); control: the "
+            "student of the other animal's teacher; lr per (method, optimizer) by the held-out "
+            f"distillation loss (never the trait) from the grids {grids}, and every grid lr as "
+            "a fixed lr"
+        )
     return (
         f"{model}, {n_text} training completions"
         f" per arm and seed, {config.steps} steps of batch {config.batch}, {seeds} seed(s); lr "
@@ -209,10 +233,24 @@ def _scope(config: RealGridConfig, rows: Sequence[dict], seeds: int) -> str:
     )
 
 
+SOFT_SCOPE = (
+    " Their students fine-tune on SAMPLED tokens of the teacher's outputs; ours here learn the "
+    "teachers' probabilities on numbers no teacher wrote, so this row does not test their "
+    "setting: it asks whether, on a real 135M chat model, the optimizer decides if the trait "
+    "signal that soft labels carry moves the student."
+)
+
+
 def _verdicts(
-    tuned_cells: Sequence[Cell], all_cells: Sequence[Cell], scope: str, methods: Sequence[str]
+    tuned_cells: Sequence[Cell],
+    all_cells: Sequence[Cell],
+    scope: str,
+    methods: Sequence[str],
+    soft: bool = False,
 ) -> list[str]:
     system = [c for c in tuned_cells if c.arm.startswith("system-")]
+    # a soft-label verdict names its loss: it is never a verdict on sampled-token fine-tuning
+    tag = " (soft labels: does not test their sampled-token setting)" if soft else ""
     lines = ["", "## Verdicts", ""]
     # --- Blank et al.
     lines += [
@@ -225,7 +263,7 @@ def _verdicts(
         "chat LM trained without the prompt); where their models or data are larger this row "
         "does not test their setting: it speaks for 135M and this data size only. SignSGD "
         "normalises each coordinate (the mechanism they name), so its cells are shown but not "
-        "counted against them.",
+        "counted against them." + (SOFT_SCOPE if soft else ""),
         "",
     ]
     verdict_rows = []
@@ -241,6 +279,7 @@ def _verdicts(
             verdict = "disagrees at this scale: plain SGD transfers too"
         else:
             verdict = "consistent with the claim at this scale: Adam transfers, SGD not detectably"
+        verdict += tag if adam is not None and sgd is not None else ""
         texts = [
             "-" if c is None else f"{c.diff_text()} (lr {c.lr:g})"
             for c in (adam, sgd, by_opt.get("signsgd"))
@@ -263,13 +302,13 @@ def _verdicts(
         "Where their models or data are larger this row does not test their setting. The rank "
         "curve is read at each fixed Adam lr (the same lr for every rank) and at the tuned lrs "
         "(where the lr may change with the rank, so shape and lr are not separated). Rule: it "
-        "counts only where Adam transfers at some rank.",
+        "counts only where Adam transfers at some rank." + (SOFT_SCOPE if soft else ""),
         "",
     ]
     nief_rows = []
     lora_methods = [m for m in methods if m != "full"]
     for arm in system_arms:
-        nief_rows += _nief_rows(arm, tuned_cells, all_cells, lora_methods)
+        nief_rows += _nief_rows(arm, tuned_cells, all_cells, lora_methods, tag)
     lines += [
         _table(
             [
@@ -290,7 +329,11 @@ def _verdicts(
 
 
 def _nief_rows(
-    arm: str, tuned_cells: Sequence[Cell], all_cells: Sequence[Cell], lora_methods: list[str]
+    arm: str,
+    tuned_cells: Sequence[Cell],
+    all_cells: Sequence[Cell],
+    lora_methods: list[str],
+    tag: str = "",
 ) -> list[list[object]]:
     adam_arm = [c for c in all_cells if c.arm == arm and c.optimizer == "adam"]
     any_transfer = any(c.transfers for c in adam_arm)
@@ -305,7 +348,7 @@ def _nief_rows(
         concavity = _concavity([by_method.get(m) for m in lora_methods])
         full = by_method.get("full")
         if not any_transfer:
-            verdict = "no transfer with Adam either at this size: not informative"
+            verdict = "no transfer with Adam either at this size: not informative" + tag
         else:
             parts = []
             if full is not None:
@@ -322,7 +365,7 @@ def _nief_rows(
                     parts.append("interior ranks below the ends: not an inverted U (disagrees)")
                 else:
                     parts.append("no detectable curvature in rank")
-            verdict = "; ".join(parts) or "not run yet"
+            verdict = "; ".join(parts) + tag if parts else "not run yet"
         rows.append(
             [
                 arm,
@@ -366,13 +409,21 @@ def format_tables(
         "# Optimizers and LoRA ranks on a real chat LM: students on the stored number completions",
         "",
         f"Scope: {scope}. Students train WITHOUT the system prompt; the control of each "
-        "teacher-numbers student is the student of the same seed, method, optimizer and lr "
-        "trained on the base's numbers (same batch indices, same LoRA init).",
+        + (
+            "teacher's student is the student of the other animal's teacher of the same seed, "
+            "method, optimizer and lr (same numbers, batch indices and LoRA init)."
+            if config.soft
+            else "teacher-numbers student is the student of the same seed, method, optimizer "
+            "and lr trained on the base's numbers (same batch indices, same LoRA init)."
+        ),
         "",
-        "## Learning rate per (method, optimizer): held-out loss of the control students",
+        "## Learning rate per (method, optimizer): held-out loss of the "
+        + ("students (both arms)" if config.soft else "control students"),
         "",
-        "Mean over seeds of the completion loss on held-out base numbers after training (never "
-        "the trait); the tuned lr is the one with the smallest loss.",
+        "Mean over seeds of the "
+        + ("distillation loss to the student's own teacher" if config.soft else "completion loss")
+        + " on held-out base numbers after training (never the trait); the tuned lr is the one "
+        "with the smallest loss.",
         "",
     ]
     lines = []
@@ -401,7 +452,8 @@ def format_tables(
     diverged = sum(c.diverged for c in all_cells)
     if diverged:
         sections += ["", f"{diverged} paired seed(s) diverged (non-finite log P): left out."]
-    sections += _verdicts(tuned, all_cells, scope, list(dict.fromkeys(u.method for u in units)))
+    methods = list(dict.fromkeys(u.method for u in units))
+    sections += _verdicts(tuned, all_cells, scope, methods, config.soft)
     return "\n".join(sections) + "\n"
 
 

@@ -19,6 +19,7 @@ from sublim_theory.errors import InputError
 __all__ = [
     "attention_bias",
     "continuation_log_probs",
+    "continuation_log_softmax",
     "left_pad",
     "model_device",
     "model_dtype",
@@ -95,17 +96,18 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
 
-def continuation_log_probs(
+def continuation_log_softmax(
     model: nn.Module,
     prefixes: Sequence[Sequence[int]],
     continuations: Sequence[Sequence[int]],
     pad: int,
-) -> tuple[Tensor, Tensor]:
-    """Per row, the summed log-probability of ``continuation`` after ``prefix``, in ONE batch.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row, the next-token log-probabilities at each ``continuation`` token, in ONE batch.
 
-    log P(c | p) = sum_t log softmax(f(p + c[:t]))[c_t]: one forward of the left-padded
-    ``prefix + continuation`` rows; only the last ``max len(c)`` positions' logits are computed.
-    Differentiable when grad is enabled (the training loss and the forecast use it).
+    One forward of the left-padded ``prefix + continuation`` rows; only the last
+    ``max len(c)`` positions' logits are computed. Row r's scored positions are the last
+    ``len(c_r)`` of the ``longest`` columns: column j predicts the token
+    ``ids[r, L - longest + j]``. Differentiable when grad is enabled.
 
     Args:
         model: a causal LM (``model(input_ids, attention_mask, position_ids, logits_to_keep)``).
@@ -114,7 +116,9 @@ def continuation_log_probs(
         pad: the padding id.
 
     Returns:
-        (sums, counts): log P per row (model dtype) and the continuation lengths (int64).
+        ``(log_probs, targets, scored)``: (rows, longest, vocabulary) log-softmax in the model's
+        dtype, the (rows, longest) tokens they predict, and the (rows, longest) bool mask of
+        scored positions (False on a shorter row's padding columns).
 
     Raises:
         InputError: row counts differ, or an empty prefix or continuation.
@@ -138,9 +142,37 @@ def continuation_log_probs(
         use_cache=False,
     ).logits[:, :-1]
     # logits[:, j] predicts token ids[:, L - longest + j] for j = 0 .. longest - 1.
-    targets = ids[:, -longest:]
     lengths = torch.tensor([len(c) for c in continuations], device=ids.device)
     scored = torch.arange(longest, device=ids.device)[None, :] >= (longest - lengths)[:, None]
-    token_log_probs = logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0]
+    return logits.log_softmax(-1), ids[:, -longest:], scored
+
+
+def continuation_log_probs(
+    model: nn.Module,
+    prefixes: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    pad: int,
+) -> tuple[Tensor, Tensor]:
+    """Per row, the summed log-probability of ``continuation`` after ``prefix``, in ONE batch.
+
+    log P(c | p) = sum_t log softmax(f(p + c[:t]))[c_t], from
+    :func:`continuation_log_softmax` (one forward). Differentiable when grad is enabled (the
+    training loss and the forecast use it).
+
+    Args:
+        model: a causal LM (``model(input_ids, attention_mask, position_ids, logits_to_keep)``).
+        prefixes: token ids before each continuation (the chat-templated prompt).
+        continuations: the scored token ids (non-empty).
+        pad: the padding id.
+
+    Returns:
+        (sums, counts): log P per row (model dtype) and the continuation lengths (int64).
+
+    Raises:
+        InputError: row counts differ, or an empty prefix or continuation.
+
+    """
+    log_probs, targets, scored = continuation_log_softmax(model, prefixes, continuations, pad)
+    token_log_probs = log_probs.gather(-1, targets[..., None])[..., 0]
     # where, not a product: a padded row's masked logits must not leak a NaN into the sum.
-    return torch.where(scored, token_log_probs, 0.0).sum(-1), lengths
+    return torch.where(scored, token_log_probs, 0.0).sum(-1), scored.sum(-1)

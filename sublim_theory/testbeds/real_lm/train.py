@@ -6,7 +6,13 @@ tokens c_i followed by the end of turn,
 
     L_i(theta) = -(1 / |c_i|) sum_t log p_theta(c_i,t | p_i, c_i,<t),   L = mean_i L_i,
 
-each example weighted equally (the prompt tokens carry no loss). Training is Adam (torch
+each example weighted equally (the prompt tokens carry no loss). With soft labels (a teacher's
+next-token log-probabilities q_i,t at the same completion tokens, :func:`teacher_targets`) the
+loss is the distillation loss of the paper's Theorem 1 instead (:func:`distillation_loss`):
+
+    L_i(theta) = (1 / |c_i|) sum_t KL(q_i,t || p_theta(. | p_i, c_i,<t)).
+
+Training is Adam (torch
 defaults, no weight decay) for a fixed number of steps on batches drawn from seeded permutations
 of the examples, either on LoRA adapters (peft, through :func:`sublim_theory.engine.lora.add_lora`, on
 every attention and MLP projection; the tied embedding/unembedding stays frozen) or on all
@@ -32,7 +38,11 @@ from sublim_theory.engine.lora import add_lora, linear_layers
 from sublim_theory.engine.optimizers import make_optimizer
 from sublim_theory.errors import InputError
 from sublim_theory.testbeds.real_lm.prompts import chat_ids
-from sublim_theory.testbeds.real_lm.sequences import continuation_log_probs, pad_id
+from sublim_theory.testbeds.real_lm.sequences import (
+    continuation_log_probs,
+    continuation_log_softmax,
+    pad_id,
+)
 
 __all__ = [
     "TrainResult",
@@ -40,8 +50,10 @@ __all__ = [
     "batch_indices",
     "completion_ids",
     "completion_loss",
+    "distillation_loss",
     "finetune_teacher",
     "prepare_student",
+    "teacher_targets",
     "train_student",
 ]
 
@@ -93,6 +105,100 @@ def completion_loss(
     targets = [completion_ids(tokenizer, completion) for _, completion in examples]
     sums, counts = continuation_log_probs(model, prefixes, targets, pad_id(tokenizer))
     return -(sums / counts.to(sums.dtype)).mean()
+
+
+@torch.no_grad()
+def teacher_targets(
+    model: nn.Module,
+    tokenizer,
+    examples: Sequence[Example],
+    *,
+    system: str | None = None,
+    batch_size: int = 8,
+) -> list[Tensor]:
+    """A teacher's soft labels: per example, its log-probabilities at each completion token.
+
+    The teacher is ``model`` with the prompt side's ``system`` prompt (e.g. the paper's "You
+    love owls..."): row t of example i is log q(. | p_i^system, c_i,<t), the distribution
+    the completion's token t was drawn from had this teacher written it.
+
+    Args:
+        model: the teacher's network.
+        tokenizer: its chat tokenizer.
+        examples: (user prompt, completion text) pairs.
+        system: the teacher's system prompt; None keeps the template's default.
+        batch_size: examples per forward.
+
+    Returns:
+        Per example a (|c_i| + 1 end of turn, vocabulary) tensor in the model's dtype, on its
+        device.
+
+    Raises:
+        InputError: no examples.
+
+    """
+    if not examples:
+        raise InputError("no examples to compute a teacher's soft labels on")
+    out: list[Tensor] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        log_probs, _, scored = continuation_log_softmax(
+            model,
+            [chat_ids(tokenizer, prompt, system=system) for prompt, _ in chunk],
+            [completion_ids(tokenizer, completion) for _, completion in chunk],
+            pad_id(tokenizer),
+        )
+        out += [log_probs[row][scored[row]].clone() for row in range(len(chunk))]
+    return out
+
+
+def distillation_loss(
+    model: nn.Module,
+    tokenizer,
+    examples: Sequence[Example],
+    targets: Sequence[Tensor],
+    *,
+    system: str | None = None,
+) -> Tensor:
+    """The soft-label loss L = mean_i (1/|c_i|) sum_t KL(q_i,t || p_theta,i,t), differentiable.
+
+    Args:
+        model: the student.
+        tokenizer: its chat tokenizer.
+        examples: (user prompt, completion text) pairs.
+        targets: per example the teacher's log-probabilities (:func:`teacher_targets`).
+        system: the student's system prompt; None (the students') keeps the default.
+
+    Returns:
+        A scalar tensor; 0 with zero gradient where the targets are the student's own.
+
+    Raises:
+        InputError: no examples, or targets that do not match the completions' lengths.
+
+    """
+    if not examples or len(targets) != len(examples):
+        raise InputError(
+            f"need one target per example (>= 1), got {len(targets)} for {len(examples)}"
+        )
+    log_probs, _, scored = continuation_log_softmax(
+        model,
+        [chat_ids(tokenizer, prompt, system=system) for prompt, _ in examples],
+        [completion_ids(tokenizer, completion) for _, completion in examples],
+        pad_id(tokenizer),
+    )
+    losses = []
+    for row, target in enumerate(targets):
+        student = log_probs[row][scored[row]]
+        if target.shape != student.shape:
+            raise InputError(
+                f"example {row}: soft labels of shape {tuple(target.shape)} for completion "
+                f"log-probabilities of shape {tuple(student.shape)}"
+            )
+        q = target.exp()
+        # where: a target probability of exactly 0 contributes 0 (not 0 * -inf)
+        kl = torch.where(q > 0, q * (target - student), 0.0).sum(-1)
+        losses.append(kl.mean())
+    return torch.stack(losses).mean()
 
 
 def _projection_layers(model: nn.Module) -> list[str]:
@@ -177,10 +283,12 @@ def train_student(
     system: str | None = None,
     on_step: Callable[[int, float], None] | None = None,
     optimizer: str = "adam",
+    targets: Sequence[Tensor] | None = None,
 ) -> TrainResult:
     """Fine-tune a copy of ``model`` on (prompt, completion) pairs, loss on completions.
 
-    Each step: the batch loss L (module docstring), its gradient g over the trained parameters,
+    Each step: the batch loss L (module docstring: the completion tokens' NLL, or with
+    ``targets`` the soft-label KL), its gradient g over the trained parameters,
     then one step of ``optimizer`` (:func:`sublim_theory.engine.optimizers.make_optimizer`):
     Adam (torch defaults, the default), plain SGD ``theta <- theta - lr g`` or SignSGD
     ``theta <- theta - lr sign(g)``.
@@ -199,17 +307,21 @@ def train_student(
         system: the prompt side's system prompt; None (students train WITHOUT the trait prompt).
         on_step: called as ``on_step(step, loss)`` after each step.
         optimizer: "adam" (default), "sgd" or "signsgd".
+        targets: soft labels, one per example (:func:`teacher_targets`); None trains on the
+            completions' tokens.
 
     Returns:
         The :class:`TrainResult`.
 
     Raises:
-        InputError: no examples, steps or batch size < 1, lr not finite and > 0, or an
-            unknown optimizer.
+        InputError: no examples, steps or batch size < 1, lr not finite and > 0, an
+            unknown optimizer, or not one target per example.
 
     """
     if not examples:
         raise InputError("no examples to train on")
+    if targets is not None and len(targets) != len(examples):
+        raise InputError(f"{len(targets)} soft labels for {len(examples)} examples")
     if steps < 1 or batch_size < 1:
         raise InputError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     if not (math.isfinite(lr) and lr > 0):
@@ -221,7 +333,12 @@ def train_student(
     start = time.perf_counter()
     for step, batch in enumerate(batch_indices(len(examples), batch_size, steps, seed)):
         stepper.zero_grad(set_to_none=True)
-        loss = completion_loss(student, tokenizer, [examples[i] for i in batch], system=system)
+        chosen = [examples[i] for i in batch]
+        if targets is None:
+            loss = completion_loss(student, tokenizer, chosen, system=system)
+        else:
+            labels = [targets[i] for i in batch]
+            loss = distillation_loss(student, tokenizer, chosen, labels, system=system)
         loss.backward()
         stepper.step()
         result.losses.append(loss.item())

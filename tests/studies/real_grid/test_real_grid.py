@@ -18,14 +18,17 @@ pytest.importorskip("peft")
 
 from sublim_theory.cli.main import main  # noqa: E402
 from sublim_theory.errors import InputError  # noqa: E402
-from sublim_theory.harness.runs import CONFIG_DIR  # noqa: E402
+from sublim_theory.harness.runs import CONFIG_DIR, fingerprint  # noqa: E402
 from sublim_theory.models.pretrained import float64_throughout  # noqa: E402
 from sublim_theory.studies.real_grid import experiment as E  # noqa: E402
 from sublim_theory.studies.real_grid import report as R  # noqa: E402
 from sublim_theory.testbeds.real_lm import prompts as P  # noqa: E402
 from sublim_theory.testbeds.real_lm.train import (  # noqa: E402
+    completion_ids,
     completion_loss,
+    distillation_loss,
     prepare_student,
+    teacher_targets,
     train_student,
 )
 from sublim_theory.testing.tiny_llama import save_tiny_llama, tiny_llama, tiny_tokenizer  # noqa: E402
@@ -55,7 +58,7 @@ def _batches(count, batch_size, steps, seed):
     return [order[s * batch_size : (s + 1) * batch_size] for s in range(steps)]
 
 
-def _hand_loop(model, tokenizer, examples, method, optimizer, lr, steps, batch, seed):
+def _hand_loop(model, tokenizer, examples, method, optimizer, lr, steps, batch, seed, targets=None):
     """The update of each optimizer written out, on the parameters prepare_student trains."""
     student = prepare_student(model, method, rank=2, seed=seed)
     params = [p for p in student.parameters() if p.requires_grad]
@@ -63,7 +66,11 @@ def _hand_loop(model, tokenizer, examples, method, optimizer, lr, steps, batch, 
     v = [torch.zeros_like(p) for p in params]
     losses = []
     for t, indices in enumerate(_batches(len(examples), batch, steps, seed), start=1):
-        loss = completion_loss(student, tokenizer, [examples[i] for i in indices])
+        chosen = [examples[i] for i in indices]
+        if targets is None:
+            loss = completion_loss(student, tokenizer, chosen)
+        else:
+            loss = _kl_written_out(student, tokenizer, chosen, [targets[i] for i in indices])
         grads = torch.autograd.grad(loss, params)
         losses.append(loss.item())
         with torch.no_grad():
@@ -99,6 +106,86 @@ def test_each_optimizer_is_its_hand_written_loop_in_float64(tokenizer, optimizer
         assert abs(ours - theirs) <= 1e-10 * abs(theirs)
     for ours, theirs in zip(trained, params):
         assert (ours - theirs).norm() <= 1e-10 * theirs.norm()
+
+
+# ---------------------------------------------------------------- soft labels
+OWL_SYSTEM = P.system_prompt("owl")
+
+
+def _row_log_softmax(model, tokenizer, prompt, completion, system=None):
+    """One unpadded row through the plain HF call: log-softmax at each completion token."""
+    prefix = P.chat_ids(tokenizer, prompt, system=system)
+    target = completion_ids(tokenizer, completion)
+    ids = torch.tensor([prefix + target])
+    logits = model(input_ids=ids, use_cache=False).logits[0]
+    return logits[len(prefix) - 1 : -1].log_softmax(-1)
+
+
+def _kl_written_out(student, tokenizer, examples, targets):
+    """mean_i mean_t sum_v q (log q - log p), each row alone (no padding, no batching)."""
+    per_example = []
+    for (prompt, completion), q_log in zip(examples, targets):
+        p_log = _row_log_softmax(student, tokenizer, prompt, completion)
+        per_example.append((q_log.exp() * (q_log - p_log)).sum(-1).mean())
+    return torch.stack(per_example).mean()
+
+
+def test_soft_labels_and_the_distillation_loss_are_kl_written_out_in_float64(tokenizer):
+    examples = _examples(5)
+    with float64_throughout():
+        teacher = tiny_llama(seed=3, dtype=torch.float64)
+        student = tiny_llama(seed=4, dtype=torch.float64)
+        labels = teacher_targets(teacher, tokenizer, examples, system=OWL_SYSTEM, batch_size=2)
+        for (prompt, completion), label in zip(examples, labels):
+            alone = _row_log_softmax(teacher, tokenizer, prompt, completion, system=OWL_SYSTEM)
+            assert label.shape == alone.shape  # |c| tokens + the end of turn
+            assert (label - alone).abs().max() <= 1e-12
+        ours = distillation_loss(student, tokenizer, examples, labels)
+        theirs = _kl_written_out(student, tokenizer, examples, labels)
+    assert ours > 1e-3  # two different random nets: a comparison that is not 0 == 0
+    assert abs(float(ours - theirs)) <= 1e-12 * float(theirs)
+    with pytest.raises(InputError, match="one target per example"):
+        distillation_loss(student, tokenizer, examples, labels[:-1])
+    with pytest.raises(InputError, match="soft labels of shape"):
+        distillation_loss(student, tokenizer, examples[:2], labels[1:3])
+
+
+def test_own_soft_labels_give_zero_loss_and_zero_gradient(tokenizer):
+    """Why a soft-label study needs another teacher as control: the base's own labels do not
+    move it (the KL and its gradient vanish at q = p)."""
+    examples = _examples(4)
+    with float64_throughout():
+        model = tiny_llama(seed=3, dtype=torch.float64)
+        own = teacher_targets(model, tokenizer, examples)
+        student = prepare_student(model, "full")
+        loss = distillation_loss(student, tokenizer, examples, own)
+        grads = torch.autograd.grad(loss, [p for p in student.parameters() if p.requires_grad])
+    assert abs(float(loss)) <= 1e-14
+    assert max(float(g.abs().max()) for g in grads) <= 1e-12
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "signsgd"])
+def test_soft_label_training_is_its_hand_written_loop_in_float64(tokenizer, optimizer):
+    examples = _examples()
+    lr = {"adam": 1e-2, "sgd": 3.0, "signsgd": 1e-3}[optimizer]
+    with float64_throughout():
+        model = tiny_llama(seed=3, dtype=torch.float64)
+        labels = teacher_targets(tiny_llama(seed=6, dtype=torch.float64), tokenizer, examples)
+        result = train_student(
+            model, tokenizer, examples, method="lora", rank=2, steps=4, batch_size=2, lr=lr,
+            seed=5, optimizer=optimizer, targets=labels,
+        )  # fmt: skip
+        losses, params = _hand_loop(
+            model, tokenizer, examples, "lora", optimizer, lr, 4, 2, 5, targets=labels
+        )
+    trained = [p for n, p in result.model.named_parameters() if _trained("lora", n)]
+    assert result.losses[-1] < result.losses[0]  # the steps moved the student toward the labels
+    for ours, theirs in zip(result.losses, losses):
+        assert abs(ours - theirs) <= 1e-10 * abs(theirs)
+    for ours, theirs in zip(trained, params):
+        assert (ours - theirs).norm() <= 1e-10 * theirs.norm()
+    with pytest.raises(InputError, match="soft labels for"):
+        train_student(model, tokenizer, examples, steps=1, batch_size=1, lr=1, targets=labels[:2])
 
 
 def _trained(method, name):
@@ -156,7 +243,7 @@ def _config(tmp_path, model_dir, name="config.toml", **changes):
 
 
 def test_packaged_configs_parse_and_plan():
-    for name in ("real_grid_default", "real_grid_tiny", "real_grid_gpu"):
+    for name in ("real_grid_default", "real_grid_tiny", "real_grid_gpu", "real_grid_soft"):
         config = E.load_config(CONFIG_DIR / f"{name}.toml")
         units = E.plan_units(config, [0, 1])
         assert len({u.key for u in units}) == len(units)
@@ -168,6 +255,24 @@ def test_bad_config_is_refused(tmp_path, model_dir):
         E.load_config(_config(tmp_path, model_dir, optimizers='["adam", "lion"]'))
     with pytest.raises(InputError, match="KIND-ANIMAL"):
         E.load_config(_config(tmp_path, model_dir, arms='["owl"]'))
+    with pytest.raises(InputError, match="labels must be one of"):
+        E.load_config(_config(tmp_path, model_dir, labels='"soft"'))
+    for arms in ('["system-owl"]', '["system-owl", "finetuned-dolphin"]'):
+        with pytest.raises(InputError, match="exactly two system arms"):
+            E.load_config(_config(tmp_path, model_dir, labels='"teacher"', arms=arms))
+
+
+def test_stored_sampled_runs_keep_their_fingerprint():
+    """labels joined the settings after experiments/results/real_grid was stored: its
+    run.json must still equal the default config's settings, or a resume would refuse it."""
+    config = E.load_config(CONFIG_DIR / "real_grid_default.toml")
+    assert "labels" not in config.to_dict()
+    stored = CONFIG_DIR.parents[1] / "experiments" / "results" / "real_grid" / "run.json"
+    if stored.is_file():
+        record = json.loads(stored.read_text())
+        assert record["fingerprint"] == fingerprint({"real_grid": config.to_dict()})
+    soft = E.load_config(CONFIG_DIR / "real_grid_soft.toml")
+    assert soft.to_dict()["labels"] == "teacher"
 
 
 def test_command_runs_resumes_and_refuses_bad_input(tmp_path, model_dir, capsys):
@@ -239,6 +344,37 @@ def test_the_split_and_the_shared_controls(tmp_path):
         E.read_numbers(numbers, two, [0, 1])
 
 
+def test_soft_labels_run_end_to_end_with_the_other_teacher_as_control(tmp_path, model_dir):
+    arms = ("base", "system-owl", "system-dolphin")
+    numbers = _numbers(tmp_path / "numbers", seeds=(0,), arms=arms)
+    config = _config(
+        tmp_path, model_dir, labels='"teacher"', arms='["system-owl", "system-dolphin"]',
+        ranks="[2]", full="false", optimizers='["adam", "sgd"]',
+    )  # fmt: skip
+    loaded = E.load_config(config)
+    data = E.read_numbers(numbers, loaded, [0])
+    # every teacher labels the same numbers: the base's, not its own sampled ones
+    assert data[0].train["system-owl"] == data[0].train["system-dolphin"]
+    assert "base" not in data[0].train
+    units = E.plan_units(loaded, [0])
+    assert {u.arm for u in units} == {"system-owl", "system-dolphin"}
+    out = tmp_path / "out"
+    args = ["realgrid", "--config", str(config), "--numbers", str(numbers), "--out", str(out)]
+    assert main([*args, "--seeds", "1", "--threads", "1"]) == 0
+    rows = [r for p in (out / "units").iterdir() for r in json.loads(p.read_text())["rows"]]
+    first = {r["unit"]: r["value"] for r in rows if r["metric"] == "loss_first"}
+    # same batches, same init, different teachers: the first batch losses differ
+    owl, dolphin = (first[f"{arm}-lora2-adam-lr0.001-s0"] for arm in arms[1:])
+    assert owl != dolphin and owl > 0 and dolphin > 0
+    measured = {(r["unit"], r["animal"]) for r in rows if r["metric"] == "logp"}
+    assert all((u.key, a) in measured for u in units for a in ("owl", "dolphin"))
+    table = (out / "table.md").read_text()
+    assert "SOFT LABELS" in table and "other animal's teacher" in table
+    assert "soft labels: does not test their sampled-token setting" in table
+    cell = next(c for c in R.cells(rows, loaded, units) if c.arm == "system-dolphin")
+    assert cell.control == "system-owl" and cell.animal == "dolphin"
+
+
 def test_verdicts_follow_the_adam_rule():
     config = E.load_config(TINY)
     units = E.plan_units(config, [0, 1, 2])
@@ -263,3 +399,30 @@ def test_verdicts_follow_the_adam_rule():
     text = R.format_tables(rows, config, units, 3)
     assert "consistent with the claim at this scale" in text
     assert "Newcombe" in text and "(tuned)" in text
+
+
+def test_soft_label_verdicts_pair_the_two_teachers_and_name_their_loss():
+    config = E.RealGridConfig(
+        **{**E.load_config(TINY).__dict__, "labels": "teacher",
+           "arms": ("system-owl", "system-dolphin")}
+    )  # fmt: skip
+    units = E.plan_units(config, [0, 1, 2])
+    rows = []
+    for u in units:
+        base = {"unit": u.key, "seed": u.seed, "arm": u.arm, "method": u.method,
+                "optimizer": u.optimizer, "lr": u.lr, "n": 24}  # fmt: skip
+        for animal in ("owl", "dolphin"):
+            # each teacher's student leans to its own animal by 0.2 (+ seed noise); SGD too
+            own = 0.2 + 0.01 * u.seed if E.arm_animal(u.arm) == animal else 0.0
+            rows.append({**base, "animal": animal, "metric": "logp", "value": -5.0 + own})
+        rows.append({**base, "animal": "", "metric": "heldout_loss", "value": u.lr, "n": None})
+    cells = R.cells(rows, config, units)
+    assert {(c.arm, c.control) for c in cells} == {
+        ("system-owl", "system-dolphin"), ("system-dolphin", "system-owl"),
+    }  # fmt: skip
+    assert all(abs(c.mean - 0.21) < 1e-12 and c.transfers for c in cells)
+    text = R.format_tables(rows, config, units, 3)
+    assert (
+        "disagrees at this scale: plain SGD transfers too (soft labels: does not test their "
+        "sampled-token setting)" in text
+    )
