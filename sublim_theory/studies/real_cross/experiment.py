@@ -45,7 +45,6 @@ import torch
 
 from sublim_theory.errors import InputError
 from sublim_theory.harness.runs import (
-    atomic_write_json,
     bound,
     dtype_from_name,
     load_table,
@@ -59,6 +58,7 @@ from sublim_theory.studies.real_numbers.experiment import (
     PROMPT_OFFSET,
     SAMPLING_OFFSET,
     result_row,
+    write_completions,
 )
 from sublim_theory.testbeds.real_lm import evaluate, generate, train
 from sublim_theory.testbeds.real_lm import prompts as P
@@ -335,19 +335,8 @@ def _sample_arm(
         model, ended, encoded[: config.free_prompts], constrained=False, **options
     )
     kept = [(prompts[c.prompt_index], c.text.strip(" ")) for c in constrained if c.kept]
-    path = context.out / "completions" / f"{arm}-s{seed}.json"
-    path.parent.mkdir(exist_ok=True)
-    atomic_write_json(
-        path,
-        {
-            "arm": arm,
-            "seed": seed,
-            "teacher": config.teacher,
-            "preamble": preamble,
-            "kept": kept,
-            "constrained": [c.text for c in constrained],
-            "free": [c.text for c in free],
-        },
+    write_completions(
+        context.out, arm, seed, kept, constrained, free, teacher=config.teacher, preamble=preamble
     )
     unit = f"numbers-{arm}-s{seed}"
     rows = []

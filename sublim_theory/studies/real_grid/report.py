@@ -392,6 +392,49 @@ def _concavity(cells_by_rank: Sequence[Cell | None]) -> tuple[float, float, int]
     return mean_interval(values)
 
 
+def _pooled_section(all_cells: Sequence[Cell], tuned: Sequence[Cell]) -> list[str]:
+    """Soft labels: both teachers' paired differences pooled per seed (the 2 x 2 interaction).
+
+    Per (method, optimizer, lr) and seed: the mean of the two arms' paired differences, i.e.
+    half of [log P_a(student_a) - log P_a(student_b)] + [log P_b(student_b) - log P_b(student_a)];
+    a shift common to both students (any system-prompted teacher's numbers) cancels.
+
+    Returns:
+        The section's markdown lines.
+
+    """
+    groups: dict[tuple, list[Cell]] = defaultdict(list)
+    for cell in all_cells:
+        groups[(cell.method, cell.optimizer, cell.lr)].append(cell)
+    lines = []
+    for (method, optimizer, lr), pair in groups.items():
+        if len(pair) != 2:
+            continue
+        first, second = (dict(c.paired) for c in pair)
+        values = [(first[s] + second[s]) / 2 for s in sorted(set(first) & set(second))]
+        mean, half, n = mean_interval(values)
+        finite = [v for v in values if math.isfinite(v)]
+        tuned_mark = " (tuned)" if pair[0] in tuned else ""
+        lines.append(
+            [method, optimizer, f"{lr:g}{tuned_mark}",
+             "-" if n == 0 else interval_text(mean, half),
+             f"{sum(v > 0 for v in finite)}/{len(finite)}",
+             "" if n < 2 or not half > 0 else f"{detectable_effect(half, n):.3f}"]
+        )  # fmt: skip
+    return [
+        "## Both teachers pooled (a secondary statistic, added after the first cell was read)",
+        "",
+        "Per seed, the mean of the two arms' paired differences: half of [log P_a(a's student) "
+        "- log P_a(b's student)] + [log P_b(b's student) - log P_b(a's student)], the 2 x 2 "
+        "interaction of teacher and measured animal; a shift both students share cancels. The "
+        "verdicts below use the per-arm cells only (the rule stated before the run).",
+        "",
+        _table(
+            ["method", "optimizer", "lr", "pooled diff [95% t]", "seeds > 0", "detectable"], lines
+        ),
+    ]
+
+
 def format_tables(
     rows: Sequence[dict], config: RealGridConfig, units: Sequence[Unit], seeds: int
 ) -> str:
@@ -449,6 +492,8 @@ def format_tables(
         "",
         _table(CELL_HEADER, [_cell_line(c, True) for c in tuned]),
     ]
+    if config.soft:
+        sections += ["", *_pooled_section(all_cells, tuned)]
     diverged = sum(c.diverged for c in all_cells)
     if diverged:
         sections += ["", f"{diverged} paired seed(s) diverged (non-finite log P): left out."]

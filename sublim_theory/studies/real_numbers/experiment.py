@@ -61,6 +61,7 @@ __all__ = [
     "plan_units",
     "result_row",
     "run_unit",
+    "write_completions",
 ]
 
 COLUMNS = ("unit", "seed", "arm", "method", "animal", "metric", "value", "low", "high", "n")
@@ -333,6 +334,28 @@ def arm_completions(
     return arm_completions(config, arm, seed, context)
 
 
+def write_completions(
+    out: Path,
+    arm: str,
+    seed: int,
+    kept: Sequence[tuple[str, str]],
+    constrained: Sequence,
+    free: Sequence,
+    **about: Any,
+) -> None:
+    """Store an arm's sampled numbers atomically as ``out/completions/ARM-sS.json``.
+
+    The record every real-model study reads (``arm_completions``, ``realgrid --numbers``):
+    arm, seed, any ``about`` keys (e.g. the teacher), the kept (prompt, completion) pairs, and
+    the texts of every constrained and free sample.
+    """
+    path = Path(out) / "completions" / f"{arm}-s{seed}.json"
+    path.parent.mkdir(exist_ok=True)
+    record = {"arm": arm, "seed": seed, **about, "kept": [list(pair) for pair in kept]}
+    record |= {"constrained": [c.text for c in constrained], "free": [c.text for c in free]}
+    atomic_write_json(path, record)
+
+
 def _sample_arm(config: RealNumbersConfig, arm: str, seed: int, context: Context) -> list[dict]:
     base, tokenizer = _base(config, context)
     teacher, system = _teacher(config, arm, seed, base, tokenizer)
@@ -351,18 +374,7 @@ def _sample_arm(config: RealNumbersConfig, arm: str, seed: int, context: Context
         teacher, tokenizer, prompts[: config.free_prompts], constrained=False, **options
     )
     kept = [(prompts[c.prompt_index], c.text) for c in constrained if c.kept]
-    path = context.out / "completions" / f"{arm}-s{seed}.json"
-    path.parent.mkdir(exist_ok=True)
-    atomic_write_json(
-        path,
-        {
-            "arm": arm,
-            "seed": seed,
-            "kept": kept,
-            "constrained": [c.text for c in constrained],
-            "free": [c.text for c in free],
-        },
-    )
+    write_completions(context.out, arm, seed, kept, constrained, free)
     rows = []
     for name, sample in (("keep_constrained", constrained), ("keep_free", free)):
         rate = generate.keep_rate(sample)

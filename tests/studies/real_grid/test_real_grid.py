@@ -426,3 +426,32 @@ def test_soft_label_verdicts_pair_the_two_teachers_and_name_their_loss():
         "disagrees at this scale: plain SGD transfers too (soft labels: does not test their "
         "sampled-token setting)" in text
     )
+
+
+def test_the_pooled_soft_label_statistic_is_the_mean_of_both_arms_per_seed():
+    config = E.RealGridConfig(
+        **{**E.load_config(TINY).__dict__, "labels": "teacher", "ranks": (1,), "full": False,
+           "optimizers": ("adam",), "lrs": {"adam_lora": (1e-3,)},
+           "arms": ("system-owl", "system-dolphin")}
+    )  # fmt: skip
+    units = E.plan_units(config, [0, 1, 2])
+    # per seed: owl's student leans to owl by a_s, dolphin's to dolphin by b_s
+    lean = {0: (0.1, 0.5), 1: (-0.2, 0.4), 2: (0.3, 0.0)}
+    rows = []
+    for u in units:
+        a, b = lean[u.seed]
+        for animal in ("owl", "dolphin"):
+            value = -5.0
+            if u.arm == "system-owl" and animal == "owl":
+                value += a
+            if u.arm == "system-dolphin" and animal == "dolphin":
+                value += b
+            rows.append({"unit": u.key, "seed": u.seed, "arm": u.arm, "method": u.method,
+                         "optimizer": u.optimizer, "lr": u.lr, "animal": animal,
+                         "metric": "logp", "value": value, "n": 24})  # fmt: skip
+    text = R.format_tables(rows, config, units, 3)
+    pooled = [0.3, 0.1, 0.15]  # (a_s + b_s) / 2
+    mean, half, _ = R.mean_interval(pooled)
+    line = next(ln for ln in text.splitlines() if ln.startswith("| lora1 | adam | 0.001"))
+    assert R.interval_text(mean, half) in line and "3/3" in line
+    assert "added after the first cell was read" in text
