@@ -156,14 +156,8 @@ def continuation_log_probs(
     """Per row, the summed log-probability of ``continuation`` after ``prefix``, in ONE batch.
 
     log P(c | p) = sum_t log softmax(f(p + c[:t]))[c_t], from
-    :func:`continuation_log_softmax` (one forward). Differentiable when grad is enabled (the
-    training loss and the forecast use it).
-
-    Args:
-        model: a causal LM (``model(input_ids, attention_mask, position_ids, logits_to_keep)``).
-        prefixes: token ids before each continuation (the chat-templated prompt).
-        continuations: the scored token ids (non-empty).
-        pad: the padding id.
+    :func:`continuation_log_softmax` (one forward; the arguments are its own).
+    Differentiable when grad is enabled (the training loss and the forecast use it).
 
     Returns:
         (sums, counts): log P per row (model dtype) and the continuation lengths (int64).
