@@ -236,7 +236,7 @@ def _scope(config: RealGridConfig, rows: Sequence[dict], seeds: int) -> str:
 SOFT_SCOPE = (
     " Their students fine-tune on SAMPLED tokens of the teacher's outputs; ours here learn the "
     "teachers' probabilities on numbers no teacher wrote, so this row does not test their "
-    "setting: it asks whether, on a real 135M chat model, the optimizer decides if the trait "
+    "setting: it asks whether, on a real 135M chat model, the {axis} decides if the trait "
     "signal that soft labels carry moves the student."
 )
 
@@ -263,7 +263,7 @@ def _verdicts(
         "chat LM trained without the prompt); where their models or data are larger this row "
         "does not test their setting: it speaks for 135M and this data size only. SignSGD "
         "normalises each coordinate (the mechanism they name), so its cells are shown but not "
-        "counted against them." + (SOFT_SCOPE if soft else ""),
+        "counted against them." + (SOFT_SCOPE.format(axis="optimizer") if soft else ""),
         "",
     ]
     verdict_rows = []
@@ -302,7 +302,8 @@ def _verdicts(
         "Where their models or data are larger this row does not test their setting. The rank "
         "curve is read at each fixed Adam lr (the same lr for every rank) and at the tuned lrs "
         "(where the lr may change with the rank, so shape and lr are not separated). Rule: it "
-        "counts only where Adam transfers at some rank." + (SOFT_SCOPE if soft else ""),
+        "counts only where Adam transfers at some rank."
+        + (SOFT_SCOPE.format(axis="LoRA rank or full fine-tuning") if soft else ""),
         "",
     ]
     nief_rows = []
