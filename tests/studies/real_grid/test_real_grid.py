@@ -245,7 +245,8 @@ def _config(tmp_path, model_dir, name="config.toml", **changes):
 
 
 def test_packaged_configs_parse_and_plan():
-    for name in ("real_grid_default", "real_grid_tiny", "real_grid_gpu", "real_grid_soft"):
+    configs = ("real_grid_default", "real_grid_tiny", "real_grid_gpu", "real_grid_soft")
+    for name in (*configs, "real_grid_soft_sgd"):
         config = E.load_config(CONFIG_DIR / f"{name}.toml")
         units = E.plan_units(config, [0, 1])
         assert len({u.key for u in units}) == len(units)
