@@ -390,12 +390,8 @@ def heldout_loss(
     total = 0.0
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
-        if targets is None:
-            loss = train.completion_loss(model, tokenizer, chunk)
-        else:
-            labels = targets[start : start + batch]
-            loss = train.distillation_loss(model, tokenizer, chunk, labels)
-        total += float(loss) * len(chunk)
+        labels = None if targets is None else targets[start : start + batch]
+        total += float(train.example_loss(model, tokenizer, chunk, labels)) * len(chunk)
     return total / len(pairs)
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "completion_ids",
     "completion_loss",
     "distillation_loss",
+    "example_loss",
     "finetune_teacher",
     "prepare_student",
     "teacher_targets",
@@ -107,6 +108,19 @@ def completion_loss(
     return -(sums / counts.to(sums.dtype)).mean()
 
 
+def _completion_log_softmax(
+    model: nn.Module, tokenizer, examples: Sequence[Example], system: str | None
+) -> list[Tensor]:
+    """Per example, the (|c_i| + 1, vocabulary) log-probabilities at its completion tokens."""
+    log_probs, _, scored = continuation_log_softmax(
+        model,
+        [chat_ids(tokenizer, prompt, system=system) for prompt, _ in examples],
+        [completion_ids(tokenizer, completion) for _, completion in examples],
+        pad_id(tokenizer),
+    )
+    return [log_probs[row][scored[row]] for row in range(len(examples))]
+
+
 @torch.no_grad()
 def teacher_targets(
     model: nn.Module,
@@ -142,13 +156,7 @@ def teacher_targets(
     out: list[Tensor] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        log_probs, _, scored = continuation_log_softmax(
-            model,
-            [chat_ids(tokenizer, prompt, system=system) for prompt, _ in chunk],
-            [completion_ids(tokenizer, completion) for _, completion in chunk],
-            pad_id(tokenizer),
-        )
-        out += [log_probs[row][scored[row]].clone() for row in range(len(chunk))]
+        out += [rows.clone() for rows in _completion_log_softmax(model, tokenizer, chunk, system)]
     return out
 
 
@@ -180,15 +188,9 @@ def distillation_loss(
         raise InputError(
             f"need one target per example (>= 1), got {len(targets)} for {len(examples)}"
         )
-    log_probs, _, scored = continuation_log_softmax(
-        model,
-        [chat_ids(tokenizer, prompt, system=system) for prompt, _ in examples],
-        [completion_ids(tokenizer, completion) for _, completion in examples],
-        pad_id(tokenizer),
-    )
     losses = []
-    for row, target in enumerate(targets):
-        student = log_probs[row][scored[row]]
+    students = _completion_log_softmax(model, tokenizer, examples, system)
+    for row, (target, student) in enumerate(zip(targets, students)):
         if target.shape != student.shape:
             raise InputError(
                 f"example {row}: soft labels of shape {tuple(target.shape)} for completion "
@@ -199,6 +201,27 @@ def distillation_loss(
         kl = torch.where(q > 0, q * (target - student), 0.0).sum(-1)
         losses.append(kl.mean())
     return torch.stack(losses).mean()
+
+
+def example_loss(
+    model: nn.Module,
+    tokenizer,
+    examples: Sequence[Example],
+    targets: Sequence[Tensor] | None = None,
+    *,
+    system: str | None = None,
+) -> Tensor:
+    """The student loss on ``examples`` (module docstring).
+
+    The completion tokens' NLL, or with soft ``targets`` (one per example) the distillation loss.
+
+    Returns:
+        A scalar tensor, differentiable.
+
+    """
+    if targets is None:
+        return completion_loss(model, tokenizer, examples, system=system)
+    return distillation_loss(model, tokenizer, examples, targets, system=system)
 
 
 def _projection_layers(model: nn.Module) -> list[str]:
@@ -334,11 +357,8 @@ def train_student(
     for step, batch in enumerate(batch_indices(len(examples), batch_size, steps, seed)):
         stepper.zero_grad(set_to_none=True)
         chosen = [examples[i] for i in batch]
-        if targets is None:
-            loss = completion_loss(student, tokenizer, chosen, system=system)
-        else:
-            labels = [targets[i] for i in batch]
-            loss = distillation_loss(student, tokenizer, chosen, labels, system=system)
+        labels = None if targets is None else [targets[i] for i in batch]
+        loss = example_loss(student, tokenizer, chosen, labels, system=system)
         loss.backward()
         stepper.step()
         result.losses.append(loss.item())
